@@ -1,0 +1,19 @@
+"""ebt_jax: Energy-Based Transformers in JAX.
+
+Public API (kept stable; see README.md):
+
+* `ebt_jax.config.base_config()`, `ebt_jax.config.from_official_hparams(hparams)`
+* `ebt_jax.init_params(config, key) -> params` (a plain nested dict of arrays)
+* `ebt_jax.text_ebt_loss(params, tokens, config, *, key=None, initial_logits=None)`
+* `ebt_jax.transformer_loss(params, tokens, config)` (the Transformer++ baseline)
+* `ebt_jax.checkpoint.import_official(state_dict, config) -> params`
+* `ebt_jax.thinking.think(...)` and the inner-optimizer registry `ebt_jax.thinking.optimizers`
+"""
+
+from ebt_jax import checkpoint, config, thinking
+from ebt_jax.tasks.text import init_params, param_axes, text_ebt_loss, transformer_loss
+
+__version__ = "0.1.0"
+
+__all__ = ["checkpoint", "config", "thinking", "init_params", "param_axes", "text_ebt_loss",
+           "transformer_loss"]

@@ -1,0 +1,185 @@
+"""Experiment configuration: the schema every `configs/*.py` file fills in, and its checks.
+
+Configs are `ml_collections.ConfigDict`s (config-as-code; `ebt train --config F
+--config.model.dim=512` overrides any field). `base_config()` holds every field with its
+default; experiment files start from it and change what they need. `validate` turns a bad
+value into one line naming the field and what was expected, before anything is built.
+The frozen `*Dims` dataclasses that the pure model code closes over are derived here, so
+models never see a ConfigDict.
+
+Field names follow the official code where one exists (its name in brackets below);
+`ebt_jax.official_hparams.from_official_hparams` converts an official job script's flags.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+from ebt_jax.models.ar_ebt import EBT_TYPES, TextEBTDims
+from ebt_jax.models.blocks import StackDims
+from ebt_jax.models.transformer import TransformerDims
+
+MODEL_KINDS = ("ebt", "transformer")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
+          "float64": jnp.float64}
+
+
+class ConfigError(ValueError):
+  """A config value the project cannot use; the message names the field."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.kind = "ebt"                 # "ebt" or "transformer" (Transformer++ baseline)
+  c.model.ebt_type = "time_embed"      # [ebt_type] default | time_embed | adaln | adaln_zero
+  c.model.vocab_size = 256
+  c.model.dim = 384                    # [embedding_dim]
+  c.model.n_layers = 6                 # [num_transformer_blocks]
+  c.model.n_heads = 6                  # [multiheaded_attention_heads]
+  c.model.ffn_dim_multiplier = config_dict.placeholder(float)  # FFN width dim * this; None = dim
+  c.model.context_length = 256         # [context_length]
+  c.model.norm_eps = 1e-5
+  c.model.rope_theta = 10000.0
+  c.model.weight_init = "xavier"       # [weight_initialization_method] xavier | he
+  c.model.weight_init_gain = 1.0       # [weight_initialization_gain]
+  c.model.tied_v2e = False             # [vocab_to_embed_uses_prob_dist]
+  c.model.dtype = "float32"            # activation dtype; parameters stay float32
+  c.model.scan_layers = True
+  c.model.remat = False
+
+  c.thinking = ml_collections.ConfigDict()
+  c.thinking.num_steps = 2             # [mcmc_num_steps] steps; landscapes for time_embed/adaln
+  c.thinking.step_size = 500.0         # [mcmc_step_size] initial alpha
+  c.thinking.step_size_learnable = True          # [mcmc_step_size_learnable]
+  c.thinking.step_size_lr_multiplier = 1500.0    # [mcmc_step_size_lr_multiplier]
+  c.thinking.normalize_initial_condition = True  # [normalize_initial_condition] softmax candidate
+  c.thinking.grad_wrt = "probs"        # probs (official) | logits (the paper's listing)
+  c.thinking.initial_condition = "random_noise"  # [denoising_initial_condition] | zeros
+  c.thinking.initial_noise_scale = 1.0           # [gaussian_random_noise_scaling]
+  c.thinking.detach = True             # not [no_mcmc_detach]
+  c.thinking.truncate = False          # [truncate_mcmc]
+  c.thinking.langevin_noise = 0.0      # [langevin_dynamics_noise] std added before each step
+  c.thinking.unroll = True             # unroll training's thinking steps (see thinking/loop.py)
+  c.thinking.inner_optimizer = "gd"
+  c.thinking.inner_optimizer_kwargs = ml_collections.ConfigDict()
+
+  c.optimizer = ml_collections.ConfigDict()   # AdamW as the paper; alpha in its own group
+  c.optimizer.peak_lr = 1.2e-3         # [peak_learning_rate]
+  c.optimizer.weight_decay = 0.01      # [weight_decay]
+  c.optimizer.b1 = 0.9                 # [beta1]
+  c.optimizer.b2 = 0.999               # [beta2]
+  c.optimizer.eps = 1e-8
+  c.optimizer.warmup_steps = 100       # [warm_up_steps] linear warmup
+  c.optimizer.warmup_base_lr_divider = -1.0  # [warm_up_base_lr_divider] -1: warm up from 0
+  c.optimizer.decay_steps = config_dict.placeholder(int)  # [max_scheduling_steps]; None: train.num_steps
+  c.optimizer.min_lr_scale = 10.0      # [min_lr_scale] cosine floor = peak / this, per group
+  c.optimizer.grad_clip = 1.0          # [gradient_clip_val] global norm
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 256             # global batch (sequences)
+  c.train.num_steps = 1000             # [max_steps]
+  c.train.log_every = 10
+  c.train.eval_every = 200
+  c.train.eval_batches = 8
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 3
+  return c
+
+
+def _fail(field: str, expected: str, got) -> None:
+  raise ConfigError(f"{field}: expected {expected}, got {got!r}")
+
+
+def _check(ok: bool, field: str, expected: str, got) -> None:
+  if not ok:
+    _fail(field, expected, got)
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks the model and thinking fields; returns `c` so calls can be chained."""
+  from ebt_jax.thinking import optimizers  # the registry fills on import
+
+  m = c.model
+  _check(m.kind in MODEL_KINDS, "model.kind", f"one of {MODEL_KINDS}", m.kind)
+  _check(m.ebt_type in EBT_TYPES, "model.ebt_type", f"one of {EBT_TYPES}", m.ebt_type)
+  for field in ("vocab_size", "dim", "n_layers", "n_heads", "context_length"):
+    value = m[field]
+    _check(isinstance(value, int) and value >= 1, f"model.{field}", "a positive integer", value)
+  _check(m.vocab_size >= 2, "model.vocab_size", "at least 2", m.vocab_size)
+  _check(m.dim % m.n_heads == 0, "model.n_heads",
+         f"a divisor of model.dim={m.dim}", m.n_heads)
+  _check((m.dim // m.n_heads) % 2 == 0, "model.n_heads",
+         f"a count giving an even head size for RoPE (model.dim={m.dim})", m.n_heads)
+  _check(m.ffn_dim_multiplier is None or m.ffn_dim_multiplier > 0,
+         "model.ffn_dim_multiplier", "None or a positive number", m.ffn_dim_multiplier)
+  _check(m.weight_init in ("xavier", "he"), "model.weight_init", "'xavier' or 'he'", m.weight_init)
+  _check(m.dtype in DTYPES, "model.dtype", f"one of {tuple(DTYPES)}", m.dtype)
+  _check(m.norm_eps > 0, "model.norm_eps", "a positive number", m.norm_eps)
+
+  t = c.thinking
+  _check(isinstance(t.num_steps, int) and t.num_steps >= 1, "thinking.num_steps",
+         "a positive integer", t.num_steps)
+  _check(t.step_size > 0, "thinking.step_size", "a positive number", t.step_size)
+  _check(t.grad_wrt in ("probs", "logits"), "thinking.grad_wrt", "'probs' or 'logits'", t.grad_wrt)
+  _check(t.initial_condition in ("random_noise", "zeros"), "thinking.initial_condition",
+         "'random_noise' or 'zeros'", t.initial_condition)
+  _check(t.initial_noise_scale >= 0, "thinking.initial_noise_scale", "a number >= 0",
+         t.initial_noise_scale)
+  _check(t.langevin_noise >= 0, "thinking.langevin_noise", "a number >= 0", t.langevin_noise)
+  _check(t.inner_optimizer in optimizers.names(), "thinking.inner_optimizer",
+         f"one of {optimizers.names()}", t.inner_optimizer)
+
+  o = c.optimizer
+  for field in ("peak_lr", "min_lr_scale"):
+    _check(o[field] > 0, f"optimizer.{field}", "a positive number", o[field])
+  for field in ("weight_decay", "grad_clip"):
+    _check(o[field] >= 0, f"optimizer.{field}", "a number >= 0", o[field])
+  for field in ("b1", "b2"):
+    _check(0 <= o[field] < 1, f"optimizer.{field}", "a number in [0, 1)", o[field])
+  _check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optimizer.warmup_steps",
+         "an integer >= 0", o.warmup_steps)
+  _check(o.warmup_base_lr_divider == -1 or o.warmup_base_lr_divider >= 1,
+         "optimizer.warmup_base_lr_divider", "-1 (warm up from 0) or a number >= 1",
+         o.warmup_base_lr_divider)
+  _check(o.decay_steps is None or o.decay_steps > o.warmup_steps, "optimizer.decay_steps",
+         f"None or more than optimizer.warmup_steps={o.warmup_steps}", o.decay_steps)
+
+  tr = c.train
+  for field in ("batch_size", "num_steps", "log_every", "eval_every", "eval_batches",
+                "checkpoint_every", "keep_checkpoints"):
+    _check(isinstance(tr[field], int) and tr[field] >= 1, f"train.{field}",
+           "a positive integer", tr[field])
+  return c
+
+
+def stack_dims(c: ml_collections.ConfigDict, adaln: bool = False) -> StackDims:
+  m = c.model
+  ffn_hidden = m.dim if m.ffn_dim_multiplier is None else int(m.dim * m.ffn_dim_multiplier)
+  return StackDims(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, ffn_hidden=ffn_hidden,
+                   norm_eps=m.norm_eps, rope_theta=m.rope_theta, adaln=adaln,
+                   dtype=DTYPES[m.dtype], scan_layers=m.scan_layers, remat=m.remat)
+
+
+def text_ebt_dims(c: ml_collections.ConfigDict) -> TextEBTDims:
+  m = c.model
+  return TextEBTDims(
+      stack=stack_dims(c, adaln=m.ebt_type in ("adaln", "adaln_zero")),
+      vocab_size=m.vocab_size, ebt_type=m.ebt_type, num_landscapes=c.thinking.num_steps,
+      tied_v2e=m.tied_v2e, weight_init=m.weight_init, weight_init_gain=m.weight_init_gain)
+
+
+def transformer_dims(c: ml_collections.ConfigDict) -> TransformerDims:
+  m = c.model
+  return TransformerDims(stack=stack_dims(c), vocab_size=m.vocab_size,
+                         weight_init=m.weight_init, weight_init_gain=m.weight_init_gain)
+
+
+def from_official_hparams(hparams: dict, **kwargs) -> ml_collections.ConfigDict:
+  """A config from the official code's flat hyperparameters (see `ebt_jax.official_hparams`)."""
+  from ebt_jax import official_hparams
+  return official_hparams.from_official_hparams(hparams, **kwargs)

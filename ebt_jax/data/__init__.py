@@ -1,0 +1,1 @@
+"""Tokenizers, grain pipelines, the embedded corpus and synthetic datasets."""

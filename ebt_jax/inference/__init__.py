@@ -1,0 +1,1 @@
+"""Generation, System 2 evaluation and benchmarks."""

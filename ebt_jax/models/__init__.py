@@ -1,0 +1,1 @@
+"""Pure energy functions and their parameter definitions (no files, flags or mesh axes)."""

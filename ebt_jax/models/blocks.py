@@ -1,0 +1,175 @@
+"""The Llama-style block stack shared by the EBTs and the Transformer++ baseline.
+
+Layer parameters are stacked along a leading `layers` axis so the stack runs as one
+`lax.scan` (compile time independent of depth; a second-order EBT step on CPU otherwise
+spends most of its time compiling) or, with `scan_layers=False`, as an unrolled loop.
+
+Two streams run through the same weights:
+* the *context stream* (real tokens, causal) returns the per-layer keys/values it made,
+  which is everything the prediction stream needs from it (`ContextCache`);
+* the *prediction stream* (candidate embeddings) attends, per layer, to a prefix of
+  those cached keys/values and to itself only (`layers.prediction_attention`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ebt_jax.models import layers
+from ebt_jax.models.params import Param, constant, linear_init, stacked, torch_default_linear_init
+
+
+@dataclasses.dataclass(frozen=True)
+class StackDims:
+  """Static shape and numerics of a block stack."""
+
+  dim: int
+  n_layers: int
+  n_heads: int
+  ffn_hidden: int
+  norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  adaln: bool = False            # step-indexed adaLN shift/scale/gate in every block
+  dtype: Any = jnp.float32       # activation dtype; parameters are cast to it at use
+  scan_layers: bool = True
+  remat: bool = False            # recompute each block's activations in the backward pass
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.n_heads
+
+
+class ContextCache(NamedTuple):
+  """Per-layer keys (RoPE applied) and values of the real stream: the only thing the
+  prediction stream reads from the context. Also the KV cache of generation."""
+
+  k_LxBxCxNxH: jax.Array
+  v_LxBxCxNxH: jax.Array
+
+
+def block_specs(d: StackDims, weight_init: str, gain: float, adaln_zero: bool = False) -> dict:
+  """Parameters of `d.n_layers` blocks, stacked. Linear maps use the official init."""
+  D, N, H, F = d.dim, d.n_heads, d.head_dim, d.ffn_hidden
+
+  def lin(shape, axes, fan_in, fan_out):
+    return stacked(d.n_layers, Param(shape, axes, linear_init(weight_init, fan_in, fan_out, gain)))
+
+  specs = {
+      "attn_norm": stacked(d.n_layers, Param((D,), ("embed",), constant(1.0))),
+      "wq": lin((D, N, H), ("embed", "heads", "head_dim"), D, N * H),
+      "wk": lin((D, N, H), ("embed", "heads", "head_dim"), D, N * H),
+      "wv": lin((D, N, H), ("embed", "heads", "head_dim"), D, N * H),
+      "wo": lin((N, H, D), ("heads", "head_dim", "embed"), N * H, D),
+      "ffn_norm": stacked(d.n_layers, Param((D,), ("embed",), constant(1.0))),
+      "w1": lin((D, F), ("embed", "mlp"), D, F),
+      "w3": lin((D, F), ("embed", "mlp"), D, F),
+      "w2": lin((F, D), ("mlp", "embed"), F, D),
+  }
+  if d.adaln:
+    # The official adaLN Linear(D, 6D) keeps torch's default init (or zeros for adaLN-zero).
+    mod_init = constant(0.0) if adaln_zero else torch_default_linear_init(D)
+    specs["mod_w"] = stacked(d.n_layers, Param((D, 6 * D), ("embed", "modulation"), mod_init))
+    specs["mod_b"] = stacked(d.n_layers, Param((6 * D,), ("modulation",), mod_init))
+  return specs
+
+
+def layer_modulations(step_vec_D, mod_w_LxDxM, mod_b_LxM) -> jax.Array:
+  """adaLN (shift, scale, gate) x (attention, mlp) of every layer: [L, 6, D]."""
+  m_LxM = jnp.einsum("d,ldm->lm", jax.nn.silu(step_vec_D), mod_w_LxDxM) + mod_b_LxM
+  return m_LxM.reshape(m_LxM.shape[0], 6, -1)
+
+
+def _qkv(p: dict, x_BxSxD, positions_S, mod_6xD, d: StackDims):
+  h = layers.rms_norm(x_BxSxD, p["attn_norm"], d.norm_eps)
+  if mod_6xD is not None:
+    h = layers.modulate(h, mod_6xD[0].astype(d.dtype), mod_6xD[1].astype(d.dtype))
+  q = layers.rope(layers.project_heads(h, p["wq"]), positions_S, d.rope_theta)
+  k = layers.rope(layers.project_heads(h, p["wk"]), positions_S, d.rope_theta)
+  return q, k, layers.project_heads(h, p["wv"])
+
+
+def _block(p: dict, x_BxSxD, positions_S, mod_6xD, attend: Callable, d: StackDims):
+  """One pre-norm block; `attend(q, k, v)` decides what the queries see."""
+  dtype = d.dtype
+  q, k, v = _qkv(p, x_BxSxD, positions_S, mod_6xD, d)
+  attn = layers.merge_heads(attend(q, k, v), p["wo"])
+  x_BxSxD = x_BxSxD + (attn if mod_6xD is None else mod_6xD[2].astype(dtype) * attn)
+  h = layers.rms_norm(x_BxSxD, p["ffn_norm"], d.norm_eps)
+  if mod_6xD is not None:
+    h = layers.modulate(h, mod_6xD[3].astype(dtype), mod_6xD[4].astype(dtype))
+  ffn = layers.swiglu(h, p["w1"], p["w3"], p["w2"])
+  x_BxSxD = x_BxSxD + (ffn if mod_6xD is None else mod_6xD[5].astype(dtype) * ffn)
+  return x_BxSxD, k, v
+
+
+def _run_layers(body, x, per_layer, d: StackDims):
+  """Runs `body(x, layer_inputs) -> (x, out)` over stacked per-layer inputs."""
+  if d.remat:
+    body = jax.checkpoint(body, prevent_cse=not d.scan_layers)
+  if d.scan_layers:
+    return jax.lax.scan(body, x, per_layer)
+  outs = []
+  for i in range(d.n_layers):
+    x, out = body(x, jax.tree_util.tree_map(lambda a: a[i], per_layer))
+    outs.append(out)
+  return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+
+
+def context_stream(bp: dict, x_BxCxD, positions_C, mods_Lx6xD, d: StackDims):
+  """Causal pass over the real stream; returns its output and the per-layer K/V."""
+
+  def body(x, layer):
+    p, mod = layer
+    x, k, v = _block(p, x, positions_C, mod, layers.causal_attention, d)
+    return x, (k, v)
+
+  x_BxCxD, (k, v) = _run_layers(body, x_BxCxD.astype(d.dtype), (bp, mods_Lx6xD), d)
+  return x_BxCxD, ContextCache(k, v)
+
+
+def context_cache(bp: dict, x_BxCxD, positions_C, mods_Lx6xD, d: StackDims) -> ContextCache:
+  """The real stream's per-layer K/V only.
+
+  Nothing reads the real stream's output, so its last block stops after the key/value
+  projections: no queries, attention, output projection or FFN there (1/L of the
+  context-stream work, which `lax.scan` could not drop on its own).
+  """
+  head, last = _split_last(bp), jax.tree_util.tree_map(lambda a: a[-1], bp)
+  head_mods = None if mods_Lx6xD is None else mods_Lx6xD[:-1]
+  last_mod = None if mods_Lx6xD is None else mods_Lx6xD[-1]
+  if d.n_layers > 1:
+    x_BxCxD, cache = context_stream(head, x_BxCxD, positions_C, head_mods,
+                                    dataclasses.replace(d, n_layers=d.n_layers - 1))
+  else:
+    x_BxCxD, cache = x_BxCxD.astype(d.dtype), None
+  _, k, v = _qkv(last, x_BxCxD, positions_C, last_mod, d)
+  if cache is None:
+    return ContextCache(k[None], v[None])
+  return ContextCache(jnp.concatenate([cache.k_LxBxCxNxH, k[None]]),
+                      jnp.concatenate([cache.v_LxBxCxNxH, v[None]]))
+
+
+def _split_last(tree):
+  return jax.tree_util.tree_map(lambda a: a[:-1], tree)
+
+
+def prediction_stream(bp: dict, x_BxSxD, positions_S, last_ctx_S, cache: ContextCache,
+                      mods_Lx6xD, d: StackDims):
+  """Pass over the prediction stream; prediction s sees cache entries 0..last_ctx_S[s]."""
+
+  def body(x, layer):
+    p, ctx_k, ctx_v, mod = layer
+
+    def attend(q, k, v):
+      return layers.prediction_attention(q, k, v, ctx_k, ctx_v, last_ctx_S)
+
+    x, _, _ = _block(p, x, positions_S, mod, attend, d)
+    return x, None
+
+  per_layer = (bp, cache.k_LxBxCxNxH, cache.v_LxBxCxNxH, mods_Lx6xD)
+  x_BxSxD, _ = _run_layers(body, x_BxSxD.astype(d.dtype), per_layer, d)
+  return x_BxSxD

@@ -1,0 +1,96 @@
+"""Elementary layers shared by every transformer in the project (pure functions).
+
+Numerics follow the official PyTorch code (itself derived from Llama 2): RMSNorm
+normalises in float32 and casts back before the learnable weight; RoPE rotates adjacent
+pairs (x[2k], x[2k+1]) in float32; attention softmax runs in float32 or wider. "Or wider"
+matters for the float64 finite-difference tests, which is also why attention is written
+out here instead of calling `jax.nn.dot_product_attention` (always float32 softmax).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def wide_dtype(dtype) -> jnp.dtype:
+  """float32, or the input's dtype when it is wider (float64 under x64)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def rms_norm(x_BxSxD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
+  x32 = x_BxSxD.astype(wide_dtype(x_BxSxD.dtype))
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return normed.astype(x_BxSxD.dtype) * weight_D.astype(x_BxSxD.dtype)
+
+
+def modulate(x_BxSxD: jax.Array, shift_D: jax.Array, scale_D: jax.Array) -> jax.Array:
+  """adaLN modulation x * (1 + scale) + shift (the step embedding is shared by the batch)."""
+  return x_BxSxD * (1 + scale_D) + shift_D
+
+
+def rope(x_BxSxNxH: jax.Array, positions_S: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding rotating adjacent pairs (x[2k], x[2k+1]) by positions * theta^(-2k/H)."""
+  head_dim = x_BxSxNxH.shape[-1]
+  wide = wide_dtype(x_BxSxNxH.dtype)
+  freqs_K = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=wide) / head_dim)
+  angles_SxK = positions_S.astype(wide)[:, None] * freqs_K[None, :]
+  cos_SxK = jnp.cos(angles_SxK)[None, :, None, :]
+  sin_SxK = jnp.sin(angles_SxK)[None, :, None, :]
+  pairs = x_BxSxNxH.astype(wide).reshape(*x_BxSxNxH.shape[:-1], head_dim // 2, 2)
+  even, odd = pairs[..., 0], pairs[..., 1]
+  rotated = jnp.stack([even * cos_SxK - odd * sin_SxK, even * sin_SxK + odd * cos_SxK], -1)
+  return rotated.reshape(x_BxSxNxH.shape).astype(x_BxSxNxH.dtype)
+
+
+def swiglu(x_BxSxD, w1_DxF, w3_DxF, w2_FxD) -> jax.Array:
+  """w2(silu(w1 x) * w3 x), Llama's SwiGLU without biases."""
+  dtype = x_BxSxD.dtype
+  gate = jax.nn.silu(x_BxSxD @ w1_DxF.astype(dtype))
+  return (gate * (x_BxSxD @ w3_DxF.astype(dtype))) @ w2_FxD.astype(dtype)
+
+
+def project_heads(x_BxSxD, w_DxNxH) -> jax.Array:
+  return jnp.einsum("bsd,dnh->bsnh", x_BxSxD, w_DxNxH.astype(x_BxSxD.dtype))
+
+
+def merge_heads(o_BxSxNxH, w_NxHxD) -> jax.Array:
+  return jnp.einsum("bsnh,nhd->bsd", o_BxSxNxH, w_NxHxD.astype(o_BxSxNxH.dtype))
+
+
+def _masked_scores(scores, allowed):
+  return jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
+
+
+def causal_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH) -> jax.Array:
+  """Plain causal self-attention; token s attends to tokens 0..s."""
+  seq = q_BxSxNxH.shape[1]
+  wide = wide_dtype(q_BxSxNxH.dtype)
+  scale = q_BxSxNxH.shape[-1] ** -0.5
+  scores_BxNxSxS = jnp.einsum("bqnh,bknh->bnqk", q_BxSxNxH, k_BxSxNxH).astype(wide) * scale
+  allowed_SxS = jnp.arange(seq)[:, None] >= jnp.arange(seq)[None, :]
+  probs = jax.nn.softmax(_masked_scores(scores_BxNxSxS, allowed_SxS), axis=-1)
+  return jnp.einsum("bnqk,bknh->bqnh", probs.astype(v_BxSxNxH.dtype), v_BxSxNxH)
+
+
+def prediction_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, ctx_k_BxCxNxH, ctx_v_BxCxNxH,
+                         last_ctx_S) -> jax.Array:
+  """Attention of the prediction stream: each prediction sees a context prefix and itself.
+
+  Prediction s attends to context entries 0..last_ctx_S[s] (keys/values of the real
+  stream, computed once per landscape) and to its own key/value, never to other
+  predictions. The scores are [B, N, S, C] for the context plus one self-score column, so
+  no mask larger than the scores is ever built.
+  """
+  wide = wide_dtype(q_BxSxNxH.dtype)
+  scale = q_BxSxNxH.shape[-1] ** -0.5
+  ctx_len = ctx_k_BxCxNxH.shape[1]
+  ctx_scores_BxNxSxC = jnp.einsum("bsnh,bcnh->bnsc", q_BxSxNxH, ctx_k_BxCxNxH).astype(wide)
+  allowed_SxC = jnp.arange(ctx_len)[None, :] <= last_ctx_S[:, None]
+  ctx_scores_BxNxSxC = _masked_scores(ctx_scores_BxNxSxC * scale, allowed_SxC)
+  self_scores_BxNxS = jnp.einsum("bsnh,bsnh->bns", q_BxSxNxH, k_BxSxNxH).astype(wide) * scale
+  scores = jnp.concatenate([ctx_scores_BxNxSxC, self_scores_BxNxS[..., None]], axis=-1)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxNxH.dtype)
+  from_ctx = jnp.einsum("bnsc,bcnh->bsnh", probs[..., :ctx_len], ctx_v_BxCxNxH)
+  from_self = jnp.einsum("bns,bsnh->bsnh", probs[..., ctx_len], v_BxSxNxH)
+  return from_ctx + from_self

@@ -1,0 +1,1 @@
+"""Meshes, logical-axis rules, shardings and multi-host start-up."""

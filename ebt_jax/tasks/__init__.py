@@ -1,0 +1,1 @@
+"""Per-modality candidate parametrisations, objectives and metrics."""

@@ -1,0 +1,1 @@
+"""Train state, outer optimizer, objectives and the train/eval loop."""

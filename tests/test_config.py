@@ -1,0 +1,109 @@
+"""Config validation and the official-hyperparameter conversion."""
+
+import pytest
+
+from ebt_jax import config as config_lib
+from ebt_jax.config import ConfigError, from_official_hparams
+
+# The flags of the official job script job_scripts/nlp/pretrain/ebt_s1.sh, as a dict
+# (model_size xxs; 4 GPUs per node), plus the vocabulary size of its tokenizer.
+S1_SCRIPT = {
+    "run_name": "ebt-xxs-bs_256_s1_lr_0.0012", "modality": "NLP", "model_name": "ebt",
+    "model_size": "xxs", "pretokenize_dataset": True, "tokenizer": "EleutherAI/gpt-neox-20b",
+    "normalize_initial_condition": True, "ebt_type": "time_embed",
+    "denoising_initial_condition": "random_noise", "mcmc_step_size_learnable": True,
+    "mcmc_step_size": 500, "mcmc_step_size_lr_multiplier": 1500, "mcmc_num_steps": 2,
+    "context_length": 256, "gpus": "-1", "peak_learning_rate": 0.0012,
+    "batch_size_per_device": 32, "accumulate_grad_batches": 2, "gradient_clip_val": 1.0,
+    "weight_decay": 0.01, "min_lr_scale": 10, "max_steps": 1000000,
+    "max_scheduling_steps": 1000000, "warm_up_steps": 10000, "dataset_name": "pajama",
+    "num_workers": 12, "validation_split_pct": 0.0005, "val_check_interval": 15000,
+    "wandb_project": "nlp_pretrain", "log_model_archi": True, "log_gradients": True,
+    "set_matmul_precision": "medium", "wandb_watch": True, "vocab_size": 50277,
+}
+
+
+def test_s1_job_script_converts():
+  c = from_official_hparams(S1_SCRIPT, num_devices=4)
+  assert (c.model.kind, c.model.ebt_type) == ("ebt", "time_embed")
+  assert (c.model.dim, c.model.n_layers, c.model.n_heads) == (384, 6, 6)
+  assert c.model.vocab_size == 50277 and c.model.context_length == 256
+  assert c.model.ffn_dim_multiplier is None
+  t = c.thinking
+  assert (t.num_steps, t.step_size, t.step_size_lr_multiplier) == (2, 500.0, 1500.0)
+  assert t.step_size_learnable and t.normalize_initial_condition and t.detach
+  assert not t.truncate and t.initial_condition == "random_noise"
+  o = c.optimizer
+  assert (o.peak_lr, o.weight_decay, o.min_lr_scale, o.warmup_steps, o.decay_steps) == (
+      0.0012, 0.01, 10.0, 10000, 1000000)
+  assert c.train.batch_size == 256 and c.train.num_steps == 1000000
+
+
+def test_absent_flags_take_the_official_defaults():
+  c = from_official_hparams({"vocab_size": 100, "context_length": 64})
+  assert c.model.ebt_type == "default"
+  assert (c.model.dim, c.model.n_layers, c.model.n_heads) == (384, 6, 6)  # model_size xxs
+  assert c.thinking.step_size == 60.0 and not c.thinking.step_size_learnable
+  assert not c.thinking.normalize_initial_condition
+  assert c.optimizer.decay_steps == 1000000       # max_scheduling_steps -1 -> max_steps
+  assert c.train.batch_size == 2
+  c = from_official_hparams({"vocab_size": 100, "context_length": 64, "model_size": "",
+                             "embedding_dim": 96, "multiheaded_attention_heads": 4,
+                             "num_transformer_blocks": 3, "gpus": "[0, 1]",
+                             "override_transformer_blocks": 5, "no_mcmc_detach": True,
+                             "model_name": "baseline_transformer"})
+  assert (c.model.dim, c.model.n_heads, c.model.n_layers) == (96, 4, 5)
+  assert c.train.batch_size == 4 and not c.thinking.detach and c.model.kind == "transformer"
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"not_a_flag": 1}, "not_a_flag: not an official EBT hyperparameter"),
+    ({"mcmc_replay_buffer": True}, "mcmc_replay_buffer: this project cannot honour True yet"),
+    ({"ebt_norm": "dyt"}, "ebt_norm: this project cannot honour 'dyt'"),
+    ({"modality": "VID"}, "modality: expected 'NLP'"),
+    ({"model_name": "diffusion"}, "model_name: expected one of"),
+    ({"denoising_initial_condition": "most_recent_embedding"}, "denoising_initial_condition"),
+    ({"model_size": "huge"}, "model_size: expected one of"),
+    ({"patch_size": 4}, "patch_size: this project cannot honour 4"),
+])
+def test_unknown_or_unsupported_flags_raise_naming_them(flags, message):
+  with pytest.raises(ConfigError, match=message):
+    from_official_hparams({"vocab_size": 100, "context_length": 64, **flags})
+
+
+def test_vocab_size_is_required():
+  with pytest.raises(ConfigError, match="vocab_size: required"):
+    from_official_hparams({"context_length": 64})
+
+
+def test_plumbing_flags_are_ignored():
+  c = from_official_hparams({"vocab_size": 100, "context_length": 64, "wandb_entity": "me",
+                             "num_workers": 99, "debug_mode": True, "profiler": "simple",
+                             "mcmc_replay_buffer_size": 64})
+  assert c.model.vocab_size == 100
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("model.n_heads", 5, "model.n_heads: expected a divisor of model.dim=384"),
+    ("model.n_heads", 128, "model.n_heads: expected a count giving an even head size"),
+    ("model.ebt_type", "transformer_xl", "model.ebt_type: expected one of"),
+    ("model.kind", "rnn", "model.kind: expected one of"),
+    ("model.dim", -8, "model.dim: expected a positive integer"),
+    ("model.context_length", 0, "model.context_length: expected a positive integer"),
+    ("model.dtype", "float8", "model.dtype: expected one of"),
+    ("thinking.num_steps", -1, "thinking.num_steps: expected a positive integer"),
+    ("thinking.step_size", 0.0, "thinking.step_size: expected a positive number"),
+    ("thinking.grad_wrt", "energy", "thinking.grad_wrt"),
+    ("thinking.inner_optimizer", "lbfgs", "thinking.inner_optimizer: expected one of"),
+    ("thinking.langevin_noise", -1.0, "thinking.langevin_noise"),
+    ("optimizer.b2", 1.0, r"optimizer.b2: expected a number in \[0, 1\)"),
+    ("optimizer.warmup_base_lr_divider", 0.5, "optimizer.warmup_base_lr_divider"),
+    ("train.batch_size", 0, "train.batch_size: expected a positive integer"),
+])
+def test_bad_values_raise_one_line_naming_the_field(path, value, message):
+  c = config_lib.base_config()
+  section, field = path.split(".")
+  c[section][field] = value
+  with pytest.raises(ConfigError, match=message) as info:
+    config_lib.validate(c)
+  assert "\n" not in str(info.value)
