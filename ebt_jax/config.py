@@ -80,6 +80,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.min_lr_scale = 10.0      # [min_lr_scale] cosine floor = peak / this, per group
   c.optimizer.grad_clip = 1.0          # [gradient_clip_val] global norm
 
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "stdlib"             # stdlib | text | shards | dyck | arithmetic
+  c.data.path = ""                     # text: a directory or glob of .txt/.jsonl; shards: `ebt prepare` output
+  c.data.tokenizer = "byte"            # "byte" or the path of a Hugging Face tokenizer.json
+  c.data.validation_fraction = 0.05    # of the documents (files), held out by a stable hash
+  c.data.jsonl_field = "text"
+  c.data.seed = 0                      # window sampling and shuffling
+  c.data.ood_suites = ()               # extra evaluation sets, e.g. ("dyck_depth_8",)
+  c.data.dyck = ml_collections.ConfigDict()
+  c.data.dyck.bracket_types = 3
+  c.data.dyck.train_max_depth = 4
+  c.data.dyck.num_documents = 20000
+  c.data.arithmetic = ml_collections.ConfigDict()
+  c.data.arithmetic.train_max_digits = 3
+  c.data.arithmetic.num_documents = 20000
+
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 256             # global batch (sequences)
   c.train.num_steps = 1000             # [max_steps]
