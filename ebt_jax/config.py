@@ -104,6 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 8
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
+  c.train.peak_tflops = config_dict.placeholder(float)  # per device, for MFU where not in the table
+  c.train.tensorboard = True           # also write TensorBoard events when tensorboardX is installed
   return c
 
 

@@ -45,7 +45,8 @@ check_val_every_n_epoch no_shuffle no_randomness_dataloader is_random_seed deter
 overfit_batches run_testing_after_training only_test only_test_model_ckpt metrics_list
 metrics_average_type num_classes metrics_task infer_output_dir infer_max_gen_len infer_echo
 infer_temp infer_topp infer_topk infer_logprobs infer_debug_sample_distances
-infer_plot_energy_landscape ffprobe_path
+infer_plot_energy_landscape ffprobe_path num_nodes total_num_workers txt_logger
+vit_backbone_dim save_generation_logs_dir num_gpus
 """.split())
 
 # name -> the value(s) this project reproduces; other values cannot be honoured yet.
@@ -203,9 +204,12 @@ def _set(c: ml_collections.ConfigDict, path: str, value) -> None:
   c[section][field] = value
 
 
-def _device_count(gpus, num_devices: int) -> int:
-  """GPUs of an official run: an explicit count or list, else `num_devices` ("-1": all)."""
-  text = str(gpus).strip()
+def _device_count(hparams: dict, num_devices: int) -> int:
+  """GPUs of an official run: `num_gpus` (which its trainer records in checkpoints), an
+  explicit `gpus` count or list, else `num_devices` (`gpus="-1"` means all of them)."""
+  if "num_gpus" in hparams:
+    return int(hparams["num_gpus"])
+  text = str(hparams["gpus"]).strip()
   if text.startswith("["):
     return len(json.loads(text))
   return num_devices if int(text) == -1 else int(text)
@@ -255,7 +259,7 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
     c.model.dim = int(hparams["override_embedding_dim"])
   if hparams["override_transformer_blocks"] > 0:
     c.model.n_layers = int(hparams["override_transformer_blocks"])
-  devices = _device_count(hparams["gpus"], num_devices)
+  devices = _device_count(hparams, num_devices)
   c.train.batch_size = (int(hparams["batch_size_per_device"]) *
                         int(hparams["accumulate_grad_batches"]) * devices)
   return config_lib.validate(c)

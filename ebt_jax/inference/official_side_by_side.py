@@ -1,0 +1,236 @@
+"""This project against the official PyTorch EBT code, in one process: parity and speed.
+
+    python -m ebt_jax.inference.official_side_by_side --official-repo PATH/TO/EBT [--parity] [--bench]
+
+Needs `torch` and a checkout of the official repository (github.com/alexiglad/EBT); neither
+is a dependency of the project. The official NLP model imports Lightning, torchvision,
+diffusers and transformers only for features these checks do not touch; they are replaced
+by inert stand-ins before import, and its tokenizer by one of the configured size.
+
+* `--parity`: for every ebt_type and step option (detach, no detach, truncation), the same
+  weights (through `import_official`) and the same initial candidate give the official
+  loss, metrics and every parameter gradient, in float64 (both sides upcast as one).
+* `--bench`: the S1 training step of the issue's reference size (D=384, 6 layers, 6 heads,
+  S=128, B=8, V=4096, two steps, time_embed, float32, AdamW update included) timed
+  alternately on both sides; prints the medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import types
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import ebt_jax
+from ebt_jax import config as config_lib
+from ebt_jax.checkpoint import import_official
+
+
+def load_official(repo: str, vocab_size: int):
+  """The official EBT_NLP and Baseline_Transformer_NLP classes, importable without their
+  training stack."""
+  import torch
+
+  class HParams(dict):
+    __getattr__ = dict.__getitem__
+
+    def __setattr__(self, key, value):
+      self[key] = value
+
+  class LightningModule(torch.nn.Module):
+    device = torch.device("cpu")
+
+    def __init__(self):
+      super().__init__()
+      object.__setattr__(self, "_hparams", HParams())
+
+    @property
+    def hparams(self):
+      return self._hparams
+
+  lightning = types.ModuleType("pytorch_lightning")
+  lightning.LightningModule = LightningModule
+  sys.modules["pytorch_lightning"] = lightning
+  for name in ("torchmetrics", "torchvision", "torchvision.transforms",
+               "torchvision.transforms.functional", "torchvision.models", "torchvision.utils",
+               "diffusers", "PIL", "PIL.Image", "transformers"):
+    sys.modules.setdefault(name, mock.MagicMock())
+
+  class Tokenizer:
+    eos_token_id = 0
+
+    def __len__(self):
+      return vocab_size
+
+  sys.modules["transformers"].AutoTokenizer.from_pretrained = lambda *a, **k: Tokenizer()
+  sys.path.insert(0, repo)
+  from model.nlp.baseline_transformer import Baseline_Transformer_NLP
+  from model.nlp.ebt import EBT_NLP
+  return EBT_NLP, Baseline_Transformer_NLP
+
+
+def official_namespace(c) -> argparse.Namespace:
+  """The official flags that build the model `c` describes."""
+  t = c.thinking
+  return argparse.Namespace(
+      tokenizer="-", embedding_dim=c.model.dim, num_transformer_blocks=c.model.n_layers,
+      multiheaded_attention_heads=c.model.n_heads, context_length=c.model.context_length,
+      ffn_dim_multiplier=c.model.ffn_dim_multiplier, ebt_type=c.model.ebt_type,
+      weight_initialization_method=c.model.weight_init,
+      weight_initialization_gain=c.model.weight_init_gain,
+      vocab_to_embed_uses_prob_dist=c.model.tied_v2e, mcmc_num_steps=t.num_steps,
+      mcmc_step_size=t.step_size, mcmc_step_size_learnable=t.step_size_learnable,
+      normalize_initial_condition=t.normalize_initial_condition,
+      denoising_initial_condition=t.initial_condition,
+      gaussian_random_noise_scaling=t.initial_noise_scale, truncate_mcmc=t.truncate,
+      no_mcmc_detach=not t.detach, langevin_dynamics_noise=0.0, batch_size_per_device=8,
+      ebt_norm="rms", ebt_act_func="silu", dyt_alpha_init=0.5,
+      num_modality_processing_mlp_layers=1, mcmc_replay_buffer=False,
+      debug_unused_parameters=False, randomize_mcmc_step_size_scale=1,
+      randomize_mcmc_num_steps=0, normalize_initial_condition_only_first_step=False,
+      clamp_futures_grad=False, absolute_clamp=0.0, sharpen_predicted_distribution=0.0,
+      soften_target_prob_dist=0.0, contrastive_loss=False, reconstruction_coeff=1.0,
+      execution_mode="pretrain")
+
+
+def _max_rel_err(ours, theirs) -> float:
+  errs = jax.tree_util.tree_map(
+      lambda a, b: float(np.max(np.abs(np.asarray(a) - b)) / (np.max(np.abs(b)) + 1e-30)),
+      ours, theirs)
+  return max(jax.tree_util.tree_leaves(errs))
+
+
+def parity(repo: str) -> float:
+  import torch
+  torch.set_default_dtype(torch.float64)
+  torch.Tensor.float = lambda self: self  # the official RMSNorm/RoPE upcast; keep float64
+  vocab = 61
+  EBT_NLP, Baseline = load_official(repo, vocab)
+  worst = 0.0
+  print(f"{'model':<12} {'options':<20} {'loss (ours)':>14} {'loss (official)':>16} "
+        f"{'max rel grad err':>17}")
+  with jax.enable_x64(True):
+    for kind, ebt_type in [("ebt", t) for t in ("default", "time_embed", "adaln", "adaln_zero")] + \
+        [("transformer", "default")]:
+      options = [dict(detach=True, truncate=False), dict(detach=False, truncate=False),
+                 dict(detach=False, truncate=True)] if kind == "ebt" else [{}]
+      for opts in options:
+        c = config_lib.base_config()
+        c.model.update(kind=kind, ebt_type=ebt_type, vocab_size=vocab, dim=32, n_layers=2,
+                       n_heads=4, context_length=12, dtype="float64")
+        c.thinking.update(num_steps=3, step_size=5.0, **opts)
+        torch.manual_seed(0)
+        tokens = torch.randint(0, vocab, (3, 13))
+        tokens[0, -3:] = 0
+        model = (EBT_NLP if kind == "ebt" else Baseline)(official_namespace(c))
+        with torch.no_grad():  # move every weight so zero-initialised parts matter too
+          for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        y0 = torch.randn(3, 12, vocab)
+        model.corrupt_embeddings = lambda emb: y0.clone()
+        out = model.forward_loss_wrapper({"input_ids": tokens[:, None]}, phase="val")
+        model.zero_grad()
+        out["loss"].backward()
+        grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p))
+                 for n, p in model.named_parameters()}
+        params = import_official(model.state_dict(), c, dtype=np.float64)
+        tok = jnp.asarray(tokens.numpy())
+        if kind == "ebt":
+          f = lambda p: ebt_jax.text_ebt_loss(p, tok, c, initial_logits=jnp.asarray(y0.numpy()))[0]
+        else:
+          f = lambda p: ebt_jax.transformer_loss(p, tok, c)[0]
+        loss, g = jax.value_and_grad(f)(params)
+        err = _max_rel_err(g, import_official(grads, c, dtype=np.float64))
+        loss_err = abs(float(loss) - out["loss"].item()) / abs(out["loss"].item())
+        worst = max(worst, err, loss_err)
+        label = ",".join(k for k, v in opts.items() if (v if k != "detach" else not v)) or "-"
+        label = label.replace("detach", "no_detach")
+        print(f"{ebt_type if kind == 'ebt' else 'transformer':<12} {label:<20} "
+              f"{float(loss):>14.8f} {out['loss'].item():>16.8f} {err:>17.2e}")
+  print(f"worst relative difference (loss or any gradient): {worst:.2e}")
+  return worst
+
+
+def bench(repo: str, repeats: int = 7) -> dict:
+  import torch
+  vocab, B, S = 4096, 8, 128
+  EBT_NLP, _ = load_official(repo, vocab)
+  c = config_lib.base_config()
+  c.model.update(ebt_type="time_embed", vocab_size=vocab, dim=384, n_layers=6, n_heads=6,
+                 context_length=S)
+  c.thinking.update(num_steps=2, step_size=500.0)
+  torch.manual_seed(0)
+  tokens = torch.randint(1, vocab, (B, S + 1))
+  model = EBT_NLP(official_namespace(c))
+  torch_opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+  def torch_step():
+    out = model.forward_loss_wrapper({"input_ids": tokens[:, None]}, phase="train")
+    torch_opt.zero_grad()
+    out["loss"].backward()
+    torch_opt.step()
+
+  tx = optax.adamw(1e-4)
+  params = ebt_jax.init_params(c, jax.random.key(0))
+  state = [params, tx.init(params)]
+  tok = jnp.asarray(tokens.numpy())
+
+  def jax_update(params, opt_state, key):
+    grads = jax.grad(lambda p: ebt_jax.text_ebt_loss(p, tok, c, key=key)[0])(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  t0 = time.perf_counter()
+  compiled = jax.jit(jax_update, donate_argnums=(0, 1)).lower(
+      *state, jax.random.key(0)).compile()
+  compile_s = time.perf_counter() - t0
+
+  def jax_step(i):
+    state[:] = compiled(*state, jax.random.key(i))
+    jax.block_until_ready(state)
+
+  torch_step(), jax_step(0)  # warm-up
+  t_torch, t_jax = [], []
+  for i in range(repeats):
+    t0 = time.perf_counter(); torch_step(); t_torch.append(time.perf_counter() - t0)
+    t0 = time.perf_counter(); jax_step(i + 1); t_jax.append(time.perf_counter() - t0)
+  result = {"torch_step_s": statistics.median(t_torch), "jax_step_s": statistics.median(t_jax),
+            "jax_compile_s": compile_s, "torch_threads": torch.get_num_threads(),
+            "device": jax.devices()[0].device_kind}
+  result["speedup"] = result["torch_step_s"] / result["jax_step_s"]
+  tokens_per_step = B * S
+  print(f"S1 step, D=384 L=6 H=6 S={S} B={B} V={vocab} time_embed 2 steps float32, "
+        f"{result['device']}, torch threads {result['torch_threads']}")
+  print(f"  official PyTorch: {result['torch_step_s'] * 1e3:8.0f} ms/step "
+        f"({tokens_per_step / result['torch_step_s']:,.0f} tokens/s)")
+  print(f"  ebt_jax:          {result['jax_step_s'] * 1e3:8.0f} ms/step "
+        f"({tokens_per_step / result['jax_step_s']:,.0f} tokens/s; compile {compile_s:.1f} s)")
+  print(f"  ebt_jax / official speed: {result['speedup']:.2f}x (medians of {repeats}, alternating)")
+  return result
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--official-repo", required=True)
+  parser.add_argument("--parity", action="store_true")
+  parser.add_argument("--bench", action="store_true")
+  parser.add_argument("--repeats", type=int, default=7)
+  args = parser.parse_args(argv)
+  if args.bench:
+    bench(args.official_repo, args.repeats)
+  if args.parity or not args.bench:
+    worst = parity(args.official_repo)
+    return 0 if worst < 1e-8 else 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,51 @@
+"""Validation and out-of-distribution evaluation: cross-entropy after every thinking step.
+
+Evaluation is deterministic: fixed batches per split and a fixed key for the initial
+candidates (the official validation keeps random initial candidates; a fixed key makes
+evaluations of different checkpoints comparable).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+
+from ebt_jax.training import step as step_lib
+
+EVAL_KEY_SALT = 2
+
+
+def eval_fn(config: ml_collections.ConfigDict):
+  return jax.jit(functools.partial(step_lib.eval_step, config=config))
+
+
+def evaluate(params, config: ml_collections.ConfigDict, datasets, fn, *, batch_size: int,
+             num_batches: int, put=np.asarray) -> dict[str, dict]:
+  """{split: {"ce_steps": [K] mean cross-entropy after each step, "perplexity": final}}."""
+  key = jax.random.fold_in(jax.random.key(config.seed), EVAL_KEY_SALT)
+  results = {}
+  for split in datasets.eval_splits:
+    batches = datasets.eval_batches(split, batch_size, num_batches)
+    per_batch = [jax.device_get(fn(params, put(b), jax.random.fold_in(key, i)))
+                 for i, b in enumerate(batches)]
+    ce = np.mean([m["ce_steps"] for m in per_batch], axis=0)
+    results[split] = {"ce_steps": ce, "perplexity": float(np.exp(ce[-1]))}
+    if "energy_steps" in per_batch[0]:
+      results[split]["energy_steps"] = np.mean([m["energy_steps"] for m in per_batch], axis=0)
+  return results
+
+
+def as_scalars(results: dict[str, dict]) -> dict[str, float]:
+  """Flat metric names: eval/ce_step_k and eval/perplexity for validation, ood/<split>/..."""
+  out = {}
+  for split, r in results.items():
+    prefix = "eval" if split == "validation" else f"ood/{split}"
+    for k, ce in enumerate(r["ce_steps"], start=1):
+      out[f"{prefix}/ce_step_{k}"] = float(ce)
+    for k, e in enumerate(r.get("energy_steps", ()), start=1):
+      out[f"{prefix}/energy_step_{k}"] = float(e)
+    out[f"{prefix}/perplexity"] = r["perplexity"]
+  return out

@@ -1,0 +1,110 @@
+"""Operations on a run directory: restore its parameters, evaluate it, import into one.
+
+A run directory holds `config.json`, `checkpoints/<step>/` and `metrics.jsonl`; anything
+that can be trained, evaluated or plotted is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ebt_jax import config as config_lib
+from ebt_jax.checkpoint.manager import Checkpointer
+from ebt_jax.checkpoint.official import import_official
+from ebt_jax.checkpoint.torch_file import load_torch_file, state_dict_and_hparams
+from ebt_jax.data.pipeline import make_datasets
+from ebt_jax.tasks import text
+from ebt_jax.training import evaluate as eval_lib
+from ebt_jax.training import optimizer as optimizer_lib
+from ebt_jax.training import step as step_lib
+from ebt_jax.training import trainer
+
+
+def _abstract_state(config):
+  params = jax.eval_shape(lambda: text.init_params(config, jax.random.key(0)))
+  tx = optimizer_lib.make_optimizer(config, params)
+  return tx, jax.eval_shape(lambda: step_lib.init_state(config, tx))
+
+
+def restore_params(workdir) -> tuple[ml_collections.ConfigDict, int, dict]:
+  """(config, step, params) of the newest readable checkpoint of a run directory."""
+  config = trainer.load_config(workdir)
+  _, abstract = _abstract_state(config)
+  checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
+  try:
+    restored = checkpointer.restore(abstract)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise config_lib.ConfigError(f"--workdir: {workdir} holds no checkpoint yet")
+  step, state, _ = restored
+  return config, step, state.params
+
+
+@dataclasses.dataclass
+class EvalReport:
+  workdir: str
+  step: int
+  results: dict          # split -> {"ce_steps": [K], "perplexity": float}
+
+  def table(self) -> str:
+    K = max(len(r["ce_steps"]) for r in self.results.values())
+    header = f"{'dataset':<24}" + "".join(f"{'step ' + str(k):>12}" for k in range(1, K + 1))
+    lines = [f"Perplexity after each thinking step ({self.workdir}, checkpoint {self.step})",
+             header]
+    for split, r in self.results.items():
+      lines.append(f"{split:<24}" + "".join(f"{np.exp(ce):>12.3f}" for ce in r["ce_steps"]))
+    return "\n".join(lines)
+
+  def as_json(self) -> dict:
+    rows = []
+    for split, r in self.results.items():
+      for k, ce in enumerate(r["ce_steps"], start=1):
+        rows.append({"dataset": split, "thinking_steps": k, "best_of": 1, "ce": float(ce),
+                     "perplexity": float(np.exp(ce))})
+    return {"workdir": self.workdir, "checkpoint_step": self.step, "results": rows}
+
+
+def evaluate_workdir(workdir, num_batches: int | None = None) -> EvalReport:
+  config, step, params = restore_params(workdir)
+  datasets = make_datasets(config)
+  results = eval_lib.evaluate(params, config, datasets, eval_lib.eval_fn(config),
+                              batch_size=config.train.batch_size // jax.process_count(),
+                              num_batches=num_batches or config.train.eval_batches)
+  return EvalReport(str(workdir), step, results)
+
+
+def import_torch_checkpoint(checkpoint, out, config: ml_collections.ConfigDict | None = None) -> Path:
+  """A run directory (config + step-0 checkpoint) from an official .ckpt / .pt file.
+
+  Without `config`, the config comes from the Lightning checkpoint's hyperparameters via
+  `from_official_hparams`, with the vocabulary size read off the embedding table.
+  """
+  state_dict, hparams = state_dict_and_hparams(load_torch_file(checkpoint))
+  if config is None:
+    if hparams is None:
+      raise config_lib.ConfigError(f"--config: {checkpoint} is a bare state_dict without "
+                                   f"hyperparameters; pass the model's config")
+    embed = state_dict.get("model.embeddings.weight", state_dict.get("embeddings.weight"))
+    if embed is None:
+      raise config_lib.ConfigError(f"{checkpoint}: no embeddings.weight entry; is this an NLP model?")
+    config = config_lib.from_official_hparams({**hparams, "vocab_size": int(embed.shape[0])})
+  config_lib.validate(config)
+  params = jax.tree_util.tree_map(jnp.asarray, import_official(state_dict, config))
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  trainer.save_config(config, out)
+  tx, _ = _abstract_state(config)
+  state = step_lib.state_from_params(params, config, tx)
+  checkpointer = Checkpointer(out / "checkpoints", keep=config.train.keep_checkpoints)
+  try:
+    checkpointer.save(0, state)
+  finally:
+    checkpointer.close()
+  return out

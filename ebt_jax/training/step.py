@@ -1,0 +1,88 @@
+"""Train state, the jitted train/eval steps, and the objective of each model kind.
+
+The train step is one function of (state, batch) so it can be jitted with donated state
+and explicit shardings. Randomness is `fold_in(run_key, step)`, so a resumed run draws
+exactly what an uninterrupted one would. A step whose loss or gradients are not finite
+leaves the state untouched and says so in its metrics; the trainer then stops with an
+error naming the step, and no checkpoint can ever hold NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ebt_jax.tasks import text
+from ebt_jax.training import optimizer as optimizer_lib
+
+
+class TrainState(NamedTuple):
+  step: jax.Array          # int32 []: optimizer updates applied so far
+  params: dict
+  opt_state: Any
+  rng: jax.Array           # uint32 key data of the run's base key
+
+
+def objective(config: ml_collections.ConfigDict) -> Callable:
+  """(params, tokens [B, S+1], key) -> (loss, metrics) for `config.model.kind`."""
+  if config.model.kind == "transformer":
+    return lambda params, tokens, key: text.transformer_loss(params, tokens, config)
+  return lambda params, tokens, key: text.text_ebt_loss(params, tokens, config, key=key)
+
+
+def run_rng(config: ml_collections.ConfigDict) -> jax.Array:
+  """Key data of the run's base key (training randomness is this folded with the step)."""
+  return jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1))
+
+
+def state_from_params(params: dict, config: ml_collections.ConfigDict,
+                      tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), run_rng(config))
+
+
+def init_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
+  params = text.init_params(config, jax.random.fold_in(jax.random.key(config.seed), 0))
+  return state_from_params(params, config, tx)
+
+
+def step_key(state: TrainState) -> jax.Array:
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def train_step(state: TrainState, tokens: jax.Array, *, config: ml_collections.ConfigDict,
+               tx: optax.GradientTransformation):
+  """One optimizer update; returns the new state and scalar metrics."""
+  loss_fn = objective(config)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, tokens, step_key(state))
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & all_finite(grads)
+  # A non-finite step changes nothing: the run stops on it with the state still clean.
+  keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = TrainState(state.step + finite.astype(jnp.int32), keep(params, state.params),
+                         keep(opt_state, state.opt_state), state.rng)
+  lrs = optimizer_lib.learning_rates(config, state.step)
+  out = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+  out.update(finite=finite, grad_norm=optax.global_norm(grads), lr=lrs[optimizer_lib.DEFAULT])
+  if "alpha" in state.params:
+    out["alpha"] = state.params["alpha"]
+  return new_state, out
+
+
+def eval_step(params: dict, tokens: jax.Array, key: jax.Array, *,
+              config: ml_collections.ConfigDict) -> dict:
+  """Per-thinking-step cross-entropy (EBT) or the cross-entropy (baseline) of a batch."""
+  _, metrics = objective(config)(params, tokens, key)
+  if "ce_steps" in metrics:
+    return {"ce_steps": metrics["ce_steps"], "energy_steps": metrics["energy_steps"]}
+  return {"ce_steps": metrics["loss"][None]}

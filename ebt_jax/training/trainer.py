@@ -1,0 +1,254 @@
+"""The training loop: `train(config, workdir)` is everything `ebt train` does.
+
+One jitted step with donated state; the host never waits for the device to report
+metrics: after dispatching step t it reads step t-1's (already finished, or nearly).
+Evaluation every `train.eval_every` steps, checkpoints every `train.checkpoint_every`
+steps and on SIGTERM/SIGINT, resume from the newest readable checkpoint of the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from ebt_jax import config as config_lib
+from ebt_jax.checkpoint.manager import Checkpointer, abstract_like
+from ebt_jax.data.pipeline import make_datasets
+from ebt_jax.training import evaluate as eval_lib
+from ebt_jax.training import flops as flops_lib
+from ebt_jax.training import metrics as metrics_lib
+from ebt_jax.training import optimizer as optimizer_lib
+from ebt_jax.tasks import text
+from ebt_jax.training import step as step_lib
+
+CONFIG_FILE = "config.json"
+# Fields that may change when a run is resumed; anything else must match the checkpoints.
+RESUMABLE_CHANGES = ("train.", "data.ood_suites", "optimizer.decay_steps")
+
+
+class TrainingError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class Summary:
+  workdir: str
+  start_step: int
+  final_step: int
+  wall_s: float
+  tokens_per_s: float
+  final_train_loss: float | None
+  eval: dict
+  stopped_early: bool = False
+
+  def report(self) -> str:
+    lines = [f"Trained steps {self.start_step}..{self.final_step} in {self.wall_s:.0f} s "
+             f"({self.tokens_per_s:,.0f} tokens/s while training)."]
+    if self.final_train_loss is not None:
+      lines.append(f"Final train loss: {self.final_train_loss:.4f}")
+    for split, r in self.eval.items():
+      per_step = "  ".join(f"step {k}: {np.exp(ce):.3f}" for k, ce in enumerate(r["ce_steps"], 1))
+      lines.append(f"{split} perplexity by thinking step: {per_step}")
+    lines.append(f"Checkpoints: {self.workdir}/checkpoints   Metrics: {self.workdir}/"
+                 f"{metrics_lib.METRICS_FILE}   Plots: ebt plot {self.workdir}")
+    if self.stopped_early:
+      lines.append("Stopped early on a signal; `ebt train` on this workdir resumes.")
+    return "\n".join(lines)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  path = workdir / CONFIG_FILE
+  saved = json.loads(config.to_json_best_effort())
+  if path.exists():
+    previous = _flatten(json.loads(path.read_text()))
+    for key, value in _flatten(saved).items():
+      if key in previous and previous[key] != value and not key.startswith(RESUMABLE_CHANGES):
+        raise config_lib.ConfigError(
+            f"{key}: the run in {workdir} was started with {previous[key]!r}, not {value!r} "
+            f"(use a new --workdir, or the same value to resume)")
+  if jax.process_index() == 0:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(saved, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise config_lib.ConfigError(f"--workdir: {workdir} holds no {CONFIG_FILE} (not a run directory)")
+  base = config_lib.base_config()
+  base.update_from_flattened_dict(_flatten(json.loads(path.read_text())))
+  return base
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+class _StopRequest:
+  """SIGTERM/SIGINT set a flag the loop checks after each step (save, then exit)."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+
+def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
+          log=print) -> Summary:
+  config_lib.validate(config)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  save_config(config, workdir)
+  tr = config.train
+  if tr.batch_size % jax.process_count():
+    raise config_lib.ConfigError(f"train.batch_size: expected a multiple of the process count "
+                                 f"{jax.process_count()}, got {tr.batch_size}")
+  local_batch = tr.batch_size // jax.process_count()
+  datasets = make_datasets(config)
+  train_iter = datasets.train_iter(local_batch)
+
+  abstract_params = jax.eval_shape(lambda: text.init_params(config, jax.random.key(0)))
+  tx = optimizer_lib.make_optimizer(config, abstract_params)
+  checkpointer = Checkpointer(workdir / "checkpoints", keep=tr.keep_checkpoints)
+  abstract_state = jax.eval_shape(lambda: step_lib.init_state(config, tx))
+  restored = checkpointer.restore(abstract_state) if checkpointer.latest_step() is not None else None
+  if restored is None:
+    state = jax.jit(lambda: step_lib.init_state(config, tx))()
+    start = 0
+  else:
+    start, state, data_state = restored
+    if data_state is not None:
+      train_iter.set_state(data_state)
+    metrics_lib.drop_records_after(workdir, start)
+    log(f"Resuming {workdir} from step {start}.")
+
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=tr.tensorboard)
+  step_fn = jax.jit(lambda s, b: step_lib.train_step(s, b, config=config, tx=tx),
+                    donate_argnums=0)
+  evaluate_fn = eval_lib.eval_fn(config)
+  reporter = _Reporter(config, writer, tqdm(
+      total=tr.num_steps, initial=start, unit="step", dynamic_ncols=True,
+      disable=not progress or jax.process_index() != 0))
+  t_start = time.perf_counter()
+  pending, results, step, stopped = None, {}, start, None
+  try:
+    with _StopRequest() as stop:
+      while step < tr.num_steps:
+        state, metrics = step_fn(state, jnp.asarray(next(train_iter)))
+        step += 1
+        if pending is not None:   # step t is queued; step t-1 is done or nearly
+          reporter.report(*pending)
+        pending = (step, metrics)
+        evaluate_now = step % tr.eval_every == 0 or step == tr.num_steps
+        save_now = step % tr.checkpoint_every == 0 or step == tr.num_steps or stop.signal
+        if evaluate_now or save_now:
+          reporter.report(*pending)
+          pending = None
+          if evaluate_now:
+            results = eval_lib.evaluate(state.params, config, datasets, evaluate_fn,
+                                        batch_size=local_batch, num_batches=tr.eval_batches)
+            writer.write(step, eval_lib.as_scalars(results))
+          if save_now:
+            checkpointer.save(step, state, train_iter.get_state())
+          reporter.restart_window()   # evaluation and saving are not training throughput
+        if stop.signal:
+          stopped = stop.signal
+          log(f"\n{stop.signal} received: saved a checkpoint at step {step}; exiting.")
+          break
+      if pending is not None:
+        reporter.report(*pending)
+  finally:
+    reporter.close()
+    checkpointer.close()
+    writer.close()
+  wall = time.perf_counter() - t_start
+  summary = Summary(str(workdir), start, step, wall, reporter.mean_tokens_per_s(),
+                    reporter.last_loss, results, stopped_early=stopped is not None)
+  if jax.process_index() == 0:
+    log(summary.report())
+  return summary
+
+
+class _Reporter:
+  """Reads each step's metrics (blocking on that step only), stops on NaN, logs."""
+
+  def __init__(self, config, writer, bar):
+    self.tr, self.writer, self.bar = config.train, writer, bar
+    self.tokens_per_step = config.train.batch_size * config.model.context_length
+    self.flops_per_step = flops_lib.train_step_flops(config, config.train.batch_size)
+    self.peak = flops_lib.device_peak_flops(config)
+    self.last_loss = None
+    self._window = None   # (time, step) of the last log point; the first step (compile) is excluded
+    self._train_time, self._train_steps = 0.0, 0
+
+  def report(self, step: int, metrics) -> None:
+    m = jax.device_get(metrics)
+    if not bool(m["finite"]):
+      raise TrainingError(
+          f"step {step}: the loss or gradients are NaN/Inf (loss={float(m['loss'])}); that "
+          f"update was not applied and no checkpoint holds it. Lower optimizer.peak_lr or "
+          f"thinking.step_size, then resume from the last good checkpoint")
+    self.last_loss = float(m["loss"])
+    self.bar.update(step - self.bar.n)
+    now = time.perf_counter()
+    if self._window is None:
+      self._window = (now, step)
+    if step % self.tr.log_every:
+      return
+    scalars = {f"train/{k}": v for k, v in m.items() if k != "finite"}
+    t0, s0 = self._window
+    self._train_time += now - t0
+    self._train_steps += step - s0
+    if step > s0:
+      steps_per_s = (step - s0) / max(now - t0, 1e-9)
+      scalars["train/tokens_per_s"] = steps_per_s * self.tokens_per_step
+      if self.peak:
+        scalars["train/mfu"] = steps_per_s * self.flops_per_step / self.peak
+      self.bar.set_postfix(loss=f"{self.last_loss:.4f}",
+                           tok_s=f"{scalars['train/tokens_per_s']:,.0f}")
+    self.writer.write(step, scalars)
+    self._window = (now, step)
+
+  def restart_window(self) -> None:
+    if self._window is not None:
+      self._window = (time.perf_counter(), self._window[1])
+
+  def mean_tokens_per_s(self) -> float:
+    """Training throughput over the logged windows (no compile, eval or checkpoint time)."""
+    return self._train_steps * self.tokens_per_step / max(self._train_time, 1e-9)
+
+  def close(self) -> None:
+    self.bar.close()
