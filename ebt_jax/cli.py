@@ -27,7 +27,10 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   """(config, name) from a file path or the name of a bundled config."""
   path = Path(spec)
   if not path.exists():
-    bundled = importlib.resources.files("ebt_jax.configs") / f"{spec.removesuffix('.py')}.py"
+    try:
+      bundled = importlib.resources.files("ebt_jax.configs") / f"{spec.removesuffix('.py')}.py"
+    except ModuleNotFoundError:  # running from a checkout that is not installed
+      bundled = Path(__file__).parent.parent / "configs" / f"{spec.removesuffix('.py')}.py"
     if not bundled.is_file():
       raise ConfigError(f"--config: no file {spec!r} and no bundled config of that name")
     path = Path(str(bundled))

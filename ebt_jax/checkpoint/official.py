@@ -8,7 +8,6 @@ weights are [out, in]; ours are [in, out] (heads split out for attention).
 
 from __future__ import annotations
 
-import re
 from typing import Callable, Mapping
 
 import jax

@@ -18,6 +18,12 @@ from ebt_jax.training import step as step_lib
 EVAL_KEY_SALT = 2
 
 
+def perplexity(ce) -> float:
+  """exp(ce), inf past float range (an untrained EBT's cross-entropy can exceed 700)."""
+  ce = float(ce)
+  return float("inf") if ce > 709 else float(np.exp(ce))
+
+
 def eval_fn(config: ml_collections.ConfigDict):
   return jax.jit(functools.partial(step_lib.eval_step, config=config))
 
@@ -32,7 +38,7 @@ def evaluate(params, config: ml_collections.ConfigDict, datasets, fn, *, batch_s
     per_batch = [jax.device_get(fn(params, put(b), jax.random.fold_in(key, i)))
                  for i, b in enumerate(batches)]
     ce = np.mean([m["ce_steps"] for m in per_batch], axis=0)
-    results[split] = {"ce_steps": ce, "perplexity": float(np.exp(ce[-1]))}
+    results[split] = {"ce_steps": ce, "perplexity": perplexity(ce[-1])}
     if "energy_steps" in per_batch[0]:
       results[split]["energy_steps"] = np.mean([m["energy_steps"] for m in per_batch], axis=0)
   return results

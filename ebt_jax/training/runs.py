@@ -12,7 +12,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from ebt_jax import config as config_lib
 from ebt_jax.checkpoint.manager import Checkpointer
@@ -59,7 +58,8 @@ class EvalReport:
     lines = [f"Perplexity after each thinking step ({self.workdir}, checkpoint {self.step})",
              header]
     for split, r in self.results.items():
-      lines.append(f"{split:<24}" + "".join(f"{np.exp(ce):>12.3f}" for ce in r["ce_steps"]))
+      lines.append(f"{split:<24}" + "".join(f"{eval_lib.perplexity(ce):>12.3f}"
+                                            for ce in r["ce_steps"]))
     return "\n".join(lines)
 
   def as_json(self) -> dict:
@@ -67,7 +67,7 @@ class EvalReport:
     for split, r in self.results.items():
       for k, ce in enumerate(r["ce_steps"], start=1):
         rows.append({"dataset": split, "thinking_steps": k, "best_of": 1, "ce": float(ce),
-                     "perplexity": float(np.exp(ce))})
+                     "perplexity": eval_lib.perplexity(ce)})
     return {"workdir": self.workdir, "checkpoint_step": self.step, "results": rows}
 
 

@@ -73,7 +73,7 @@ def train_step(state: TrainState, tokens: jax.Array, *, config: ml_collections.C
                          keep(opt_state, state.opt_state), state.rng)
   lrs = optimizer_lib.learning_rates(config, state.step)
   out = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
-  out.update(finite=finite, grad_norm=optax.global_norm(grads), lr=lrs[optimizer_lib.DEFAULT])
+  out.update(finite=finite, grad_norm=optax.tree_utils.tree_norm(grads), lr=lrs[optimizer_lib.DEFAULT])
   if "alpha" in state.params:
     out["alpha"] = state.params["alpha"]
   return new_state, out

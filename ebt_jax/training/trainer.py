@@ -17,11 +17,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm.auto import tqdm
 
 from ebt_jax import config as config_lib
-from ebt_jax.checkpoint.manager import Checkpointer, abstract_like
+from ebt_jax.checkpoint.manager import Checkpointer
 from ebt_jax.data.pipeline import make_datasets
 from ebt_jax.training import evaluate as eval_lib
 from ebt_jax.training import flops as flops_lib
@@ -56,7 +55,8 @@ class Summary:
     if self.final_train_loss is not None:
       lines.append(f"Final train loss: {self.final_train_loss:.4f}")
     for split, r in self.eval.items():
-      per_step = "  ".join(f"step {k}: {np.exp(ce):.3f}" for k, ce in enumerate(r["ce_steps"], 1))
+      per_step = "  ".join(f"step {k}: {eval_lib.perplexity(ce):.3f}"
+                           for k, ce in enumerate(r["ce_steps"], 1))
       lines.append(f"{split} perplexity by thinking step: {per_step}")
     lines.append(f"Checkpoints: {self.workdir}/checkpoints   Metrics: {self.workdir}/"
                  f"{metrics_lib.METRICS_FILE}   Plots: ebt plot {self.workdir}")
@@ -129,16 +129,16 @@ class _StopRequest:
 def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
           log=print) -> Summary:
   config_lib.validate(config)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  save_config(config, workdir)
   tr = config.train
   if tr.batch_size % jax.process_count():
     raise config_lib.ConfigError(f"train.batch_size: expected a multiple of the process count "
                                  f"{jax.process_count()}, got {tr.batch_size}")
   local_batch = tr.batch_size // jax.process_count()
-  datasets = make_datasets(config)
+  datasets = make_datasets(config)   # checks data paths and lengths before anything is written
   train_iter = datasets.train_iter(local_batch)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  save_config(config, workdir)
 
   abstract_params = jax.eval_shape(lambda: text.init_params(config, jax.random.key(0)))
   tx = optimizer_lib.make_optimizer(config, abstract_params)

@@ -1,0 +1,246 @@
+"""The training system: optimizer groups and schedule, NaN guard, checkpoints and resume."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ebt_jax
+from ebt_jax.checkpoint.manager import Checkpointer, abstract_like
+from ebt_jax.training import optimizer as optimizer_lib
+from ebt_jax.training import runs, trainer
+from ebt_jax.training.metrics import read_metrics
+from conftest import tiny_config
+
+
+def train_config(**train):
+  """A text EBT that trains on the embedded corpus in seconds."""
+  c = tiny_config("time_embed")
+  c.model.vocab_size = 256
+  c.model.context_length = 16
+  c.model.n_layers = 1
+  c.thinking.step_size = 10.0
+  c.optimizer.warmup_steps = 2
+  c.train.update(batch_size=4, num_steps=8, log_every=1, eval_every=4, eval_batches=1,
+                 checkpoint_every=2, keep_checkpoints=10, tensorboard=False)
+  c.train.update(**train)
+  return c
+
+
+def test_schedule_values_and_groups():
+  c = tiny_config("time_embed")
+  c.optimizer.update(peak_lr=1e-3, warmup_steps=10, decay_steps=110, min_lr_scale=10.0)
+  c.thinking.step_size_lr_multiplier = 1000.0
+  lrs = lambda step: {k: float(v) for k, v in optimizer_lib.learning_rates(c, step).items()}
+  assert lrs(0)["default"] == 0.0
+  np.testing.assert_allclose(lrs(5)["default"], 5e-4, rtol=1e-6)
+  np.testing.assert_allclose(lrs(10)["default"], 1e-3, rtol=1e-6)
+  # Half-way through the cosine: (peak + floor) / 2.
+  np.testing.assert_allclose(lrs(60)["default"], (1e-3 + 1e-4) / 2, rtol=1e-5)
+  np.testing.assert_allclose(lrs(110)["default"], 1e-4, rtol=1e-6)
+  np.testing.assert_allclose(lrs(500)["default"], 1e-4, rtol=1e-6)
+  # alpha: x1000 peak and its own floor (the official code floors it at 1e-4 too).
+  np.testing.assert_allclose(lrs(10)["alpha"], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(lrs(110)["alpha"], 0.1, rtol=1e-6)
+  c.optimizer.warmup_base_lr_divider = 4.0
+  np.testing.assert_allclose(lrs(0)["default"], 2.5e-4, rtol=1e-6)
+
+
+def test_optimizer_groups_decay_and_freeze():
+  c = tiny_config("time_embed", langevin_noise=0.3)
+  c.optimizer.update(peak_lr=1e-2, warmup_steps=0, weight_decay=0.5, grad_clip=0.0)
+  params = ebt_jax.init_params(c, jax.random.key(0))
+  labels = optimizer_lib.param_labels(params, c)
+  assert labels["alpha"] == "alpha" and labels["langevin_std"] == "frozen"
+  assert labels["blocks"]["wq"] == "default"
+  tx = optimizer_lib.make_optimizer(c, params)
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  # With zero gradients only weight decay moves weights: never alpha or frozen leaves.
+  np.testing.assert_allclose(new["embed"], params["embed"] * (1 - 1e-2 * 0.5), rtol=1e-6)
+  assert float(new["alpha"]) == float(params["alpha"])
+  assert float(new["langevin_std"]) == float(params["langevin_std"])
+  c.thinking.step_size_learnable = False
+  assert optimizer_lib.param_labels(params, c)["alpha"] == "frozen"
+
+
+def test_gradients_are_clipped_by_global_norm():
+  c = tiny_config("default")
+  c.optimizer.update(grad_clip=1.0, warmup_steps=0, b1=0.5)
+  params = {"w": jnp.ones(4), "alpha": jnp.asarray(1.0), "langevin_std": jnp.asarray(0.0)}
+  tx = optimizer_lib.make_optimizer(c, params)
+  grads = {"w": jnp.full(4, 100.0), "alpha": jnp.asarray(100.0), "langevin_std": jnp.asarray(0.0)}
+  _, state = tx.update(grads, tx.init(params), params)
+  # Adam's first moment after one step is (1 - b1) * the clipped gradient.
+  clipped = {name: value / 0.5
+             for _, mu in optax.tree_utils.tree_get_all_with_path(state, "mu")
+             for name, value in mu.items() if isinstance(value, jax.Array)}
+  total = jnp.sqrt(sum(jnp.sum(v**2) for v in clipped.values()))
+  np.testing.assert_allclose(total, 1.0, rtol=1e-5)      # the norm over all groups together
+  np.testing.assert_allclose(clipped["w"], 100.0 / math.sqrt(5 * 100.0**2), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_nan_guard_stops_and_keeps_clean_checkpoints(tmp_path):
+  c = train_config(num_steps=12, checkpoint_every=1)
+  c.optimizer.update(peak_lr=1e4, warmup_steps=0)   # diverges within a few steps
+  with pytest.raises(trainer.TrainingError, match=r"step (\d+): the loss or gradients are NaN") as info:
+    trainer.train(c, tmp_path, progress=False, log=lambda *a: None)
+  bad_step = int(info.value.args[0].split()[1].rstrip(":"))
+  ckpt = Checkpointer(tmp_path / "checkpoints")
+  saved = ckpt.all_steps()
+  assert saved and max(saved) < bad_step
+  _, abstract = runs._abstract_state(c)
+  _, state, _ = ckpt.restore(abstract)
+  ckpt.close()
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state))
+
+
+def test_checkpoint_falls_back_past_a_corrupted_latest(tmp_path):
+  state = {"w": jnp.arange(600.0).reshape(20, 30), "step": jnp.int32(0)}
+  ckpt = Checkpointer(tmp_path, keep=5)
+  for step in (1, 2, 3):
+    ckpt.save(step, {"w": state["w"] + step, "step": jnp.int32(step)}, {"position": step})
+  ckpt.wait()
+  data_files = sorted((tmp_path / "3").rglob("d/*"), key=lambda p: p.stat().st_size)
+  biggest = data_files[-1]
+  raw = biggest.read_bytes()
+  for damage in (raw[: len(raw) // 2], raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:]):
+    biggest.write_bytes(damage)
+    with pytest.warns(UserWarning, match="step 3 .* unreadable or corrupted.*falling back"):
+      step, restored, data_state = ckpt.restore(abstract_like(state))
+    assert step == 2 and data_state == {"position": 2}
+    np.testing.assert_array_equal(restored["w"], state["w"] + 2)
+  biggest.write_bytes(raw)
+  assert ckpt.restore(abstract_like(state))[0] == 3
+  with pytest.raises(Exception, match="refusing to checkpoint step 4"):
+    ckpt.save(4, {"w": state["w"] * jnp.nan, "step": jnp.int32(4)})
+  ckpt.close()
+
+
+def _cli(*args, env=None):
+  return [sys.executable, "-m", "ebt_jax.cli", *args]
+
+
+def _write_config(path: Path, c) -> Path:
+  path.write_text("import json\nimport ml_collections\n\n"
+                  f"def get_config():\n  return ml_collections.ConfigDict(json.loads({c.to_json()!r}))\n")
+  return path
+
+
+def _final_params(workdir, c):
+  ckpt = Checkpointer(Path(workdir) / "checkpoints")
+  _, abstract = runs._abstract_state(c)
+  step, state, _ = ckpt.restore(abstract)
+  ckpt.close()
+  return step, state
+
+
+def _losses(workdir):
+  return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+  c = train_config(num_steps=10, checkpoint_every=2)
+  cfg = _write_config(tmp_path / "cfg.py", c)
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  straight, broken = tmp_path / "straight", tmp_path / "broken"
+  subprocess.run(_cli("train", "--config", str(cfg), "--workdir", str(straight), "--no-progress"),
+                 check=True, env=env, capture_output=True)
+  proc = subprocess.Popen(_cli("train", "--config", str(cfg), "--workdir", str(broken),
+                               "--no-progress"), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (broken / "checkpoints" / "4").exists() and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(p.name) for p in (broken / "checkpoints").iterdir() if p.name.isdigit())
+  assert killed_at < 10, "the run finished before it could be killed"
+  subprocess.run(_cli("train", "--config", str(cfg), "--workdir", str(broken), "--no-progress"),
+                 check=True, env=env, capture_output=True)
+  step_a, a = _final_params(straight, c)
+  step_b, b = _final_params(broken, c)
+  assert step_a == step_b == 10
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  assert _losses(straight) == _losses(broken)
+  assert sorted(_losses(broken)) == list(range(1, 11))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_then_resumes(tmp_path):
+  c = train_config(num_steps=400, checkpoint_every=1000, eval_every=1000)
+  cfg = _write_config(tmp_path / "cfg.py", c)
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_cli("train", "--config", str(cfg), "--workdir", str(workdir),
+                               "--no-progress"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  deadline = time.time() + 300
+  while len(_losses(workdir)) < 3 and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "SIGTERM received: saved a checkpoint" in out
+  saved = Checkpointer(workdir / "checkpoints").all_steps()
+  assert len(saved) == 1 and 3 <= saved[0] < 400
+
+
+def test_cli_reports_bad_configs_in_one_line(tmp_path):
+  cases = [
+      (["--config.model.n_heads=5"], "model.n_heads: expected a divisor of model.dim=16"),
+      (["--config.thinking.num_steps=-2"], "thinking.num_steps: expected a positive integer"),
+      (["--config.model.ebt_type=bogus"], "model.ebt_type: expected one of"),
+      (["--config.model.context_length=100000000"], "model.context_length"),
+      (["--config.data.source=text", "--config.data.path=/no/such/corpus"], "data.path"),
+      (["--config.model.dimm=3"], "--config.model.dimm: the config has no such field"),
+      (["--config.model.dim=wide"], "--config.model.dim: cannot use 'wide'"),
+  ]
+  cfg = _write_config(tmp_path / "cfg.py", train_config())
+  for i, (overrides, message) in enumerate(cases):
+    result = subprocess.run(_cli("train", "--config", str(cfg), "--workdir", str(tmp_path / str(i)),
+                                 *overrides), capture_output=True, text=True)
+    assert result.returncode == 2, (overrides, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], (overrides, result.stderr[-2000:])
+    assert not (tmp_path / str(i)).exists()   # nothing written for a config that cannot run
+  missing = subprocess.run(_cli("train", "--config", "no_such_config"), capture_output=True, text=True)
+  assert missing.returncode == 2 and "--config: no file 'no_such_config'" in missing.stderr
+
+
+def test_train_eval_plot_and_resume_in_process(tmp_path):
+  c = train_config(num_steps=6, checkpoint_every=3, eval_every=3)
+  summary = trainer.train(c, tmp_path, progress=False, log=lambda *a: None)
+  assert summary.final_step == 6 and set(summary.eval) == {"validation"}
+  records = read_metrics(tmp_path)
+  evals = [r for r in records if "eval/perplexity" in r]
+  assert [r["step"] for r in evals] == [3, 6]
+  assert math.isclose(evals[-1]["eval/perplexity"], math.exp(evals[-1]["eval/ce_step_2"]), rel_tol=1e-6)
+  assert all(f"train/{k}" in records[-2] or f"train/{k}" in records[-3]
+             for k in ("loss", "tokens_per_s", "grad_norm", "alpha"))
+  report = runs.evaluate_workdir(tmp_path)
+  assert report.step == 6
+  np.testing.assert_allclose(report.results["validation"]["ce_steps"],
+                             [evals[-1]["eval/ce_step_1"], evals[-1]["eval/ce_step_2"]], rtol=1e-5)
+  rows = report.as_json()["results"]
+  assert {(r["dataset"], r["thinking_steps"], r["best_of"]) for r in rows} == {
+      ("validation", 1, 1), ("validation", 2, 1)}
+  from ebt_jax.training import plots
+  assert all(p.stat().st_size > 1000 for p in plots.plot_workdir(tmp_path))
+  # Asking for more steps resumes; changing the model does not.
+  c.train.num_steps = 8
+  assert trainer.train(c, tmp_path, progress=False, log=lambda *a: None).start_step == 6
+  c.model.dim = 32
+  with pytest.raises(ebt_jax.config.ConfigError, match="model.dim: the run in"):
+    trainer.train(c, tmp_path, progress=False, log=lambda *a: None)
