@@ -177,11 +177,17 @@ def main(argv: list[str] | None = None) -> int:
   args, overrides = parser.parse_known_args(argv)
   if overrides and args.command not in ("train", "prepare", "import-torch"):
     parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+  from ebt_jax.checkpoint.manager import CheckpointError
+  from ebt_jax.checkpoint.torch_file import TorchFileError
+  from ebt_jax.training.trainer import TrainingError
   try:
     args.fn(args, overrides)
-  except ConfigError as e:
+  except (ConfigError, TorchFileError) as e:
     print(f"ebt {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except (TrainingError, CheckpointError) as e:
+    print(f"ebt {args.command}: error: {e}", file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     print(f"ebt {args.command}: interrupted", file=sys.stderr)
     return 130

@@ -109,13 +109,10 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _fail(field: str, expected: str, got) -> None:
-  raise ConfigError(f"{field}: expected {expected}, got {got!r}")
-
-
-def _check(ok: bool, field: str, expected: str, got) -> None:
+def check(ok: bool, field: str, expected: str, got) -> None:
+  """Raises `ConfigError` "<field>: expected <expected>, got <got>" unless `ok`."""
   if not ok:
-    _fail(field, expected, got)
+    raise ConfigError(f"{field}: expected {expected}, got {got!r}")
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -123,54 +120,54 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from ebt_jax.thinking import optimizers  # the registry fills on import
 
   m = c.model
-  _check(m.kind in MODEL_KINDS, "model.kind", f"one of {MODEL_KINDS}", m.kind)
-  _check(m.ebt_type in EBT_TYPES, "model.ebt_type", f"one of {EBT_TYPES}", m.ebt_type)
+  check(m.kind in MODEL_KINDS, "model.kind", f"one of {MODEL_KINDS}", m.kind)
+  check(m.ebt_type in EBT_TYPES, "model.ebt_type", f"one of {EBT_TYPES}", m.ebt_type)
   for field in ("vocab_size", "dim", "n_layers", "n_heads", "context_length"):
     value = m[field]
-    _check(isinstance(value, int) and value >= 1, f"model.{field}", "a positive integer", value)
-  _check(m.vocab_size >= 2, "model.vocab_size", "at least 2", m.vocab_size)
-  _check(m.dim % m.n_heads == 0, "model.n_heads",
+    check(isinstance(value, int) and value >= 1, f"model.{field}", "a positive integer", value)
+  check(m.vocab_size >= 2, "model.vocab_size", "at least 2", m.vocab_size)
+  check(m.dim % m.n_heads == 0, "model.n_heads",
          f"a divisor of model.dim={m.dim}", m.n_heads)
-  _check((m.dim // m.n_heads) % 2 == 0, "model.n_heads",
+  check((m.dim // m.n_heads) % 2 == 0, "model.n_heads",
          f"a count giving an even head size for RoPE (model.dim={m.dim})", m.n_heads)
-  _check(m.ffn_dim_multiplier is None or m.ffn_dim_multiplier > 0,
+  check(m.ffn_dim_multiplier is None or m.ffn_dim_multiplier > 0,
          "model.ffn_dim_multiplier", "None or a positive number", m.ffn_dim_multiplier)
-  _check(m.weight_init in ("xavier", "he"), "model.weight_init", "'xavier' or 'he'", m.weight_init)
-  _check(m.dtype in DTYPES, "model.dtype", f"one of {tuple(DTYPES)}", m.dtype)
-  _check(m.norm_eps > 0, "model.norm_eps", "a positive number", m.norm_eps)
+  check(m.weight_init in ("xavier", "he"), "model.weight_init", "'xavier' or 'he'", m.weight_init)
+  check(m.dtype in DTYPES, "model.dtype", f"one of {tuple(DTYPES)}", m.dtype)
+  check(m.norm_eps > 0, "model.norm_eps", "a positive number", m.norm_eps)
 
   t = c.thinking
-  _check(isinstance(t.num_steps, int) and t.num_steps >= 1, "thinking.num_steps",
+  check(isinstance(t.num_steps, int) and t.num_steps >= 1, "thinking.num_steps",
          "a positive integer", t.num_steps)
-  _check(t.step_size > 0, "thinking.step_size", "a positive number", t.step_size)
-  _check(t.grad_wrt in ("probs", "logits"), "thinking.grad_wrt", "'probs' or 'logits'", t.grad_wrt)
-  _check(t.initial_condition in ("random_noise", "zeros"), "thinking.initial_condition",
+  check(t.step_size > 0, "thinking.step_size", "a positive number", t.step_size)
+  check(t.grad_wrt in ("probs", "logits"), "thinking.grad_wrt", "'probs' or 'logits'", t.grad_wrt)
+  check(t.initial_condition in ("random_noise", "zeros"), "thinking.initial_condition",
          "'random_noise' or 'zeros'", t.initial_condition)
-  _check(t.initial_noise_scale >= 0, "thinking.initial_noise_scale", "a number >= 0",
+  check(t.initial_noise_scale >= 0, "thinking.initial_noise_scale", "a number >= 0",
          t.initial_noise_scale)
-  _check(t.langevin_noise >= 0, "thinking.langevin_noise", "a number >= 0", t.langevin_noise)
-  _check(t.inner_optimizer in optimizers.names(), "thinking.inner_optimizer",
+  check(t.langevin_noise >= 0, "thinking.langevin_noise", "a number >= 0", t.langevin_noise)
+  check(t.inner_optimizer in optimizers.names(), "thinking.inner_optimizer",
          f"one of {optimizers.names()}", t.inner_optimizer)
 
   o = c.optimizer
   for field in ("peak_lr", "min_lr_scale"):
-    _check(o[field] > 0, f"optimizer.{field}", "a positive number", o[field])
+    check(o[field] > 0, f"optimizer.{field}", "a positive number", o[field])
   for field in ("weight_decay", "grad_clip"):
-    _check(o[field] >= 0, f"optimizer.{field}", "a number >= 0", o[field])
+    check(o[field] >= 0, f"optimizer.{field}", "a number >= 0", o[field])
   for field in ("b1", "b2"):
-    _check(0 <= o[field] < 1, f"optimizer.{field}", "a number in [0, 1)", o[field])
-  _check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optimizer.warmup_steps",
+    check(0 <= o[field] < 1, f"optimizer.{field}", "a number in [0, 1)", o[field])
+  check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optimizer.warmup_steps",
          "an integer >= 0", o.warmup_steps)
-  _check(o.warmup_base_lr_divider == -1 or o.warmup_base_lr_divider >= 1,
+  check(o.warmup_base_lr_divider == -1 or o.warmup_base_lr_divider >= 1,
          "optimizer.warmup_base_lr_divider", "-1 (warm up from 0) or a number >= 1",
          o.warmup_base_lr_divider)
-  _check(o.decay_steps is None or o.decay_steps > o.warmup_steps, "optimizer.decay_steps",
+  check(o.decay_steps is None or o.decay_steps > o.warmup_steps, "optimizer.decay_steps",
          f"None or more than optimizer.warmup_steps={o.warmup_steps}", o.decay_steps)
 
   tr = c.train
   for field in ("batch_size", "num_steps", "log_every", "eval_every", "eval_batches",
                 "checkpoint_every", "keep_checkpoints"):
-    _check(isinstance(tr[field], int) and tr[field] >= 1, f"train.{field}",
+    check(isinstance(tr[field], int) and tr[field] >= 1, f"train.{field}",
            "a positive integer", tr[field])
   return c
 

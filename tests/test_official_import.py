@@ -1,4 +1,9 @@
-"""Official state_dict names <-> params: round trips and clear errors."""
+"""Official state_dict names <-> params: round trips, torch files and clear errors."""
+
+import collections
+import io
+import pickle
+import zipfile
 
 import jax
 import numpy as np
@@ -6,6 +11,8 @@ import pytest
 
 import ebt_jax
 from ebt_jax.checkpoint import export_official, import_official
+from ebt_jax.checkpoint.torch_file import TorchFileError, load_torch_file
+from ebt_jax.training import runs
 from conftest import EBT_TYPES, tiny_config
 
 
@@ -84,3 +91,102 @@ def test_bad_state_dicts_raise_clear_errors():
   c.model.ebt_type = "adaln"
   with pytest.raises(ValueError, match="lacks"):
     import_official(sd, c)
+
+
+class _Global:
+  """A module-level name in a pickle stream (what torch.save writes for its classes)."""
+
+  def __init__(self, module, name):
+    self.module, self.name = module, name
+
+  def __call__(self, *args):  # pickle only checks that reduce functions are callable
+    raise NotImplementedError
+
+
+class _Tensor:
+  def __init__(self, array):
+    self.array = np.array(array, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d
+
+
+class _Namespace:  # pickled as argparse.Namespace, which the reader must not instantiate
+  def __init__(self, **kw):
+    self.kw = kw
+
+  def __reduce__(self):
+    return (_Global("argparse", "Namespace"), (), self.kw)
+
+
+class _TorchFormatPickler(pickle._Pickler):
+  """Writes the object graph the way torch.save does (tensor rebuild calls over storages
+  named by persistent ids), so the reader is tested without torch installed."""
+
+  dispatch = pickle._Pickler.dispatch.copy()
+
+  def __init__(self, file, storages):
+    super().__init__(file, protocol=2)
+    self.storages = storages
+
+  def _save_global_name(self, obj):
+    self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+
+  dispatch[_Global] = _save_global_name
+
+  def _save_tensor(self, t):
+    key = str(len(self.storages))
+    self.storages[key] = t.array.tobytes()
+    storage = _Storage(key, t.array.size)
+    stride = tuple(s // 4 for s in t.array.strides)
+    self.save_reduce(_Global("torch._utils", "_rebuild_tensor_v2"),
+                     (storage, 0, t.array.shape, stride, False, collections.OrderedDict()),
+                     obj=t)
+
+  dispatch[_Tensor] = _save_tensor
+
+  def persistent_id(self, obj):
+    if isinstance(obj, _Storage):
+      return ("storage", _Global("torch", "FloatStorage"), obj.key, "cpu", obj.numel)
+    return None
+
+
+class _Storage:
+  def __init__(self, key, numel):
+    self.key, self.numel = key, numel
+
+
+def write_torch_file(path, obj):
+  storages, buffer = {}, io.BytesIO()
+  _TorchFormatPickler(buffer, storages).dump(obj)
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", buffer.getvalue())
+    z.writestr("archive/version", "3\n")
+    for key, raw in storages.items():
+      z.writestr(f"archive/data/{key}", raw)
+
+
+def test_import_torch_checkpoint_files(tmp_path):
+  hparams = {"modality": "NLP", "model_name": "ebt", "model_size": "", "embedding_dim": 16,
+             "num_transformer_blocks": 2, "multiheaded_attention_heads": 2, "context_length": 6,
+             "ebt_type": "time_embed", "mcmc_num_steps": 2, "mcmc_step_size": 2.0,
+             "normalize_initial_condition": True, "num_gpus": 4, "run_name": "x"}
+  c = tiny_config("time_embed")
+  params = ebt_jax.init_params(c, jax.random.key(0))
+  state_dict = {"model." + k: _Tensor(v) for k, v in export_official(params, c).items()}
+  ckpt = tmp_path / "official.ckpt"
+  write_torch_file(ckpt, {"epoch": 3, "state_dict": collections.OrderedDict(state_dict),
+                          "hyper_parameters": hparams, "extra": _Namespace(lr=1.0)})
+  # The config comes from the checkpoint's hyperparameters, the vocabulary from its weights.
+  out = runs.import_torch_checkpoint(ckpt, tmp_path / "run")
+  config, step, restored = runs.restore_params(out)
+  assert step == 0 and config.model.vocab_size == 11 and config.thinking.step_size == 2.0
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored, params)
+  # A bare state_dict needs the config; without it the error names --config.
+  bare = tmp_path / "weights.pt"
+  write_torch_file(bare, collections.OrderedDict(state_dict))
+  with pytest.raises(ebt_jax.config.ConfigError, match="--config:.*bare state_dict"):
+    runs.import_torch_checkpoint(bare, tmp_path / "run2")
+  out = runs.import_torch_checkpoint(bare, tmp_path / "run2", c)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, runs.restore_params(out)[2], params)
+  not_zip = tmp_path / "old.pt"
+  not_zip.write_bytes(b"\x80\x02legacy")
+  with pytest.raises(TorchFileError, match="not a torch zip checkpoint"):
+    load_torch_file(not_zip)

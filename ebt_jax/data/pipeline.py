@@ -36,7 +36,7 @@ import grain
 import jax
 import numpy as np
 
-from ebt_jax.config import ConfigError
+from ebt_jax.config import ConfigError, check
 from ebt_jax.data import prepare, sources, synthetic
 from ebt_jax.data.tokenizers import make_tokenizer
 
@@ -75,33 +75,28 @@ def _suite_names(ood_suites) -> tuple[str, ...]:
   return names
 
 
-def _check(ok: bool, field: str, expected: str, got) -> None:
-  if not ok:
-    raise ConfigError(f"{field}: expected {expected}, got {got!r}")
-
-
 def validate_data_config(config) -> None:
   """Checks `config.data` (the model and thinking fields are `config.validate`'s)."""
   d = config.data
-  _check(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
-  _check(isinstance(d.tokenizer, str) and d.tokenizer != "", "data.tokenizer",
+  check(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
+  check(isinstance(d.tokenizer, str) and d.tokenizer != "", "data.tokenizer",
          "'byte' or a tokenizer.json path", d.tokenizer)
-  _check(0 < d.validation_fraction < 1, "data.validation_fraction", "a number in (0, 1)",
+  check(0 < d.validation_fraction < 1, "data.validation_fraction", "a number in (0, 1)",
          d.validation_fraction)
-  _check(isinstance(d.seed, int) and d.seed >= 0, "data.seed", "an integer >= 0", d.seed)
+  check(isinstance(d.seed, int) and d.seed >= 0, "data.seed", "an integer >= 0", d.seed)
   if d.source in ("text", "shards"):
-    _check(isinstance(d.path, str) and d.path != "", "data.path",
+    check(isinstance(d.path, str) and d.path != "", "data.path",
            f"a path (data.source={d.source!r})", d.path)
-  _check(isinstance(d.jsonl_field, str) and d.jsonl_field != "", "data.jsonl_field",
+  check(isinstance(d.jsonl_field, str) and d.jsonl_field != "", "data.jsonl_field",
          "a field name", d.jsonl_field)
-  _check(isinstance(d.dyck.bracket_types, int) and 1 <= d.dyck.bracket_types
+  check(isinstance(d.dyck.bracket_types, int) and 1 <= d.dyck.bracket_types
          <= len(synthetic.BRACKETS), "data.dyck.bracket_types",
          f"an integer in [1, {len(synthetic.BRACKETS)}]", d.dyck.bracket_types)
   for field, value in (("dyck.train_max_depth", d.dyck.train_max_depth),
                        ("dyck.num_documents", d.dyck.num_documents),
                        ("arithmetic.train_max_digits", d.arithmetic.train_max_digits),
                        ("arithmetic.num_documents", d.arithmetic.num_documents)):
-    _check(isinstance(value, int) and value >= 1, f"data.{field}", "a positive integer", value)
+    check(isinstance(value, int) and value >= 1, f"data.{field}", "a positive integer", value)
   _suite_names(d.ood_suites)
 
 

@@ -11,14 +11,16 @@ by inert stand-ins before import, and its tokenizer by one of the configured siz
   weights (through `import_official`) and the same initial candidate give the official
   loss, metrics and every parameter gradient, in float64 (both sides upcast as one).
 * `--bench`: the S1 training step of the issue's reference size (D=384, 6 layers, 6 heads,
-  S=128, B=8, V=4096, two steps, time_embed, float32, AdamW update included) timed
-  alternately on both sides; prints the medians and their ratio.
+  S=128, B=8, V=4096, two steps, time_embed, float32, AdamW update included), each side
+  timed in its own fresh processes, alternating; prints the medians and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -159,61 +161,92 @@ def parity(repo: str) -> float:
   return worst
 
 
-def bench(repo: str, repeats: int = 7) -> dict:
-  import torch
-  vocab, B, S = 4096, 8, 128
-  EBT_NLP, _ = load_official(repo, vocab)
+BENCH_SHAPE = dict(vocab=4096, batch=8, seq=128)
+
+
+def _bench_config():
   c = config_lib.base_config()
-  c.model.update(ebt_type="time_embed", vocab_size=vocab, dim=384, n_layers=6, n_heads=6,
-                 context_length=S)
+  c.model.update(ebt_type="time_embed", vocab_size=BENCH_SHAPE["vocab"], dim=384, n_layers=6,
+                 n_heads=6, context_length=BENCH_SHAPE["seq"])
   c.thinking.update(num_steps=2, step_size=500.0)
+  return c
+
+
+def _time_one_side(repo: str, side: str, repeats: int) -> dict:
+  """Median step time of one implementation, alone in this process."""
+  import torch
+  vocab, B, S = BENCH_SHAPE["vocab"], BENCH_SHAPE["batch"], BENCH_SHAPE["seq"]
+  c = _bench_config()
   torch.manual_seed(0)
   tokens = torch.randint(1, vocab, (B, S + 1))
-  model = EBT_NLP(official_namespace(c))
-  torch_opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  compile_s = 0.0
+  if side == "torch":
+    EBT_NLP, _ = load_official(repo, vocab)
+    model = EBT_NLP(official_namespace(c))
+    torch_opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-  def torch_step():
-    out = model.forward_loss_wrapper({"input_ids": tokens[:, None]}, phase="train")
-    torch_opt.zero_grad()
-    out["loss"].backward()
-    torch_opt.step()
+    def step(i):
+      out = model.forward_loss_wrapper({"input_ids": tokens[:, None]}, phase="train")
+      torch_opt.zero_grad()
+      out["loss"].backward()
+      torch_opt.step()
+  else:
+    tx = optax.adamw(1e-4)
+    params = ebt_jax.init_params(c, jax.random.key(0))
+    state = [params, tx.init(params)]
+    tok = jnp.asarray(tokens.numpy())
 
-  tx = optax.adamw(1e-4)
-  params = ebt_jax.init_params(c, jax.random.key(0))
-  state = [params, tx.init(params)]
-  tok = jnp.asarray(tokens.numpy())
+    def update(params, opt_state, key):
+      grads = jax.grad(lambda p: ebt_jax.text_ebt_loss(p, tok, c, key=key)[0])(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
 
-  def jax_update(params, opt_state, key):
-    grads = jax.grad(lambda p: ebt_jax.text_ebt_loss(p, tok, c, key=key)[0])(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    t0 = time.perf_counter()
+    compiled = jax.jit(update, donate_argnums=(0, 1)).lower(*state, jax.random.key(0)).compile()
+    compile_s = time.perf_counter() - t0
 
-  t0 = time.perf_counter()
-  compiled = jax.jit(jax_update, donate_argnums=(0, 1)).lower(
-      *state, jax.random.key(0)).compile()
-  compile_s = time.perf_counter() - t0
+    def step(i):
+      state[:] = compiled(*state, jax.random.key(i))
+      jax.block_until_ready(state)
 
-  def jax_step(i):
-    state[:] = compiled(*state, jax.random.key(i))
-    jax.block_until_ready(state)
-
-  torch_step(), jax_step(0)  # warm-up
-  t_torch, t_jax = [], []
+  step(0)  # warm-up
+  times = []
   for i in range(repeats):
-    t0 = time.perf_counter(); torch_step(); t_torch.append(time.perf_counter() - t0)
-    t0 = time.perf_counter(); jax_step(i + 1); t_jax.append(time.perf_counter() - t0)
-  result = {"torch_step_s": statistics.median(t_torch), "jax_step_s": statistics.median(t_jax),
-            "jax_compile_s": compile_s, "torch_threads": torch.get_num_threads(),
-            "device": jax.devices()[0].device_kind}
+    t0 = time.perf_counter()
+    step(i + 1)
+    times.append(time.perf_counter() - t0)
+  return {"times": times, "compile_s": compile_s, "threads": torch.get_num_threads()}
+
+
+def bench(repo: str, repeats: int = 5, rounds: int = 3) -> dict:
+  """Alternates fresh processes of each side (`rounds` each, `repeats` steps per process):
+  in one process, torch's and XLA's spinning thread pools slow whichever runs second."""
+  times = {"torch": [], "jax": []}
+  compile_s = []
+  for _ in range(rounds):
+    for side in ("torch", "jax"):
+      out = subprocess.run([sys.executable, "-m", "ebt_jax.inference.official_side_by_side",
+                            "--official-repo", repo,
+                            "--time-side", side, "--repeats", str(repeats)],
+                           check=True, capture_output=True, text=True).stdout
+      measured = json.loads(out.strip().splitlines()[-1])
+      times[side] += measured["times"]
+      if side == "jax":
+        compile_s.append(measured["compile_s"])
+  B, S = BENCH_SHAPE["batch"], BENCH_SHAPE["seq"]
+  result = {"torch_step_s": statistics.median(times["torch"]),
+            "jax_step_s": statistics.median(times["jax"]),
+            "jax_compile_s": statistics.median(compile_s),
+            "device": jax.devices()[0].device_kind, "steps_per_side": len(times["jax"])}
   result["speedup"] = result["torch_step_s"] / result["jax_step_s"]
-  tokens_per_step = B * S
-  print(f"S1 step, D=384 L=6 H=6 S={S} B={B} V={vocab} time_embed 2 steps float32, "
-        f"{result['device']}, torch threads {result['torch_threads']}")
+  print(f"S1 training step (AdamW update included), D=384 L=6 H=6 S={S} B={B} "
+        f"V={BENCH_SHAPE['vocab']}, time_embed, 2 thinking steps, float32, {result['device']}")
   print(f"  official PyTorch: {result['torch_step_s'] * 1e3:8.0f} ms/step "
-        f"({tokens_per_step / result['torch_step_s']:,.0f} tokens/s)")
+        f"({B * S / result['torch_step_s']:,.0f} tokens/s)")
   print(f"  ebt_jax:          {result['jax_step_s'] * 1e3:8.0f} ms/step "
-        f"({tokens_per_step / result['jax_step_s']:,.0f} tokens/s; compile {compile_s:.1f} s)")
-  print(f"  ebt_jax / official speed: {result['speedup']:.2f}x (medians of {repeats}, alternating)")
+        f"({B * S / result['jax_step_s']:,.0f} tokens/s; compile {result['jax_compile_s']:.1f} s)")
+  print(f"  ebt_jax speed / official speed: {result['speedup']:.2f}x (medians of "
+        f"{result['steps_per_side']} steps per side, {rounds} alternating process pairs)")
   return result
 
 
@@ -222,10 +255,15 @@ def main(argv=None) -> int:
   parser.add_argument("--official-repo", required=True)
   parser.add_argument("--parity", action="store_true")
   parser.add_argument("--bench", action="store_true")
-  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--repeats", type=int, default=5, help="timed steps per process")
+  parser.add_argument("--rounds", type=int, default=3, help="process pairs for --bench")
+  parser.add_argument("--time-side", choices=("torch", "jax"), help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.time_side:
+    print(json.dumps(_time_one_side(args.official_repo, args.time_side, args.repeats)))
+    return 0
   if args.bench:
-    bench(args.official_repo, args.repeats)
+    bench(args.official_repo, args.repeats, args.rounds)
   if args.parity or not args.bench:
     worst = parity(args.official_repo)
     return 0 if worst < 1e-8 else 1

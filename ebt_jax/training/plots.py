@@ -44,7 +44,7 @@ def plot_workdir(workdir) -> list[Path]:
   fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
   steps, loss = _series(records, "train/loss")
   ax_loss.plot(steps, loss, label="train loss")
-  ax_loss.set(xlabel="training step", ylabel="loss", title="Training loss")
+  ax_loss.set(xlabel="training step", ylabel="loss", title="Training loss", yscale="log")
   steps, ppl = _series(records, "eval/perplexity")
   ax_ppl.plot(steps, ppl, marker="o", label="validation")
   ood = sorted({k for r in records for k in r if k.startswith("ood/") and k.endswith("/perplexity")})
@@ -64,12 +64,12 @@ def plot_workdir(workdir) -> list[Path]:
     fig, (ax_ce, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
     k, ce = _per_step(last, "eval/ce_step")
     ax_ce.plot(k, np.exp(ce), marker="o")
-    ax_ce.set(xlabel="thinking step", ylabel="validation perplexity",
+    ax_ce.set(xlabel="thinking step", ylabel="validation perplexity", xticks=k,
               title=f"Thinking (checkpoint at step {last['step']})")
     k, energy = _per_step(last, "eval/energy_step")
     if len(k):
       ax_e.plot(k, energy, marker="o", color="C1")
-    ax_e.set(xlabel="thinking step", ylabel="mean energy of the candidate",
+    ax_e.set(xlabel="thinking step", ylabel="mean energy entering the step", xticks=k,
              title="Energy against thinking step")
     fig.tight_layout()
     written.append(out_dir / "thinking.png")

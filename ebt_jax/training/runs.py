@@ -58,7 +58,7 @@ class EvalReport:
     lines = [f"Perplexity after each thinking step ({self.workdir}, checkpoint {self.step})",
              header]
     for split, r in self.results.items():
-      lines.append(f"{split:<24}" + "".join(f"{eval_lib.perplexity(ce):>12.3f}"
+      lines.append(f"{split:<24}" + "".join(f"{eval_lib.perplexity(ce):>12.5g}"
                                             for ce in r["ce_steps"]))
     return "\n".join(lines)
 
