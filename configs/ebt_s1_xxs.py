@@ -13,7 +13,10 @@ The tokenizer and a text corpus are files you provide (nothing is downloaded):
         --config.data.source=shards --config.data.path=data/pile_shards \\
         --config.data.tokenizer=tokenizer.json
 
-Sized for accelerators: one step is ~3 s on a 2-core CPU at batch 8 (see docs/benchmarks.md).
+Expected run time: 4.6e13 model FLOPs per step (`ebt_jax.training.flops`), so about
+0.25 s per step on one H100 at 40% MFU in float32 (TF32), about 3 days for the official
+1M steps; an estimate from the FLOP count, not yet a measurement. On a 2-core CPU one
+step at batch 8 and context 128 takes ~3.2 s (docs/benchmarks.md): use accelerators.
 """
 
 from ebt_jax.config import base_config

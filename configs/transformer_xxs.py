@@ -6,6 +6,9 @@ untied softmax head instead of thinking:
     ebt train --config configs/transformer_xxs.py --workdir runs/transformer_xxs \\
         --config.data.source=shards --config.data.path=data/pile_shards \\
         --config.data.tokenizer=tokenizer.json
+
+Expected run time: 1.0e13 model FLOPs per step, about 0.05 s per step on one H100 at 40%
+MFU in float32 (an estimate from the FLOP count, not a measurement).
 """
 
 from ebt_jax.configs import ebt_s1_xxs

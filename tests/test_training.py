@@ -220,9 +220,10 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path):
 
 
 def test_train_eval_plot_and_resume_in_process(tmp_path):
-  c = train_config(num_steps=6, checkpoint_every=3, eval_every=3)
+  c = train_config(num_steps=6, checkpoint_every=3, eval_every=3, tensorboard=True)
   summary = trainer.train(c, tmp_path, progress=False, log=lambda *a: None)
   assert summary.final_step == 6 and set(summary.eval) == {"validation"}
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents*"))  # tensorboardX is a dev extra
   records = read_metrics(tmp_path)
   evals = [r for r in records if "eval/perplexity" in r]
   assert [r["step"] for r in evals] == [3, 6]
