@@ -1,4 +1,4 @@
-"""The `ebt` command line: train | eval | prepare | import-torch | plot.
+"""The `ebt` command line: train | eval | prepare | import-torch | compile-report | plot.
 
 Configs are Python files defining `get_config()` (a path, or the name of a file in
 `configs/`, e.g. `--config tiny_cpu`); any field can be overridden with
@@ -46,9 +46,9 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
 
 
 def _parse_value(raw: str, current, field_type):
-  if raw.lower() in ("none", "null"):
-    return None
   target = field_type if field_type is not None else type(current)
+  if raw.lower() in ("none", "null") and target is not str:
+    return None
   if target is bool:
     if raw.lower() in ("true", "1", "yes"):
       return True
@@ -92,7 +92,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 
 
 def _cmd_train(args, overrides):
+  from ebt_jax.parallel import distributed
   from ebt_jax.training import trainer
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   config, name = load_config_file(args.config)
   apply_overrides(config, overrides)
   workdir = args.workdir or str(Path("runs") / name)
@@ -127,6 +129,13 @@ def _cmd_import_torch(args, overrides):
   print(f"Imported {args.checkpoint} into {out}; evaluate with: ebt eval --workdir {out}")
 
 
+def _cmd_compile_report(args, overrides):
+  from ebt_jax.training import memory
+  config, _ = load_config_file(args.config)
+  apply_overrides(config, overrides)
+  print(memory.compile_report(config).table())
+
+
 def _cmd_plot(args, overrides):
   from ebt_jax.training import plots
   for path in plots.plot_workdir(args.workdir):
@@ -142,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default=DEFAULT_CONFIG, help="config file or bundled name")
   p.add_argument("--workdir", help="run directory (default runs/<config name>)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs not "
+                 "started by SLURM or on TPU VMs (those are detected)")
+  p.add_argument("--num-processes", type=int, help="with --coordinator")
+  p.add_argument("--process-id", type=int, help="with --coordinator")
   p.set_defaults(fn=_cmd_train)
 
   p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on validation and OOD sets")
@@ -161,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="run directory to create")
   p.set_defaults(fn=_cmd_import_torch)
 
+  p = sub.add_parser("compile-report", help="compile a config's train step for these devices "
+                     "and print its memory per device, without running it")
+  p.add_argument("--config", default=DEFAULT_CONFIG)
+  p.set_defaults(fn=_cmd_compile_report)
+
   p = sub.add_parser("plot", help="PNG plots of a run's curves and thinking")
   p.add_argument("workdir")
   p.set_defaults(fn=_cmd_plot)
@@ -175,7 +193,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
-  if overrides and args.command not in ("train", "prepare", "import-torch"):
+  if overrides and args.command not in ("train", "prepare", "import-torch", "compile-report"):
     parser.error(f"unrecognized arguments: {' '.join(overrides)}")
   from ebt_jax.checkpoint.manager import CheckpointError
   from ebt_jax.checkpoint.torch_file import TorchFileError

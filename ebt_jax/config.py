@@ -18,10 +18,12 @@ import ml_collections
 from ml_collections import config_dict
 
 from ebt_jax.models.ar_ebt import EBT_TYPES, TextEBTDims
-from ebt_jax.models.blocks import StackDims
+from ebt_jax.models.blocks import REMAT_POLICIES, StackDims
 from ebt_jax.models.transformer import TransformerDims
+from ebt_jax.parallel.logical import DEFAULT_RULES
 
 MODEL_KINDS = ("ebt", "transformer")
+REMAT_CHOICES = ("none", *REMAT_POLICIES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
 
@@ -50,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.tied_v2e = False             # [vocab_to_embed_uses_prob_dist]
   c.model.dtype = "float32"            # activation dtype; parameters stay float32
   c.model.scan_layers = True
-  c.model.remat = False
+  c.model.remat = "none"               # per transformer block: none | full | dots
 
   c.thinking = ml_collections.ConfigDict()
   c.thinking.num_steps = 2             # [mcmc_num_steps] steps; landscapes for time_embed/adaln
@@ -65,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.thinking.truncate = False          # [truncate_mcmc]
   c.thinking.langevin_noise = 0.0      # [langevin_dynamics_noise] std added before each step
   c.thinking.unroll = True             # unroll training's thinking steps (see thinking/loop.py)
+  c.thinking.remat = "none"            # per thinking step: none | full | dots
   c.thinking.inner_optimizer = "gd"
   c.thinking.inner_optimizer_kwargs = ml_collections.ConfigDict()
 
@@ -95,6 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.arithmetic = ml_collections.ConfigDict()
   c.data.arithmetic.train_max_digits = 3
   c.data.arithmetic.num_documents = 20000
+
+  c.mesh = ml_collections.ConfigDict()   # device mesh (ebt_jax/parallel); -1 takes the rest
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = DEFAULT_RULES         # logical axis name -> mesh axes (parallel/logical.py)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 256             # global batch (sequences)
@@ -135,6 +144,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check(m.weight_init in ("xavier", "he"), "model.weight_init", "'xavier' or 'he'", m.weight_init)
   check(m.dtype in DTYPES, "model.dtype", f"one of {tuple(DTYPES)}", m.dtype)
   check(m.norm_eps > 0, "model.norm_eps", "a positive number", m.norm_eps)
+  check(m.remat in REMAT_CHOICES, "model.remat", f"one of {REMAT_CHOICES}", m.remat)
 
   t = c.thinking
   check(isinstance(t.num_steps, int) and t.num_steps >= 1, "thinking.num_steps",
@@ -146,6 +156,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check(t.initial_noise_scale >= 0, "thinking.initial_noise_scale", "a number >= 0",
          t.initial_noise_scale)
   check(t.langevin_noise >= 0, "thinking.langevin_noise", "a number >= 0", t.langevin_noise)
+  check(t.remat in REMAT_CHOICES, "thinking.remat", f"one of {REMAT_CHOICES}", t.remat)
   check(t.inner_optimizer in optimizers.names(), "thinking.inner_optimizer",
          f"one of {optimizers.names()}", t.inner_optimizer)
 

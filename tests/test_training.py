@@ -17,6 +17,7 @@ import pytest
 import ebt_jax
 from ebt_jax.checkpoint.manager import Checkpointer, abstract_like
 from ebt_jax.training import optimizer as optimizer_lib
+from ebt_jax.training import program as program_lib
 from ebt_jax.training import runs, trainer
 from ebt_jax.training.metrics import read_metrics
 from conftest import tiny_config
@@ -100,8 +101,7 @@ def test_nan_guard_stops_and_keeps_clean_checkpoints(tmp_path):
   ckpt = Checkpointer(tmp_path / "checkpoints")
   saved = ckpt.all_steps()
   assert saved and max(saved) < bad_step
-  _, abstract = runs._abstract_state(c)
-  _, state, _ = ckpt.restore(abstract)
+  _, state, _ = ckpt.restore(program_lib.build(c).abstract_sharded_state())
   ckpt.close()
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state))
 
@@ -140,8 +140,7 @@ def _write_config(path: Path, c) -> Path:
 
 def _final_params(workdir, c):
   ckpt = Checkpointer(Path(workdir) / "checkpoints")
-  _, abstract = runs._abstract_state(c)
-  step, state, _ = ckpt.restore(abstract)
+  step, state, _ = ckpt.restore(program_lib.build(c).abstract_sharded_state())
   ckpt.close()
   return step, state
 

@@ -91,7 +91,7 @@ def _block_modulations(params, landscape, m: TextEBTDims):
 def encode_context(params: dict, tokens_BxS: jax.Array, landscape, m: TextEBTDims) -> ContextCache:
   """Per-layer keys/values of the real stream for one energy landscape."""
   dtype = m.stack.dtype
-  x_BxSxD = params["embed"].astype(dtype)[tokens_BxS]
+  x_BxSxD = layers.embed_tokens(params["embed"], tokens_BxS, dtype)
   if m.ebt_type == "time_embed":
     step_D = params["step_embed"][landscape].astype(dtype)
     step_Bx1xD = jnp.broadcast_to(step_D, (x_BxSxD.shape[0], 1, step_D.shape[-1]))
@@ -104,7 +104,8 @@ def encode_context(params: dict, tokens_BxS: jax.Array, landscape, m: TextEBTDim
 def candidate_embedding(params: dict, probs_BxSxV: jax.Array, m: TextEBTDims) -> jax.Array:
   dtype = m.stack.dtype
   w_VxD = params["embed"] if m.tied_v2e else params["v2e"]
-  return probs_BxSxV.astype(dtype) @ w_VxD.astype(dtype)
+  probs_BxSxV = layers.constrain(probs_BxSxV.astype(dtype), layers.CANDIDATE)
+  return layers.constrain(probs_BxSxV @ w_VxD.astype(dtype), layers.HIDDEN)
 
 
 def prediction_energy(params: dict, cache: ContextCache, probs_BxSxV: jax.Array, landscape,

@@ -36,7 +36,7 @@ class StackDims:
   adaln: bool = False            # step-indexed adaLN shift/scale/gate in every block
   dtype: Any = jnp.float32       # activation dtype; parameters are cast to it at use
   scan_layers: bool = True
-  remat: bool = False            # recompute each block's activations in the backward pass
+  remat: str = "none"            # per-block rematerialisation: none | full | dots (REMAT_POLICIES)
 
   @property
   def head_dim(self) -> int:
@@ -95,6 +95,7 @@ def _qkv(p: dict, x_BxSxD, positions_S, mod_6xD, d: StackDims):
 def _block(p: dict, x_BxSxD, positions_S, mod_6xD, attend: Callable, d: StackDims):
   """One pre-norm block; `attend(q, k, v)` decides what the queries see."""
   dtype = d.dtype
+  x_BxSxD = layers.constrain(x_BxSxD, layers.HIDDEN)
   q, k, v = _qkv(p, x_BxSxD, positions_S, mod_6xD, d)
   attn = layers.merge_heads(attend(q, k, v), p["wo"])
   x_BxSxD = x_BxSxD + (attn if mod_6xD is None else mod_6xD[2].astype(dtype) * attn)
@@ -106,10 +107,25 @@ def _block(p: dict, x_BxSxD, positions_S, mod_6xD, attend: Callable, d: StackDim
   return x_BxSxD, k, v
 
 
+# What the backward pass keeps of a rematerialised function: nothing (recompute all), or
+# only matrix-multiply outputs without batch dimensions (recompute the cheap rest).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat(fn, policy: str, prevent_cse: bool = True, static_argnums=()):
+  """`fn` under jax.checkpoint with a named policy ("none" returns `fn`)."""
+  if policy == "none":
+    return fn
+  return jax.checkpoint(fn, policy=REMAT_POLICIES[policy], prevent_cse=prevent_cse,
+                        static_argnums=static_argnums)
+
+
 def _run_layers(body, x, per_layer, d: StackDims):
   """Runs `body(x, layer_inputs) -> (x, out)` over stacked per-layer inputs."""
-  if d.remat:
-    body = jax.checkpoint(body, prevent_cse=not d.scan_layers)
+  body = remat(body, d.remat, prevent_cse=not d.scan_layers)
   if d.scan_layers:
     return jax.lax.scan(body, x, per_layer)
   outs = []

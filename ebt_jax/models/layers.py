@@ -12,10 +12,26 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ebt_jax.parallel.logical import constrain
+
+# Logical layouts of the main activations (ebt_jax.parallel maps them onto the mesh).
+HIDDEN = ("act_batch", "act_seq", "act_embed")
+HEADS = ("act_batch", "act_seq", "act_heads", None)
+FFN = ("act_batch", "act_seq", "act_mlp")
+CANDIDATE = ("act_batch", "act_seq", "act_vocab")
+
 
 def wide_dtype(dtype) -> jnp.dtype:
   """float32, or the input's dtype when it is wider (float64 under x64)."""
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def embed_tokens(table_VxD: jax.Array, tokens_BxS: jax.Array, dtype) -> jax.Array:
+  """Token embedding lookup. The table is gathered whole first (it is sharded over vocab
+  and width for its gradient and optimizer state); a gather from the sharded table makes
+  the partitioner replicate around it anyway, with a warning per lookup."""
+  table_VxD = constrain(table_VxD.astype(dtype), (None, None))
+  return constrain(table_VxD[tokens_BxS], HIDDEN)
 
 
 def rms_norm(x_BxSxD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
@@ -47,11 +63,12 @@ def swiglu(x_BxSxD, w1_DxF, w3_DxF, w2_FxD) -> jax.Array:
   """w2(silu(w1 x) * w3 x), Llama's SwiGLU without biases."""
   dtype = x_BxSxD.dtype
   gate = jax.nn.silu(x_BxSxD @ w1_DxF.astype(dtype))
-  return (gate * (x_BxSxD @ w3_DxF.astype(dtype))) @ w2_FxD.astype(dtype)
+  hidden_BxSxF = constrain(gate * (x_BxSxD @ w3_DxF.astype(dtype)), FFN)
+  return hidden_BxSxF @ w2_FxD.astype(dtype)
 
 
 def project_heads(x_BxSxD, w_DxNxH) -> jax.Array:
-  return jnp.einsum("bsd,dnh->bsnh", x_BxSxD, w_DxNxH.astype(x_BxSxD.dtype))
+  return constrain(jnp.einsum("bsd,dnh->bsnh", x_BxSxD, w_DxNxH.astype(x_BxSxD.dtype)), HEADS)
 
 
 def merge_heads(o_BxSxNxH, w_NxHxD) -> jax.Array:

@@ -37,7 +37,7 @@ def param_specs(m: TransformerDims) -> dict:
 def logits(params: dict, tokens_BxS: jax.Array, m: TransformerDims) -> jax.Array:
   """Next-token logits [B, S, V]: position s predicts token s+1."""
   dtype = m.stack.dtype
-  x_BxSxD = params["embed"].astype(dtype)[tokens_BxS]
+  x_BxSxD = layers.embed_tokens(params["embed"], tokens_BxS, dtype)
   h, _ = blocks.context_stream(params["blocks"], x_BxSxD, jnp.arange(tokens_BxS.shape[1]),
                                None, m.stack)
   h = layers.rms_norm(h, params["final_norm"], m.stack.norm_eps)

@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from ebt_jax import config as config_lib
-from ebt_jax.models import ar_ebt, transformer
+from ebt_jax.models import ar_ebt, blocks, transformer
+from ebt_jax.models.layers import CANDIDATE
 from ebt_jax.models.params import Param, axes_tree, constant, init_tree
+from ebt_jax.parallel.logical import constrain
 from ebt_jax.thinking import loop, optimizers
 
 PAD_ID = 0
@@ -127,6 +129,13 @@ def default_landscapes(config) -> jnp.ndarray:
   return jnp.arange(K) if config.model.ebt_type != "default" else jnp.zeros(K, jnp.int32)
 
 
+def _step_remat(policy: str):
+  if policy == "none":
+    return None
+  # A step's third argument (`second_order`) is a Python bool choosing its code path.
+  return lambda step: blocks.remat(step, policy, static_argnums=(2,))
+
+
 def text_ebt_loss(params: dict, tokens: jax.Array, config: ml_collections.ConfigDict, *,
                   key: jax.Array | None = None, initial_logits: jax.Array | None = None):
   """S1 objective of the text EBT on `tokens` [B, S+1]; returns (loss, metrics).
@@ -151,6 +160,7 @@ def text_ebt_loss(params: dict, tokens: jax.Array, config: ml_collections.Config
     y0 = initial_candidate(init_key, (B, S, config.model.vocab_size), config)
   else:
     y0 = initial_logits.astype(candidate_dtype(config))
+  y0 = constrain(y0, CANDIDATE)
 
   caches = encode_landscapes(params, inputs_BxS, config)
   schedule = loop.Schedule(default_landscapes(config), step_size(params, config))
@@ -158,7 +168,8 @@ def text_ebt_loss(params: dict, tokens: jax.Array, config: ml_collections.Config
                     reparam=candidate_reparam(config),
                     emit=lambda y: token_nll(y, targets_BxS),
                     detach=t.detach, truncate=t.truncate,
-                    pre_noise_std=langevin_std(params, config), unroll=t.unroll)
+                    pre_noise_std=langevin_std(params, config), unroll=t.unroll,
+                    remat=_step_remat(t.remat))
   mask_BxS = (targets_BxS != PAD_ID).astype(jnp.float32)
   ce_K = jax.vmap(masked_mean, in_axes=(0, None))(traj.outputs, mask_BxS)
   loss = ce_K[-1] if t.truncate else jnp.mean(ce_K)

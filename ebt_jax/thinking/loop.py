@@ -17,6 +17,8 @@ Step options follow the official code:
 * `unroll`: passed to `lax.scan`. Unrolling the few steps of training into straight-line
   code lets XLA drop the per-step slicing of stacked context caches (about 10% of an S1
   step on CPU); long inference runs keep the rolled loop.
+* `remat`: wraps each step (e.g. `jax.checkpoint`), so training keeps one step's
+  activations at a time and recomputes them in the backward pass.
 * `reparam`: maps the stored candidate to the variable the gradient is taken against and
   the optimizer steps on (the text EBT's softmax: gradient with respect to probabilities).
 """
@@ -51,7 +53,7 @@ def steps_schedule(landscapes, step_size) -> Schedule:
 def think(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptimizer, schedule: Schedule,
           key: jax.Array, *, reparam: Callable | None = None, emit: Callable | None = None,
           detach: bool = True, truncate: bool = False, pre_noise_std=None,
-          unroll: int | bool = 1) -> Trajectory:
+          unroll: int | bool = 1, remat: Callable | None = None) -> Trajectory:
   reparam = reparam or (lambda y: y)
   emit = emit or (lambda y: y)
 
@@ -76,6 +78,8 @@ def think(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptimizer, schedul
                                       jax.random.fold_in(step_key, 1))
     return (new, opt_state), (emit(new), energies)
 
+  if remat is not None:
+    step = remat(step)
   num_steps = schedule.landscape_K.shape[0]
   xs = (schedule.landscape_K, jax.random.split(key, num_steps))
   carry = (y0, inner_opt.init(y0))

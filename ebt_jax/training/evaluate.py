@@ -7,13 +7,10 @@ evaluations of different checkpoints comparable).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import ml_collections
 import numpy as np
 
-from ebt_jax.training import step as step_lib
 
 EVAL_KEY_SALT = 2
 
@@ -24,17 +21,17 @@ def perplexity(ce) -> float:
   return float("inf") if ce > 709 else float(np.exp(ce))
 
 
-def eval_fn(config: ml_collections.ConfigDict):
-  return jax.jit(functools.partial(step_lib.eval_step, config=config))
+def evaluate(params, config: ml_collections.ConfigDict, datasets, fn, put, *,
+             num_batches: int) -> dict[str, dict]:
+  """{split: {"ce_steps": [K] mean cross-entropy after each step, "perplexity": final}}.
 
-
-def evaluate(params, config: ml_collections.ConfigDict, datasets, fn, *, batch_size: int,
-             num_batches: int, put=np.asarray) -> dict[str, dict]:
-  """{split: {"ce_steps": [K] mean cross-entropy after each step, "perplexity": final}}."""
+  `fn(params, batch, key)` is the (sharded) eval step, `put` makes a device array of a
+  global batch of `train.batch_size` rows.
+  """
   key = jax.random.fold_in(jax.random.key(config.seed), EVAL_KEY_SALT)
   results = {}
   for split in datasets.eval_splits:
-    batches = datasets.eval_batches(split, batch_size, num_batches)
+    batches = datasets.eval_batches(split, config.train.batch_size, num_batches)
     per_batch = [jax.device_get(fn(params, put(b), jax.random.fold_in(key, i)))
                  for i, b in enumerate(batches)]
     ce = np.mean([m["ce_steps"] for m in per_batch], axis=0)

@@ -18,26 +18,30 @@ from ebt_jax.checkpoint.manager import Checkpointer
 from ebt_jax.checkpoint.official import import_official
 from ebt_jax.checkpoint.torch_file import load_torch_file, state_dict_and_hparams
 from ebt_jax.data.pipeline import make_datasets
-from ebt_jax.tasks import text
 from ebt_jax.training import evaluate as eval_lib
-from ebt_jax.training import optimizer as optimizer_lib
+from ebt_jax.training import program as program_lib
 from ebt_jax.training import step as step_lib
 from ebt_jax.training import trainer
 
 
-def _abstract_state(config):
-  params = jax.eval_shape(lambda: text.init_params(config, jax.random.key(0)))
-  tx = optimizer_lib.make_optimizer(config, params)
-  return tx, jax.eval_shape(lambda: step_lib.init_state(config, tx))
+def program_here(config: ml_collections.ConfigDict) -> program_lib.Program:
+  """The run's program on this machine's devices: its own mesh if that fits them, else
+  plain data parallelism over all of them (checkpoints restore onto any mesh)."""
+  try:
+    return program_lib.build(config)
+  except config_lib.ConfigError:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+    return program_lib.build(config)
 
 
 def restore_params(workdir) -> tuple[ml_collections.ConfigDict, int, dict]:
   """(config, step, params) of the newest readable checkpoint of a run directory."""
   config = trainer.load_config(workdir)
-  _, abstract = _abstract_state(config)
+  program = program_here(config)
   checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
   try:
-    restored = checkpointer.restore(abstract)
+    restored = checkpointer.restore(program.abstract_sharded_state())
   finally:
     checkpointer.close()
   if restored is None:
@@ -73,10 +77,11 @@ class EvalReport:
 
 def evaluate_workdir(workdir, num_batches: int | None = None) -> EvalReport:
   config, step, params = restore_params(workdir)
-  datasets = make_datasets(config)
-  results = eval_lib.evaluate(params, config, datasets, eval_lib.eval_fn(config),
-                              batch_size=config.train.batch_size // jax.process_count(),
-                              num_batches=num_batches or config.train.eval_batches)
+  program = program_here(config)
+  with program.context():
+    results = eval_lib.evaluate(params, config, make_datasets(config), program.eval_step,
+                                program.put_global,
+                                num_batches=num_batches or config.train.eval_batches)
   return EvalReport(str(workdir), step, results)
 
 
@@ -95,13 +100,13 @@ def import_torch_checkpoint(checkpoint, out, config: ml_collections.ConfigDict |
     if embed is None:
       raise config_lib.ConfigError(f"{checkpoint}: no embeddings.weight entry; is this an NLP model?")
     config = config_lib.from_official_hparams({**hparams, "vocab_size": int(embed.shape[0])})
-  config_lib.validate(config)
+  program = program_here(config)
   params = jax.tree_util.tree_map(jnp.asarray, import_official(state_dict, config))
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   trainer.save_config(config, out)
-  tx, _ = _abstract_state(config)
-  state = step_lib.state_from_params(params, config, tx)
+  state = jax.device_put(step_lib.state_from_params(params, config, program.tx),
+                         program.state_shardings)
   checkpointer = Checkpointer(out / "checkpoints", keep=config.train.keep_checkpoints)
   try:
     checkpointer.save(0, state)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from tqdm.auto import tqdm
 
@@ -25,9 +24,7 @@ from ebt_jax.data.pipeline import make_datasets
 from ebt_jax.training import evaluate as eval_lib
 from ebt_jax.training import flops as flops_lib
 from ebt_jax.training import metrics as metrics_lib
-from ebt_jax.training import optimizer as optimizer_lib
-from ebt_jax.tasks import text
-from ebt_jax.training import step as step_lib
+from ebt_jax.training import program as program_lib
 
 CONFIG_FILE = "config.json"
 # Fields that may change when a run is resumed; anything else must match the checkpoints.
@@ -55,7 +52,7 @@ class Summary:
     if self.final_train_loss is not None:
       lines.append(f"Final train loss: {self.final_train_loss:.4f}")
     for split, r in self.eval.items():
-      per_step = "  ".join(f"step {k}: {eval_lib.perplexity(ce):.3f}"
+      per_step = "  ".join(f"step {k}: {eval_lib.perplexity(ce):.5g}"
                            for k, ce in enumerate(r["ce_steps"], 1))
       lines.append(f"{split} perplexity by thinking step: {per_step}")
     lines.append(f"Checkpoints: {self.workdir}/checkpoints   Metrics: {self.workdir}/"
@@ -128,46 +125,38 @@ class _StopRequest:
 
 def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
           log=print) -> Summary:
-  config_lib.validate(config)
+  program = program_lib.build(config)   # validates the config and the mesh
   tr = config.train
-  if tr.batch_size % jax.process_count():
-    raise config_lib.ConfigError(f"train.batch_size: expected a multiple of the process count "
-                                 f"{jax.process_count()}, got {tr.batch_size}")
-  local_batch = tr.batch_size // jax.process_count()
   datasets = make_datasets(config)   # checks data paths and lengths before anything is written
-  train_iter = datasets.train_iter(local_batch)
+  train_iter = datasets.train_iter(tr.batch_size // jax.process_count())
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   save_config(config, workdir)
+  say = log if jax.process_index() == 0 else (lambda *a: None)
 
-  abstract_params = jax.eval_shape(lambda: text.init_params(config, jax.random.key(0)))
-  tx = optimizer_lib.make_optimizer(config, abstract_params)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=tr.keep_checkpoints)
-  abstract_state = jax.eval_shape(lambda: step_lib.init_state(config, tx))
-  restored = checkpointer.restore(abstract_state) if checkpointer.latest_step() is not None else None
+  restored = None
+  if checkpointer.latest_step() is not None:
+    restored = checkpointer.restore(program.abstract_sharded_state())
   if restored is None:
-    state = jax.jit(lambda: step_lib.init_state(config, tx))()
-    start = 0
+    state, start = program.init_state(), 0
   else:
     start, state, data_state = restored
     if data_state is not None:
       train_iter.set_state(data_state)
     metrics_lib.drop_records_after(workdir, start)
-    log(f"Resuming {workdir} from step {start}.")
+    say(f"Resuming {workdir} from step {start}.")
 
   writer = metrics_lib.MetricWriter(workdir, tensorboard=tr.tensorboard)
-  step_fn = jax.jit(lambda s, b: step_lib.train_step(s, b, config=config, tx=tx),
-                    donate_argnums=0)
-  evaluate_fn = eval_lib.eval_fn(config)
   reporter = _Reporter(config, writer, tqdm(
       total=tr.num_steps, initial=start, unit="step", dynamic_ncols=True,
       disable=not progress or jax.process_index() != 0))
   t_start = time.perf_counter()
   pending, results, step, stopped = None, {}, start, None
   try:
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, program.context():
       while step < tr.num_steps:
-        state, metrics = step_fn(state, jnp.asarray(next(train_iter)))
+        state, metrics = program.train_step(state, program.put_local(next(train_iter)))
         step += 1
         if pending is not None:   # step t is queued; step t-1 is done or nearly
           reporter.report(*pending)
@@ -178,15 +167,15 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
           reporter.report(*pending)
           pending = None
           if evaluate_now:
-            results = eval_lib.evaluate(state.params, config, datasets, evaluate_fn,
-                                        batch_size=local_batch, num_batches=tr.eval_batches)
+            results = eval_lib.evaluate(state.params, config, datasets, program.eval_step,
+                                        program.put_global, num_batches=tr.eval_batches)
             writer.write(step, eval_lib.as_scalars(results))
           if save_now:
             checkpointer.save(step, state, train_iter.get_state())
           reporter.restart_window()   # evaluation and saving are not training throughput
         if stop.signal:
           stopped = stop.signal
-          log(f"\n{stop.signal} received: saved a checkpoint at step {step}; exiting.")
+          say(f"\n{stop.signal} received: saved a checkpoint at step {step}; exiting.")
           break
       if pending is not None:
         reporter.report(*pending)
@@ -203,7 +192,10 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
 
 
 class _Reporter:
-  """Reads each step's metrics (blocking on that step only), stops on NaN, logs."""
+  """Reads each step's metrics (blocking on that step only), stops on NaN, logs.
+
+  Throughput counts the time between consecutive reports, leaving out the first step
+  (compilation) and whatever `restart_window` marks (evaluation, checkpointing)."""
 
   def __init__(self, config, writer, bar):
     self.tr, self.writer, self.bar = config.train, writer, bar
@@ -211,8 +203,9 @@ class _Reporter:
     self.flops_per_step = flops_lib.train_step_flops(config, config.train.batch_size)
     self.peak = flops_lib.device_peak_flops(config)
     self.last_loss = None
-    self._window = None   # (time, step) of the last log point; the first step (compile) is excluded
-    self._train_time, self._train_steps = 0.0, 0
+    self._prev = None                     # (time, step) of the previous report
+    self._time, self._steps = 0.0, 0      # training time and steps counted so far
+    self._log_mark = (0.0, 0)             # (_time, _steps) at the last log line
 
   def report(self, step: int, metrics) -> None:
     m = jax.device_get(metrics)
@@ -224,31 +217,31 @@ class _Reporter:
     self.last_loss = float(m["loss"])
     self.bar.update(step - self.bar.n)
     now = time.perf_counter()
-    if self._window is None:
-      self._window = (now, step)
+    if self._prev is not None:
+      self._time += now - self._prev[0]
+      self._steps += step - self._prev[1]
+    self._prev = (now, step)
     if step % self.tr.log_every:
       return
     scalars = {f"train/{k}": v for k, v in m.items() if k != "finite"}
-    t0, s0 = self._window
-    self._train_time += now - t0
-    self._train_steps += step - s0
-    if step > s0:
-      steps_per_s = (step - s0) / max(now - t0, 1e-9)
+    window_time, window_steps = self._time - self._log_mark[0], self._steps - self._log_mark[1]
+    if window_steps:
+      steps_per_s = window_steps / max(window_time, 1e-9)
       scalars["train/tokens_per_s"] = steps_per_s * self.tokens_per_step
       if self.peak:
         scalars["train/mfu"] = steps_per_s * self.flops_per_step / self.peak
       self.bar.set_postfix(loss=f"{self.last_loss:.4f}",
                            tok_s=f"{scalars['train/tokens_per_s']:,.0f}")
     self.writer.write(step, scalars)
-    self._window = (now, step)
+    self._log_mark = (self._time, self._steps)
 
   def restart_window(self) -> None:
-    if self._window is not None:
-      self._window = (time.perf_counter(), self._window[1])
+    if self._prev is not None:
+      self._prev = (time.perf_counter(), self._prev[1])
 
   def mean_tokens_per_s(self) -> float:
-    """Training throughput over the logged windows (no compile, eval or checkpoint time)."""
-    return self._train_steps * self.tokens_per_step / max(self._train_time, 1e-9)
+    """Training throughput over the whole run (no compile, eval or checkpoint time)."""
+    return self._steps * self.tokens_per_step / max(self._time, 1e-9)
 
   def close(self) -> None:
     self.bar.close()

@@ -1,0 +1,43 @@
+"""The device mesh of a run: axes (data, fsdp, tensor) from `config.mesh`.
+
+-1 in one axis takes the devices the others leave. Axes are `Auto` (GSPMD propagation
+from the shardings of parameters, batches and the constrained activations): the model
+is written once and `jax.jit` partitions it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+from jax.sharding import AxisType, Mesh
+
+from ebt_jax.config import ConfigError
+from ebt_jax.parallel.logical import MESH_AXES
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  sizes = [mesh_config[a] for a in MESH_AXES]
+  for axis, size in zip(MESH_AXES, sizes):
+    if not isinstance(size, int) or (size < 1 and size != -1):
+      raise ConfigError(f"mesh.{axis}: expected a positive integer or -1, got {size!r}")
+  if sizes.count(-1) > 1:
+    raise ConfigError(f"mesh: expected at most one axis of -1, got {dict(zip(MESH_AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(f"mesh: the fixed axes ({known} devices) do not divide the "
+                        f"{num_devices} devices")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f"mesh: data x fsdp x tensor = {math.prod(sizes)} must equal the "
+                      f"{num_devices} devices ({dict(zip(MESH_AXES, sizes))})")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)

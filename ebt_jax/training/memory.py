@@ -1,0 +1,83 @@
+"""Ahead-of-time memory report: compile a config's train step without running it.
+
+    ebt compile-report --config configs/ebt_s1_xxs.py [--config.mesh.fsdp=8 ...]
+
+Lowers and compiles the sharded train step for the current devices from shapes alone
+(no parameter is allocated), and prints XLA's memory analysis per device: arguments
+(state and batch shard), outputs, temporaries (activations kept for the backward pass,
+which remat trades for recomputation), and their sum against the device's memory where
+the backend reports it. So an out-of-memory layout shows on a laptop or one host of a
+slice before a pod is booked; compile on the target device type for exact figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ebt_jax.training import flops as flops_lib
+from ebt_jax.training import program as program_lib
+
+GiB = 2**30
+
+
+@dataclasses.dataclass
+class MemoryReport:
+  device_kind: str
+  num_devices: int
+  mesh: dict
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  device_limit_bytes: int | None
+  compile_s: float
+  model_flops_per_step: float
+
+  @property
+  def peak_bytes(self) -> int:
+    """Live at once, per device: inputs, temporaries, and outputs not written in place."""
+    return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
+
+  @property
+  def fits(self) -> bool | None:
+    return None if self.device_limit_bytes is None else self.peak_bytes <= self.device_limit_bytes
+
+  def table(self) -> str:
+    rows = [("state + batch (arguments)", self.argument_bytes),
+            ("temporaries (activations, gradients)", self.temp_bytes),
+            ("outputs not aliased to donated inputs", self.output_bytes - self.alias_bytes),
+            ("peak per device", self.peak_bytes)]
+    lines = [f"Train step compiled in {self.compile_s:.1f} s for {self.num_devices} x "
+             f"{self.device_kind}, mesh {self.mesh}; {self.model_flops_per_step:.3g} model "
+             f"FLOPs per step"]
+    lines += [f"  {name:<40} {value / GiB:10.3f} GiB" for name, value in rows]
+    if self.device_limit_bytes is None:
+      lines.append("  device memory: not reported by this backend (compare with the target's)")
+    else:
+      verdict = "fits" if self.fits else "DOES NOT FIT"
+      lines.append(f"  device memory {self.device_limit_bytes / GiB:.3f} GiB: {verdict}")
+    return "\n".join(lines)
+
+
+def compile_report(config: ml_collections.ConfigDict) -> MemoryReport:
+  program = program_lib.build(config)
+  batch = jax.ShapeDtypeStruct((config.train.batch_size, config.model.context_length + 1),
+                               jnp.int32, sharding=program.batch_sharding)
+  t0 = time.perf_counter()
+  with program.context():
+    compiled = program.train_step.lower(program.abstract_sharded_state(), batch).compile()
+  compile_s = time.perf_counter() - t0
+  stats = compiled.memory_analysis()
+  device = jax.devices()[0]
+  limit = (device.memory_stats() or {}).get("bytes_limit")
+  return MemoryReport(
+      device_kind=device.device_kind, num_devices=len(jax.devices()),
+      mesh=dict(program.mesh.shape), argument_bytes=stats.argument_size_in_bytes,
+      output_bytes=stats.output_size_in_bytes, alias_bytes=stats.alias_size_in_bytes,
+      temp_bytes=stats.temp_size_in_bytes, device_limit_bytes=limit, compile_s=compile_s,
+      model_flops_per_step=flops_lib.train_step_flops(config, config.train.batch_size))

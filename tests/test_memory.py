@@ -1,0 +1,61 @@
+"""Memory controls: remat per block and per thinking step, and the compile-time report."""
+
+import dataclasses
+import functools
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import ebt_jax
+from ebt_jax.training import memory
+from conftest import tiny_config
+
+
+@functools.cache
+def loss_and_grads(model_remat, thinking_remat):
+  c = tiny_config("time_embed", detach=False, remat=thinking_remat)
+  c.model.remat = model_remat
+  params = ebt_jax.init_params(c, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, c.model.vocab_size)
+  f = lambda p: ebt_jax.text_ebt_loss(p, tokens, c, key=jax.random.key(2))[0]
+  return jax.jit(jax.value_and_grad(f))(params)
+
+
+@pytest.mark.parametrize("model_remat,thinking_remat", [("full", "none"), ("dots", "full"),
+                                                        ("none", "dots")])
+def test_remat_changes_nothing_but_memory(model_remat, thinking_remat):
+  loss, grads = loss_and_grads(model_remat, thinking_remat)
+  base_loss, base_grads = loss_and_grads("none", "none")
+  np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         grads, base_grads)
+
+
+def _small_config(remat):
+  c = tiny_config("time_embed", remat=remat)
+  c.model.update(remat=remat, vocab_size=256, dim=64, n_heads=4, n_layers=3, context_length=64)
+  c.train.batch_size = 8
+  return c
+
+
+@pytest.mark.slow
+def test_compile_report_sees_what_remat_saves():
+  plain = memory.compile_report(_small_config("none"))
+  remat = memory.compile_report(_small_config("full"))
+  assert plain.argument_bytes == remat.argument_bytes > 0
+  assert remat.temp_bytes < 0.8 * plain.temp_bytes, (remat.temp_bytes, plain.temp_bytes)
+  assert "peak per device" in plain.table()
+  small = dataclasses.replace(plain, device_limit_bytes=plain.peak_bytes - 1)
+  assert small.fits is False and "DOES NOT FIT" in small.table()
+  assert dataclasses.replace(plain, device_limit_bytes=plain.peak_bytes).fits
+
+
+def test_compile_report_command():
+  out = subprocess.run([sys.executable, "-m", "ebt_jax.cli", "compile-report", "--config",
+                        "tiny_cpu", "--config.train.batch_size=4"], capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "peak per device" in out.stdout and "model FLOPs per step" in out.stdout

@@ -1,0 +1,108 @@
+"""Sharded training on forced CPU devices, and multi-process runs on localhost.
+
+Device counts are fixed when JAX starts, so each case runs in a fresh subprocess with
+`--xla_force_host_platform_device_count` (tests/parallel_worker.py, or the `ebt` CLI).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ebt_jax.training.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(devices: int) -> dict:
+  flags = os.environ.get("XLA_FLAGS", "")
+  return dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}",
+              PYTHONUNBUFFERED="1")
+
+
+def _worker(*args, devices=8):
+  out = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_worker.py"), *args],
+                       env=_env(devices), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_sharded_meshes_match_one_device():
+  results = _worker("meshes")
+  base = results.pop("(1, 1, 1)")
+  assert set(results) == {"(8, 1, 1)", "(2, 2, 2)", "(1, 4, 2)", "(1, 1, 8)"}
+  for shape, r in results.items():
+    np.testing.assert_allclose(r["losses"], base["losses"], rtol=2e-5, err_msg=shape)
+    for name, values in base["params"].items():
+      np.testing.assert_allclose(r["params"][name][:-1], values[:-1], atol=2e-4,
+                                 err_msg=f"{shape} {name}")
+  # FSDP and tensor parallelism really split the weights.
+  assert results["(2, 2, 2)"]["wq_spec"] == "P(None, 'fsdp', 'tensor', None)"
+
+
+@pytest.mark.slow
+def test_checkpoint_restores_onto_other_meshes(tmp_path):
+  results = _worker("restore", str(tmp_path / "ckpt"))
+  for shape, r in results.items():
+    assert r["step"] == 2 and r["equal"], shape
+    assert r["data_state"]["step"] == 2
+  assert results["(1, 2, 4)"]["spec"] == "P(None, 'fsdp', 'tensor', None)"
+  assert results["(1, 1, 1)"]["devices"] == 1
+
+
+def _train(workdir, devices, *extra, processes=None):
+  base = [sys.executable, "-m", "ebt_jax.cli", "train", "--config", "tiny_cpu", "--workdir",
+          str(workdir), "--no-progress", "--config.train.log_every=1",
+          "--config.train.checkpoint_every=2", "--config.train.eval_every=100", *extra]
+  if processes is None:
+    out = subprocess.run(base, env=_env(devices), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+  with socket.socket() as s:   # a free port for the coordinator
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(base + ["--coordinator", f"localhost:{port}", "--num-processes",
+                                    str(processes), "--process-id", str(i)],
+                            env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(processes)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return outs[0][0]
+
+
+def _losses(workdir):
+  return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+
+@pytest.mark.slow
+def test_cli_on_a_2x2x2_mesh_logs_the_losses_of_one_device(tmp_path):
+  _train(tmp_path / "one", 1, "--config.train.num_steps=4")
+  _train(tmp_path / "mesh", 8, "--config.train.num_steps=4", "--config.mesh.data=2",
+         "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
+  one, mesh = _losses(tmp_path / "one"), _losses(tmp_path / "mesh")
+  assert sorted(one) == [1, 2, 3, 4]
+  np.testing.assert_allclose([mesh[s] for s in sorted(one)], [one[s] for s in sorted(one)],
+                             rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_train_checkpoint_and_resume(tmp_path):
+  workdir = tmp_path / "two"
+  _train(workdir, 4, "--config.train.num_steps=4", processes=2)
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4]
+  out = _train(workdir, 4, "--config.train.num_steps=6", processes=2)
+  assert "Resuming" in out and "Trained steps 4..6" in out
+  # The same global batch on one process with 8 devices: the same losses.
+  _train(tmp_path / "single", 8, "--config.train.num_steps=6")
+  two, single = _losses(workdir), _losses(tmp_path / "single")
+  assert sorted(two) == sorted(single) == list(range(1, 7))
+  np.testing.assert_allclose([two[s] for s in range(1, 7)], [single[s] for s in range(1, 7)],
+                             rtol=1e-4)
