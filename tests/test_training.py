@@ -218,9 +218,10 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path):
   assert missing.returncode == 2 and "--config: no file 'no_such_config'" in missing.stderr
 
 
-def test_train_eval_plot_and_resume_in_process(tmp_path):
+def test_train_eval_plot_and_resume_in_process(tmp_path, monkeypatch):
   c = train_config(num_steps=6, checkpoint_every=3, eval_every=3, tensorboard=True)
-  summary = trainer.train(c, tmp_path, progress=False, log=lambda *a: None)
+  monkeypatch.chdir(tmp_path.parent)   # a relative workdir, as `ebt train` gets by default
+  summary = trainer.train(c, tmp_path.name, progress=False, log=lambda *a: None)
   assert summary.final_step == 6 and set(summary.eval) == {"validation"}
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents*"))  # tensorboardX is a dev extra
   records = read_metrics(tmp_path)

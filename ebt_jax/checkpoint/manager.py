@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from typing import Any
 
@@ -47,6 +48,8 @@ def _matches(recorded, restored, rtol=1e-5) -> bool:
 
 class Checkpointer:
   def __init__(self, directory, keep: int = 3, async_save: bool = True):
+    if "://" not in str(directory):   # Orbax needs absolute local paths (URLs pass through)
+      directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(directory, options=options,
