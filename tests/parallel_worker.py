@@ -21,7 +21,7 @@ from ebt_jax.training import program as program_lib
 
 def worker_config(data, fsdp, tensor):
   c = config_lib.base_config()
-  c.model.update(ebt_type="adaln", vocab_size=256, dim=32, n_layers=2, n_heads=4,
+  c.model.update(ebt_type="adaln", vocab_size=256, dim=32, n_layers=1, n_heads=4,
                  context_length=16)
   c.thinking.update(num_steps=2, step_size=10.0, detach=False)
   c.optimizer.update(warmup_steps=1, peak_lr=3e-3)

@@ -36,7 +36,7 @@ def test_remat_changes_nothing_but_memory(model_remat, thinking_remat):
 
 def _small_config(remat):
   c = tiny_config("time_embed", remat=remat)
-  c.model.update(remat=remat, vocab_size=256, dim=64, n_heads=4, n_layers=3, context_length=64)
+  c.model.update(remat=remat, vocab_size=256, dim=64, n_heads=4, n_layers=2, context_length=32)
   c.train.batch_size = 8
   return c
 
