@@ -27,8 +27,10 @@ from ebt_jax.training import metrics as metrics_lib
 from ebt_jax.training import program as program_lib
 
 CONFIG_FILE = "config.json"
-# Fields that may change when a run is resumed; anything else must match the checkpoints.
-RESUMABLE_CHANGES = ("train.", "data.ood_suites", "optimizer.decay_steps")
+# Fields that may change when a run is resumed (layout, memory and schedule length, not
+# what is learned); anything else must match the checkpoints.
+RESUMABLE_CHANGES = ("train.", "mesh.", "data.ood_suites", "optimizer.decay_steps",
+                     "model.remat", "model.scan_layers", "thinking.remat", "thinking.unroll")
 
 
 class TrainingError(RuntimeError):
