@@ -5,6 +5,7 @@ Public API (kept stable; see README.md):
 * `ebt_jax.config.base_config()`, `ebt_jax.config.from_official_hparams(hparams)`
 * `ebt_jax.init_params(config, key) -> params` (a plain nested dict of arrays)
 * `ebt_jax.text_ebt_loss(params, tokens, config, *, key=None, initial_logits=None)`
+  (S2 training also passes `row_mask`, `randomize=True` and `warmed_up`)
 * `ebt_jax.transformer_loss(params, tokens, config)` (the Transformer++ baseline)
 * `ebt_jax.checkpoint.import_official(state_dict, config) -> params`
 * `ebt_jax.thinking.think(...)` and the inner-optimizer registry `ebt_jax.thinking.optimizers`

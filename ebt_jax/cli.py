@@ -1,4 +1,5 @@
-"""The `ebt` command line: train | eval | prepare | import-torch | compile-report | plot.
+"""The `ebt` command line: train | eval | think | generate | bench | sweep-inner | prepare |
+import-torch | compile-report | plot.
 
 Configs are Python files defining `get_config()` (a path, or the name of a file in
 `configs/`, e.g. `--config tiny_cpu`); any field can be overridden with
@@ -101,12 +102,150 @@ def _cmd_train(args, overrides):
   trainer.train(config, workdir, progress=not args.no_progress)
 
 
+def _int_list(flag: str, raw: str | None) -> list[int] | None:
+  if raw is None:
+    return None
+  try:
+    values = [int(v) for v in raw.split(",") if v.strip()]
+  except ValueError:
+    values = []
+  if not values or min(values) < 1:
+    raise ConfigError(f"{flag}: expected comma-separated positive integers, got {raw!r}")
+  return values
+
+
+def _float_list(flag: str, raw: str | None) -> list[float]:
+  if raw is None:
+    return []
+  try:
+    values = [float(v) for v in raw.split(",") if v.strip()]
+  except ValueError:
+    values = [-1.0]
+  if not values or min(values) < 0:
+    raise ConfigError(f"{flag}: expected comma-separated numbers >= 0, got {raw!r}")
+  return values
+
+
+# Flags of the commands that think (eval, think, generate) and the inference field each sets.
+INFERENCE_FLAGS = {
+    "select": ("--select", dict(choices=("min", "max", "max_gap"),
+                                help="best-of-N choice per position (default: the config's)")),
+    "initial_noise_scale": ("--initial-noise-scale", dict(type=float,
+                                                          help="std of the initial candidates")),
+    "step_size": ("--step-size", dict(type=float, help="replace alpha with this step size")),
+    "step_size_scale": ("--step-size-scale", dict(type=float, help="multiply alpha")),
+    "langevin_noise": ("--langevin-noise", dict(type=float, help="noise std before each step "
+                                                "(-1: the trained one, 0: none)")),
+    "langevin_first_step_only": ("--langevin-first-step-only", dict(
+        action="store_true", default=None, help="noise before the first step only")),
+    "accept_lower": ("--accept-lower", dict(action="store_true", default=None,
+                                           help="keep a step only where it lowers the energy")),
+    "stop_on": ("--stop-on", dict(choices=("none", "energy", "grad_norm"),
+                                  help="adaptive stopping rule per position")),
+    "stop_threshold": ("--stop-threshold", dict(type=float,
+                                                help="stop a position below this change/norm")),
+}
+
+
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+  g = p.add_argument_group("thinking at inference (override the run's config.inference; "
+                           "--config.inference.FIELD=VALUE works too)")
+  for field, (flag, kwargs) in INFERENCE_FLAGS.items():
+    g.add_argument(flag, dest=f"inference_{field}", **kwargs)
+
+
+def _inference_overrides(args, overrides: list[str]):
+  """config -> None editing `config.inference` from flags and --config.inference.* overrides."""
+  for arg in overrides:
+    if arg.startswith("--config.") and not arg.startswith("--config.inference."):
+      raise ConfigError(f"{arg.split('=')[0]}: only --config.inference.* can change a trained run")
+
+  def apply(config):
+    apply_overrides(config, overrides)
+    for field in INFERENCE_FLAGS:
+      value = getattr(args, f"inference_{field}")
+      if value is not None:
+        config.inference[field] = value
+
+  return apply
+
+
 def _cmd_eval(args, overrides):
-  from ebt_jax.training import runs
-  report = runs.evaluate_workdir(args.workdir, num_batches=args.batches)
+  from ebt_jax.inference import evaluation
+  report = evaluation.evaluate_system2(
+      args.workdir, thinking_steps=_int_list("--thinking-steps", args.thinking_steps),
+      best_of=_int_list("--best-of", args.best_of) or [1], baseline=args.baseline,
+      stop_thresholds=_float_list("--stop-thresholds", args.stop_thresholds),
+      num_batches=args.batches, batch_size=args.batch_size,
+      overrides=_inference_overrides(args, overrides))
   print(report.table())
   if args.json:
     Path(args.json).write_text(json.dumps(report.as_json(), indent=2))
+    print(f"Wrote {args.json}")
+
+
+def _cmd_think(args, overrides):
+  from ebt_jax.inference import uncertainty
+  report = uncertainty.think_about_text(args.workdir, args.text, seed=args.seed,
+                                        overrides=_inference_overrides(args, overrides))
+  print(report.table())
+  out = args.out or str(Path(args.workdir) / "plots" / "think.png")
+  print(f"Wrote {report.heatmap(out)}")
+
+
+def _cmd_generate(args, overrides):
+  import jax
+  import numpy as np
+  from ebt_jax import config as config_lib
+  from ebt_jax.data.tokenizers import make_tokenizer
+  from ebt_jax.inference import generate
+  from ebt_jax.training import runs
+  config, _, params = runs.restore_ebt(args.workdir, _inference_overrides(args, overrides))
+  sampling = generate.Sampling(args.max_new_tokens, args.temperature, args.top_p)
+  tokenizer = make_tokenizer(config.data)
+  prompt = np.asarray(tokenizer.encode(args.prompt), np.int32)
+  config_lib.check(len(prompt) >= 1, "--prompt", "at least one token", args.prompt)
+  if len(prompt) + args.max_new_tokens > config.model.context_length:
+    print(f"note: {len(prompt)} prompt + {args.max_new_tokens} new tokens exceed the trained "
+          f"context of {config.model.context_length}", file=sys.stderr)
+  prompts = np.repeat(prompt[None], args.num_samples, axis=0)
+  out = jax.device_get(generate.generate(params, prompts, config, jax.random.key(args.seed),
+                                         sampling))
+  for i, row in enumerate(out.tokens):
+    if args.num_samples > 1:
+      print(f"--- sample {i + 1}")
+    print(tokenizer.decode(row.tolist()))
+  if args.show_energies:
+    print(f"per generated token of sample 1: final energy / energy drop / steps")
+    for t, token in enumerate(out.tokens[0, len(prompt):]):
+      text = tokenizer.decode([int(token)]).encode("unicode_escape").decode("ascii")
+      print(f"  {text:<8}{out.final_energy[0, t]:>10.4g}{out.energy_drop[0, t]:>10.4g}"
+            f"{int(out.steps_used[0, t]):>6}")
+
+
+def _cmd_sweep_inner(args, overrides):
+  from ebt_jax.inference import sweep
+  specs = args.optimizers or sweep.DEFAULT_SWEEP
+  report = sweep.sweep_inner(args.workdir, _int_list("--steps", args.steps), specs,
+                             num_batches=args.batches, batch_size=args.batch_size,
+                             overrides=_inference_overrides(args, overrides))
+  print(report.table())
+  if args.json:
+    Path(args.json).write_text(json.dumps(report.as_json(), indent=2))
+    print(f"Wrote {args.json}")
+  print(f"Wrote {report.plot(args.plot or Path(args.workdir) / 'plots' / 'sweep_inner.png')}")
+
+
+def _cmd_bench(args, overrides):
+  from ebt_jax.inference import bench
+  config, _ = load_config_file(args.config)
+  apply_overrides(config, overrides)
+  result = bench.run_bench(config, repeats=args.repeats, batch_size=args.batch_size,
+                           prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                           think_steps=args.think_steps)
+  print(bench.table(result))
+  if args.json:
+    Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"Wrote {args.json}")
 
 
@@ -157,11 +296,70 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--process-id", type=int, help="with --coordinator")
   p.set_defaults(fn=_cmd_train)
 
-  p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on validation and OOD sets")
+  p = sub.add_parser("eval", help="System 2 table of a run's latest checkpoint: perplexity per "
+                     "dataset for every (thinking steps, best-of-N) cell")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--batches", type=int, default=None, help="eval batches per split")
+  p.add_argument("--thinking-steps", help="comma-separated step counts, e.g. 1,2,4,8 "
+                 "(default 1..inference.thinking_steps)")
+  p.add_argument("--best-of", help="comma-separated candidate counts, e.g. 1,4,16 (default 1)")
+  p.add_argument("--baseline", help="a Transformer++ run directory to put beside the table")
+  p.add_argument("--stop-thresholds", help="comma-separated thresholds: also report adaptive "
+                 "per-token stopping (rule --stop-on, default energy) up to the most steps")
+  p.add_argument("--batches", type=int, default=None, help="eval batches per dataset "
+                 "(default train.eval_batches)")
+  p.add_argument("--batch-size", type=int, default=None, help="sequences per batch "
+                 "(default train.batch_size)")
   p.add_argument("--json", help="also write the results to this JSON file")
+  _add_inference_flags(p)
   p.set_defaults(fn=_cmd_eval)
+
+  p = sub.add_parser("think", help="per-token energies of a text over thinking steps (how sure "
+                     "the model is of each prediction) and a heat-map PNG")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--text", required=True)
+  p.add_argument("--out", help="heat-map PNG (default WORKDIR/plots/think.png)")
+  p.add_argument("--seed", type=int, default=0, help="seed of the initial candidates")
+  _add_inference_flags(p)
+  p.set_defaults(fn=_cmd_think)
+
+  p = sub.add_parser("generate", help="generate text with KV-cached thinking per new token")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--prompt", required=True)
+  p.add_argument("--max-new-tokens", type=int, default=64)
+  p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+  p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+  p.add_argument("--num-samples", type=int, default=1)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--show-energies", action="store_true",
+                 help="also print each generated token's energy, drop and steps")
+  _add_inference_flags(p)
+  p.set_defaults(fn=_cmd_generate)
+
+  p = sub.add_parser("sweep-inner", help="perplexity against thinking steps of a trained "
+                     "model under every inner optimizer (table, JSON, PNG)")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--steps", default="1,2,4,8", help="comma-separated thinking step counts")
+  p.add_argument("--optimizers", nargs="+", help="entries 'name' or 'name:{json kwargs}' "
+                 "(default: one of each registered kind)")
+  p.add_argument("--batches", type=int, help="validation batches (default train.eval_batches)")
+  p.add_argument("--batch-size", type=int, help="sequences per batch (default train.batch_size)")
+  p.add_argument("--json", help="also write the results to this JSON file")
+  p.add_argument("--plot", help="PNG path (default WORKDIR/plots/sweep_inner.png)")
+  _add_inference_flags(p)
+  p.set_defaults(fn=_cmd_sweep_inner)
+
+  p = sub.add_parser("bench", help="time a training step, a thinking step and generation "
+                     "against the naive way (re-encoding, no KV cache)")
+  p.add_argument("--config", default=DEFAULT_CONFIG)
+  p.add_argument("--json", help="also write the figures to this JSON file")
+  p.add_argument("--repeats", type=int, default=5, help="timed runs per workload (median)")
+  p.add_argument("--batch-size", type=int, help="thinking/generation batch (default "
+                 "train.batch_size)")
+  p.add_argument("--prompt-len", type=int, help="generation prompt (default context/2)")
+  p.add_argument("--new-tokens", type=int, help="tokens generated (default context/2)")
+  p.add_argument("--think-steps", type=int, help="thinking steps timed (default "
+                 "inference.thinking_steps); the cache pays off past the trained landscapes")
+  p.set_defaults(fn=_cmd_bench)
 
   p = sub.add_parser("prepare", help="tokenize a text source into token shards")
   p.add_argument("--config", default=DEFAULT_CONFIG)
@@ -193,7 +391,8 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
-  if overrides and args.command not in ("train", "prepare", "import-torch", "compile-report"):
+  if overrides and args.command not in ("train", "prepare", "import-torch", "compile-report",
+                                        "eval", "think", "generate", "bench", "sweep-inner"):
     parser.error(f"unrecognized arguments: {' '.join(overrides)}")
   from ebt_jax.checkpoint.manager import CheckpointError
   from ebt_jax.checkpoint.torch_file import TorchFileError

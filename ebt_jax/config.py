@@ -65,7 +65,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.thinking.initial_noise_scale = 1.0           # [gaussian_random_noise_scaling]
   c.thinking.detach = True             # not [no_mcmc_detach]
   c.thinking.truncate = False          # [truncate_mcmc]
-  c.thinking.langevin_noise = 0.0      # [langevin_dynamics_noise] std added before each step
+  c.thinking.langevin_noise = 0.0      # [langevin_dynamics_noise] std added before each step,
+                                       # in validation too (the official NLP model keeps it)
+  c.thinking.langevin_noise_learnable = False  # [langevin_dynamics_noise_learnable] the std is
+                                       # trained (default group) once warmup has finished
+  # System 2 recipe (ebt_jax/tasks/text.py, training/replay.py). Validation draws none of
+  # the random step sizes/counts and no replay; it runs the official deterministic steps.
+  c.thinking.step_size_random_scale = 1.0  # [randomize_mcmc_step_size_scale] s: training's alpha
+                                       # ~ U[alpha/s, alpha*s] per (sample, position)
+  c.thinking.random_steps = 0          # [randomize_mcmc_num_steps] R: each landscape's step is
+                                       # repeated randint(min, R+2) times per training batch;
+                                       # validation repeats the final landscape's R+1 times
+  c.thinking.random_steps_min = 0      # [randomize_mcmc_num_steps_min] min repeats; 0 means 1
+  c.thinking.random_steps_final_landscape = False  # [randomize_mcmc_num_steps_final_landscape]
+                                       # randomize only the final landscape's repeats
+  c.thinking.clamp_grad = False        # [clamp_futures_grad] clamp the candidate's gradient
+  c.thinking.clamp_grad_max_change = 9.0  # [clamp_futures_grad_max_change] to +-this / alpha
+  c.thinking.clamp_grad_max_change_after_warmup = 0.0  # [clamp_max_after_warm_up] != 0: the
+                                       # max change from the end of warmup on
+  c.thinking.absolute_clamp = 0.0      # [absolute_clamp] != 0: candidates clamped to +-this
+  c.thinking.reconstruction_coeff = 1.0   # [reconstruction_coeff] weight of the CE loss
+  c.thinking.contrastive_loss = False  # [contrastive_loss] also push the true token's energy
+                                       # below the final candidate's (IRED-style)
+  c.thinking.contrastive_loss_coeff = 0.0005  # [contrastive_loss_coeff]
+  c.thinking.contrastive_true_logit = 0.0     # [discrete_contrastive_loss_true_logit_val] 0:
+                                       # the true candidate is one-hot; else logits +-this
+  c.thinking.replay_buffer = False     # [mcmc_replay_buffer] (training/replay.py)
+  c.thinking.replay_buffer_size = 192  # [mcmc_replay_buffer_size] sequences per buffer
+  c.thinking.replay_buffer_sample_fraction = 0.5  # [mcmc_replay_buffer_sample_bs_percent]
+                                       # replayed rows appended per buffer: int(fraction x
+                                       # batch_size / replay_buffer_groups)
+  c.thinking.replay_buffer_groups = 1  # independent buffers, each fed and sampled by its own
+                                       # block of batch rows (official: one per GPU; set the
+                                       # data-parallel device count so each stays on its device)
   c.thinking.unroll = True             # unroll training's thinking steps (see thinking/loop.py)
   c.thinking.remat = "none"            # per thinking step: none | full | dots
   c.thinking.inner_optimizer = "gd"
@@ -98,6 +130,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.arithmetic = ml_collections.ConfigDict()
   c.data.arithmetic.train_max_digits = 3
   c.data.arithmetic.num_documents = 20000
+
+  # System 2 thinking at evaluation and generation (ebt_jax/inference); `ebt eval`,
+  # `ebt think` and `ebt generate` flags override these. [infer_*] are the official names.
+  c.inference = ml_collections.ConfigDict()
+  c.inference.thinking_steps = 0       # [infer_ebt_num_steps] 0: thinking.num_steps; steps past
+                                       # the trained landscapes repeat the final one
+  c.inference.best_of = 1              # [infer_generated_samples] candidates per position
+  c.inference.select = "min"           # [infer_energy_sampling_technique] min | max | max_gap
+  c.inference.initial_noise_scale = -1.0  # initial candidates' noise; -1: thinking's
+  c.inference.step_size = 0.0          # > 0 replaces alpha ([infer_ebt_override_alpha] >= 1)
+  c.inference.step_size_scale = 1.0    # multiplies alpha ([infer_ebt_override_alpha] in (0, 1))
+  c.inference.langevin_noise = -1.0    # [infer_langevin_dynamics_noise] std before each step;
+                                       # -1: the trained std (official), 0: none
+  c.inference.langevin_first_step_only = False   # [infer_langevin_first_step]
+  c.inference.accept_lower = False     # [infer_accept_lower_energies], per position
+  c.inference.stop_on = "none"         # adaptive compute: none | energy | grad_norm
+  c.inference.stop_threshold = 0.0     # stop a position once the change/norm is below this
 
   c.mesh = ml_collections.ConfigDict()   # device mesh (ebt_jax/parallel); -1 takes the rest
   c.mesh.data = -1
@@ -157,8 +206,53 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          t.initial_noise_scale)
   check(t.langevin_noise >= 0, "thinking.langevin_noise", "a number >= 0", t.langevin_noise)
   check(t.remat in REMAT_CHOICES, "thinking.remat", f"one of {REMAT_CHOICES}", t.remat)
+  check(t.step_size_random_scale > 0, "thinking.step_size_random_scale", "a positive number",
+         t.step_size_random_scale)
+  check(isinstance(t.random_steps, int) and t.random_steps >= 0, "thinking.random_steps",
+         "an integer >= 0", t.random_steps)
+  check(isinstance(t.random_steps_min, int) and 0 <= t.random_steps_min <= t.random_steps + 1,
+         "thinking.random_steps_min",
+         f"an integer in [0, random_steps + 1 = {t.random_steps + 1}]", t.random_steps_min)
+  check(t.clamp_grad_max_change > 0, "thinking.clamp_grad_max_change", "a positive number",
+         t.clamp_grad_max_change)
+  check(t.clamp_grad_max_change_after_warmup >= 0, "thinking.clamp_grad_max_change_after_warmup",
+         "a number >= 0", t.clamp_grad_max_change_after_warmup)
+  check(t.absolute_clamp >= 0, "thinking.absolute_clamp", "a number >= 0 (0: off)",
+         t.absolute_clamp)
+  check(not t.contrastive_loss or t.contrastive_true_logit != 0 or t.normalize_initial_condition,
+         "thinking.contrastive_true_logit",
+         "a non-zero value when normalize_initial_condition is off (as the official code)",
+         t.contrastive_true_logit)
+  if t.replay_buffer:
+    groups = t.replay_buffer_groups
+    check(isinstance(groups, int) and groups >= 1 and c.train.batch_size % groups == 0,
+           "thinking.replay_buffer_groups",
+           f"a positive divisor of train.batch_size={c.train.batch_size}", groups)
+    check(isinstance(t.replay_buffer_size, int) and t.replay_buffer_size >= 1,
+           "thinking.replay_buffer_size", "a positive integer", t.replay_buffer_size)
+    rows = c.train.batch_size // groups
+    check(int(rows * t.replay_buffer_sample_fraction) >= 1, "thinking.replay_buffer_sample_fraction",
+           f"a fraction giving at least one replayed row of the {rows} rows per buffer",
+           t.replay_buffer_sample_fraction)
   check(t.inner_optimizer in optimizers.names(), "thinking.inner_optimizer",
          f"one of {optimizers.names()}", t.inner_optimizer)
+
+  i = c.inference
+  check(isinstance(i.thinking_steps, int) and i.thinking_steps >= 0, "inference.thinking_steps",
+         "an integer >= 0 (0: thinking.num_steps)", i.thinking_steps)
+  check(isinstance(i.best_of, int) and i.best_of >= 1, "inference.best_of",
+         "a positive integer", i.best_of)
+  check(i.select in ("min", "max", "max_gap"), "inference.select", "'min', 'max' or 'max_gap'",
+         i.select)
+  check(i.initial_noise_scale == -1 or i.initial_noise_scale >= 0, "inference.initial_noise_scale",
+         "-1 (thinking's) or a number >= 0", i.initial_noise_scale)
+  check(i.step_size >= 0, "inference.step_size", "0 (keep alpha) or a positive number", i.step_size)
+  check(i.step_size_scale > 0, "inference.step_size_scale", "a positive number", i.step_size_scale)
+  check(i.langevin_noise == -1 or i.langevin_noise >= 0, "inference.langevin_noise",
+         "-1 (the trained std) or a number >= 0", i.langevin_noise)
+  check(i.stop_on in ("none", "energy", "grad_norm"), "inference.stop_on",
+         "'none', 'energy' or 'grad_norm'", i.stop_on)
+  check(i.stop_threshold >= 0, "inference.stop_threshold", "a number >= 0", i.stop_threshold)
 
   o = c.optimizer
   for field in ("peak_lr", "min_lr_scale"):

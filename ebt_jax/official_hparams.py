@@ -12,7 +12,12 @@ Every official flag name falls in exactly one of four groups:
 
 The official `model_size` presets override the explicit width/depth/heads, and
 `override_embedding_dim` / `override_transformer_blocks` override those, as in its
-`train_model.py`.
+`train_model.py`. The replay buffer is kept per GPU there: `mcmc_replay_buffer_size` is
+each buffer's size, and the config gets one buffer group per GPU. Each buffer's sample
+count is int(fraction x its rows of one optimizer step), which with gradient
+accumulation counts the accumulated micro-batches together (the official code samples
+int(fraction x batch_size_per_device) per micro-batch: the same number unless rounding
+differs).
 """
 
 from __future__ import annotations
@@ -52,18 +57,6 @@ vit_backbone_dim save_generation_logs_dir num_gpus
 # name -> the value(s) this project reproduces; other values cannot be honoured yet.
 _MUST_BE_DEFAULT: dict[str, tuple] = {
     # Features of the official NLP EBT not implemented here yet.
-    "randomize_mcmc_step_size_scale": (1, 1.0),
-    "randomize_mcmc_num_steps": (0,),
-    "randomize_mcmc_num_steps_final_landscape": (False,),
-    "mcmc_replay_buffer": (False,),
-    "langevin_dynamics_noise_learnable": (False,),
-    "no_langevin_during_eval": (False,),
-    "clamp_futures_grad": (False,),
-    "absolute_clamp": (0, 0.0),
-    "clamp_max_after_warm_up": (0, 0.0),
-    "contrastive_loss": (False,),
-    "discrete_contrastive_loss_true_logit_val": (0, 0.0),
-    "reconstruction_coeff": (1, 1.0),
     "sharpen_predicted_distribution": (0, 0.0),
     "soften_target_prob_dist": (0, 0.0),
     "normalize_initial_condition_only_first_step": (False,),
@@ -99,12 +92,16 @@ _MUST_BE_DEFAULT: dict[str, tuple] = {
 # Flags whose value only matters together with a feature checked above (so any value is
 # faithful while that feature is off), e.g. the replay buffer's size.
 _ONLY_WITH_DISABLED_FEATURE = frozenset("""
-mcmc_replay_buffer_size mcmc_replay_buffer_sample_bs_percent clamp_futures_grad_max_change
-contrastive_loss_coeff dyt_alpha_init energy_loss_hinge energy_loss_fn embeddings_distance_fn
-scale_cosine_sim_decay randomize_mcmc_num_steps_min infer_ebt_num_steps infer_ebt_override_alpha infer_generated_samples
+dyt_alpha_init energy_loss_hinge energy_loss_fn embeddings_distance_fn
+scale_cosine_sim_decay infer_ebt_num_steps infer_ebt_override_alpha infer_generated_samples
 infer_langevin_dynamics_noise infer_langevin_first_step infer_energy_sampling_technique
 infer_accept_lower_energies infer_steps_final_landscape infer_alpha_final_landscape
 """.split())
+
+# Flags the official text EBT never reads (only its image models do), so any value
+# trains the same text model: `no_langevin_during_eval` (the NLP model keeps Langevin
+# noise in validation whatever it says).
+_UNREAD_BY_TEXT_MODEL = frozenset({"no_langevin_during_eval"})
 
 
 def _model_name(value):
@@ -163,6 +160,23 @@ _MAPPED: dict[str, tuple[str | None, Callable]] = {
     "truncate_mcmc": ("thinking.truncate", bool),
     "no_mcmc_detach": ("thinking.detach", lambda v: not v),
     "langevin_dynamics_noise": ("thinking.langevin_noise", float),
+    "langevin_dynamics_noise_learnable": ("thinking.langevin_noise_learnable", bool),
+    # System 2 training (see the `thinking` fields in ebt_jax/config.py).
+    "randomize_mcmc_step_size_scale": ("thinking.step_size_random_scale", float),
+    "randomize_mcmc_num_steps": ("thinking.random_steps", int),
+    "randomize_mcmc_num_steps_min": ("thinking.random_steps_min", int),
+    "randomize_mcmc_num_steps_final_landscape": ("thinking.random_steps_final_landscape", bool),
+    "clamp_futures_grad": ("thinking.clamp_grad", bool),
+    "clamp_futures_grad_max_change": ("thinking.clamp_grad_max_change", float),
+    "clamp_max_after_warm_up": ("thinking.clamp_grad_max_change_after_warmup", float),
+    "absolute_clamp": ("thinking.absolute_clamp", float),
+    "reconstruction_coeff": ("thinking.reconstruction_coeff", float),
+    "contrastive_loss": ("thinking.contrastive_loss", bool),
+    "contrastive_loss_coeff": ("thinking.contrastive_loss_coeff", float),
+    "discrete_contrastive_loss_true_logit_val": ("thinking.contrastive_true_logit", float),
+    "mcmc_replay_buffer": ("thinking.replay_buffer", bool),
+    "mcmc_replay_buffer_size": ("thinking.replay_buffer_size", int),
+    "mcmc_replay_buffer_sample_bs_percent": ("thinking.replay_buffer_sample_fraction", float),
 }
 
 _MAPPED_TRAIN: dict[str, tuple[str, Callable]] = {
@@ -192,7 +206,15 @@ OFFICIAL_DEFAULTS = {
     "mcmc_step_size_learnable": False, "mcmc_step_size_lr_multiplier": 5000.0,
     "normalize_initial_condition": False, "denoising_initial_condition": "random_noise",
     "gaussian_random_noise_scaling": 1.0, "truncate_mcmc": False, "no_mcmc_detach": False,
-    "langevin_dynamics_noise": 0.0, "peak_learning_rate": 0.02, "weight_decay": 0.01,
+    "langevin_dynamics_noise": 0.0, "langevin_dynamics_noise_learnable": False,
+    "randomize_mcmc_step_size_scale": 1, "randomize_mcmc_num_steps": 0,
+    "randomize_mcmc_num_steps_min": 0, "randomize_mcmc_num_steps_final_landscape": False,
+    "clamp_futures_grad": False, "clamp_futures_grad_max_change": 9.0,
+    "clamp_max_after_warm_up": 0.0, "absolute_clamp": 0.0, "reconstruction_coeff": 1.0,
+    "contrastive_loss": False, "contrastive_loss_coeff": 0.0005,
+    "discrete_contrastive_loss_true_logit_val": 0.0, "mcmc_replay_buffer": False,
+    "mcmc_replay_buffer_size": 192, "mcmc_replay_buffer_sample_bs_percent": 0.5,
+    "peak_learning_rate": 0.02, "weight_decay": 0.01,
     "beta1": 0.9, "beta2": 0.999, "min_lr_scale": 10, "warm_up_steps": 10000,
     "warm_up_base_lr_divider": -1, "max_scheduling_steps": -1, "gradient_clip_val": 1.0,
     "max_steps": 1000000, "batch_size_per_device": 2, "accumulate_grad_batches": 1, "gpus": "-1",
@@ -243,7 +265,7 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
             f"{name}: this project cannot honour {value!r} yet (supported: "
             f"{', '.join(repr(v) for v in _MUST_BE_DEFAULT[name])})")
     elif name in _PLUMBING or name in _ONLY_WITH_DISABLED_FEATURE or name in _BATCH \
-        or name in _SIZE:
+        or name in _SIZE or name in _UNREAD_BY_TEXT_MODEL:
       pass
     else:
       raise config_lib.ConfigError(f"{name}: not an official EBT hyperparameter this project knows")
@@ -262,4 +284,6 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
   devices = _device_count(hparams, num_devices)
   c.train.batch_size = (int(hparams["batch_size_per_device"]) *
                         int(hparams["accumulate_grad_batches"]) * devices)
+  # One replay buffer per GPU, as the official code keeps (its size is per GPU).
+  c.thinking.replay_buffer_groups = devices
   return config_lib.validate(c)

@@ -32,6 +32,20 @@ def tiny_config(ebt_type="time_embed", kind="ebt", **thinking):
   return config_lib.validate(c)
 
 
+def run_config(kind="ebt", **train):
+  """A byte-level text model that trains on the embedded corpus in seconds."""
+  c = tiny_config("time_embed", kind=kind)
+  c.model.vocab_size = 256
+  c.model.context_length = 16
+  c.model.n_layers = 1
+  c.thinking.step_size = 10.0
+  c.optimizer.warmup_steps = 2
+  c.train.update(batch_size=4, num_steps=8, log_every=1, eval_every=4, eval_batches=1,
+                 checkpoint_every=2, keep_checkpoints=10, tensorboard=False)
+  c.train.update(**train)
+  return c
+
+
 def perturb(params, key, scale=0.05):
   """Params with every leaf moved, so zero-initialised parts (adaLN-zero) matter."""
   leaves, treedef = jax.tree_util.tree_flatten(params)

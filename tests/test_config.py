@@ -58,7 +58,10 @@ def test_absent_flags_take_the_official_defaults():
 
 @pytest.mark.parametrize("flags,message", [
     ({"not_a_flag": 1}, "not_a_flag: not an official EBT hyperparameter"),
-    ({"mcmc_replay_buffer": True}, "mcmc_replay_buffer: this project cannot honour True yet"),
+    ({"sharpen_predicted_distribution": 2.0},
+     "sharpen_predicted_distribution: this project cannot honour 2.0 yet"),
+    ({"randomize_mcmc_num_steps": 1, "randomize_mcmc_num_steps_min": 3},
+     r"thinking.random_steps_min: expected an integer in \[0, random_steps \+ 1 = 2\]"),
     ({"ebt_norm": "dyt"}, "ebt_norm: this project cannot honour 'dyt'"),
     ({"modality": "VID"}, "modality: expected 'NLP'"),
     ({"model_name": "diffusion"}, "model_name: expected one of"),
@@ -79,7 +82,7 @@ def test_vocab_size_is_required():
 def test_plumbing_flags_are_ignored():
   c = from_official_hparams({"vocab_size": 100, "context_length": 64, "wandb_entity": "me",
                              "num_workers": 99, "debug_mode": True, "profiler": "simple",
-                             "mcmc_replay_buffer_size": 64})
+                             "no_langevin_during_eval": True})   # unread by the text model
   assert c.model.vocab_size == 100
 
 
@@ -96,6 +99,9 @@ def test_plumbing_flags_are_ignored():
     ("thinking.grad_wrt", "energy", "thinking.grad_wrt"),
     ("thinking.inner_optimizer", "lbfgs", "thinking.inner_optimizer: expected one of"),
     ("thinking.langevin_noise", -1.0, "thinking.langevin_noise"),
+    ("thinking.step_size_random_scale", 0.0, "thinking.step_size_random_scale"),
+    ("thinking.random_steps", -1, "thinking.random_steps: expected an integer >= 0"),
+    ("thinking.absolute_clamp", -1.0, "thinking.absolute_clamp"),
     ("optimizer.b2", 1.0, r"optimizer.b2: expected a number in \[0, 1\)"),
     ("optimizer.warmup_base_lr_divider", 0.5, "optimizer.warmup_base_lr_divider"),
     ("train.batch_size", 0, "train.batch_size: expected a positive integer"),

@@ -16,25 +16,13 @@ import pytest
 
 import ebt_jax
 from ebt_jax.checkpoint.manager import Checkpointer, abstract_like
+from ebt_jax.inference import evaluation
 from ebt_jax.training import optimizer as optimizer_lib
 from ebt_jax.training import program as program_lib
 from ebt_jax.training import runs, trainer
+from ebt_jax.training import step as step_lib
 from ebt_jax.training.metrics import read_metrics
-from conftest import tiny_config
-
-
-def train_config(**train):
-  """A text EBT that trains on the embedded corpus in seconds."""
-  c = tiny_config("time_embed")
-  c.model.vocab_size = 256
-  c.model.context_length = 16
-  c.model.n_layers = 1
-  c.thinking.step_size = 10.0
-  c.optimizer.warmup_steps = 2
-  c.train.update(batch_size=4, num_steps=8, log_every=1, eval_every=4, eval_batches=1,
-                 checkpoint_every=2, keep_checkpoints=10, tensorboard=False)
-  c.train.update(**train)
-  return c
+from conftest import run_config, tiny_config
 
 
 def test_schedule_values_and_groups():
@@ -93,7 +81,7 @@ def test_gradients_are_clipped_by_global_norm():
 
 @pytest.mark.slow
 def test_nan_guard_stops_and_keeps_clean_checkpoints(tmp_path):
-  c = train_config(num_steps=12, checkpoint_every=1)
+  c = run_config(num_steps=12, checkpoint_every=1)
   c.optimizer.update(peak_lr=1e4, warmup_steps=0)   # diverges within a few steps
   with pytest.raises(trainer.TrainingError, match=r"step (\d+): the loss or gradients are NaN") as info:
     trainer.train(c, tmp_path, progress=False, log=lambda *a: None)
@@ -128,6 +116,28 @@ def test_checkpoint_falls_back_past_a_corrupted_latest(tmp_path):
   ckpt.close()
 
 
+def test_params_alone_restore_with_the_same_checks(tmp_path):
+  """Inference reads a TrainState's params only; damage still sends it to the previous step."""
+  w = jnp.arange(600.0).reshape(20, 30)
+  ckpt = Checkpointer(tmp_path, keep=5)
+  for step in (1, 2):
+    ckpt.save(step, step_lib.TrainState(jnp.int32(step), {"w": w + step}, {"mu": w * 0},
+                                        jnp.zeros(2, jnp.uint32)))
+  ckpt.wait()
+  abstract = {"w": abstract_like(w)}
+  step, params, _ = ckpt.restore_params(abstract)
+  assert step == 2
+  np.testing.assert_array_equal(params["w"], w + 2)
+  for data in (tmp_path / "2").rglob("d/*"):
+    raw = data.read_bytes()
+    data.write_bytes(raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:])
+  with pytest.warns(UserWarning, match="step 2 .* unreadable or corrupted.*falling back"):
+    step, params, _ = ckpt.restore_params(abstract)
+  assert step == 1
+  np.testing.assert_array_equal(params["w"], w + 1)
+  ckpt.close()
+
+
 def _cli(*args, env=None):
   return [sys.executable, "-m", "ebt_jax.cli", *args]
 
@@ -151,7 +161,7 @@ def _losses(workdir):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-  c = train_config(num_steps=10, checkpoint_every=2)
+  c = run_config(num_steps=10, checkpoint_every=2)
   cfg = _write_config(tmp_path / "cfg.py", c)
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   straight, broken = tmp_path / "straight", tmp_path / "broken"
@@ -179,7 +189,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_then_resumes(tmp_path):
-  c = train_config(num_steps=400, checkpoint_every=1000, eval_every=1000)
+  c = run_config(num_steps=400, checkpoint_every=1000, eval_every=1000)
   cfg = _write_config(tmp_path / "cfg.py", c)
   workdir = tmp_path / "run"
   proc = subprocess.Popen(_cli("train", "--config", str(cfg), "--workdir", str(workdir),
@@ -206,7 +216,7 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path):
       (["--config.model.dimm=3"], "--config.model.dimm: the config has no such field"),
       (["--config.model.dim=wide"], "--config.model.dim: cannot use 'wide'"),
   ]
-  cfg = _write_config(tmp_path / "cfg.py", train_config())
+  cfg = _write_config(tmp_path / "cfg.py", run_config())
   for i, (overrides, message) in enumerate(cases):
     result = subprocess.run(_cli("train", "--config", str(cfg), "--workdir", str(tmp_path / str(i)),
                                  *overrides), capture_output=True, text=True)
@@ -219,7 +229,7 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path):
 
 
 def test_train_eval_plot_and_resume_in_process(tmp_path, monkeypatch):
-  c = train_config(num_steps=6, checkpoint_every=3, eval_every=3, tensorboard=True)
+  c = run_config(num_steps=6, checkpoint_every=3, eval_every=3, tensorboard=True)
   monkeypatch.chdir(tmp_path.parent)   # a relative workdir, as `ebt train` gets by default
   summary = trainer.train(c, tmp_path.name, progress=False, log=lambda *a: None)
   assert summary.final_step == 6 and set(summary.eval) == {"validation"}
@@ -230,9 +240,10 @@ def test_train_eval_plot_and_resume_in_process(tmp_path, monkeypatch):
   assert math.isclose(evals[-1]["eval/perplexity"], math.exp(evals[-1]["eval/ce_step_2"]), rel_tol=1e-6)
   assert all(f"train/{k}" in records[-2] or f"train/{k}" in records[-3]
              for k in ("loss", "tokens_per_s", "grad_norm", "alpha"))
-  report = runs.evaluate_workdir(tmp_path)
+  # `ebt eval`'s best-of-1 column is training's evaluation.
+  report = evaluation.evaluate_system2(tmp_path, log=lambda *a: None)
   assert report.step == 6
-  np.testing.assert_allclose(report.results["validation"]["ce_steps"],
+  np.testing.assert_allclose(report.ce["validation"][:, 0],
                              [evals[-1]["eval/ce_step_1"], evals[-1]["eval/ce_step_2"]], rtol=1e-5)
   rows = report.as_json()["results"]
   assert {(r["dataset"], r["thinking_steps"], r["best_of"]) for r in rows} == {

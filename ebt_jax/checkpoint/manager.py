@@ -77,15 +77,45 @@ class Checkpointer:
 
     `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) to restore into.
     """
+
+    def read(s):
+      restored = self._manager.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      state, meta = restored["state"], restored["meta"]
+      return state, meta, _matches(meta["fingerprint"], fingerprint(state))
+
+    return self._restore_newest(read, step)
+
+  def restore_params(self, abstract_params, step: int | None = None):
+    """(step, params, data_state): the `params` field of a saved `TrainState` alone.
+
+    Inference reads parameters only; the optimizer state, a replay buffer (tens of GB at
+    paper scale) and fields added since the checkpoint was written are never read. The
+    params' fingerprint rows must appear, in order, among those recorded for the state.
+    """
+
+    def read(s):
+      item = {"params": abstract_params}
+      params = ocp.PyTreeCheckpointer().restore(
+          os.path.join(self.directory, str(s), "state"), args=ocp.args.PyTreeRestore(
+              item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+              partial_restore=True))["params"]
+      meta = self._manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      rows, recorded = fingerprint(params), meta["fingerprint"]
+      consistent = any(_matches(recorded[i:i + len(rows)], rows)
+                       for i in range(len(recorded) - len(rows) + 1))
+      return params, meta, consistent
+
+    return self._restore_newest(read, step)
+
+  def _restore_newest(self, read, step: int | None):
     self.wait()
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     for s in steps:
       try:
         with _quiet_orbax():
-          restored = self._manager.restore(s, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        state, meta = restored["state"], restored["meta"]
-        if not _matches(meta["fingerprint"], fingerprint(state)):
+          state, meta, consistent = read(s)
+        if not consistent:
           raise CheckpointError("restored values do not match the fingerprint saved with them")
       except Exception as e:  # any unreadable or inconsistent checkpoint: fall back
         message = (f"checkpoint at step {s} in {self.directory} is unreadable or corrupted "

@@ -10,7 +10,8 @@ with the step embedding. The energy of prediction i is `head(norm(h_pred_i))`.
 The real stream never depends on the candidate, so the model is split in two:
 `encode_context` (once per landscape) and `prediction_energy` (once per thinking step).
 `energy` is their composition; tests check it against a full "concatenate both streams
-and mask" implementation of the official attention.
+and mask" implementation of the official attention. In generation the same cache is the
+KV cache: `prefill_context` encodes the prompt, `extend_context` appends tokens.
 """
 
 from __future__ import annotations
@@ -99,6 +100,32 @@ def encode_context(params: dict, tokens_BxS: jax.Array, landscape, m: TextEBTDim
   positions_C = jnp.arange(x_BxSxD.shape[1])
   return blocks.context_cache(params["blocks"], x_BxSxD, positions_C,
                               _block_modulations(params, landscape, m), m.stack)
+
+
+def prefill_context(params: dict, tokens_BxP: jax.Array, landscape, capacity: int,
+                    m: TextEBTDims) -> ContextCache:
+  """A prompt's cache in a buffer of `capacity` entries (static; prefix entries included),
+  so generation appends to it in place under one compiled shape (`extend_context`)."""
+  entries = m.prefix + tokens_BxP.shape[1]
+  if capacity < entries:
+    raise ValueError(f"prefill_context: capacity {capacity} < {entries} entries "
+                     f"({m.prefix} prefix + {tokens_BxP.shape[1]} prompt tokens)")
+  cache = encode_context(params, tokens_BxP, landscape, m)
+  pad = ((0, 0), (0, 0), (0, capacity - entries), (0, 0), (0, 0))
+  return ContextCache(*(jnp.pad(a, pad) for a in cache))
+
+
+def extend_context(params: dict, cache: ContextCache, tokens_BxT: jax.Array, start,
+                   landscape, m: TextEBTDims) -> ContextCache:
+  """Appends real tokens with token indices start..start+T-1 (`start` may be traced).
+
+  `cache` must come from `prefill_context` of the same landscape: the `time_embed` step
+  token already sits at entry 0, and `adaln` modulations are recomputed from `landscape`.
+  """
+  x_BxTxD = layers.embed_tokens(params["embed"], tokens_BxT, m.stack.dtype)
+  positions_T = start + m.prefix + jnp.arange(tokens_BxT.shape[1])
+  return blocks.extend_cache(params["blocks"], cache, x_BxTxD, positions_T,
+                             _block_modulations(params, landscape, m), m.stack)
 
 
 def candidate_embedding(params: dict, probs_BxSxV: jax.Array, m: TextEBTDims) -> jax.Array:

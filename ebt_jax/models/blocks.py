@@ -8,7 +8,9 @@ Two streams run through the same weights:
 * the *context stream* (real tokens, causal) returns the per-layer keys/values it made,
   which is everything the prediction stream needs from it (`ContextCache`);
 * the *prediction stream* (candidate embeddings) attends, per layer, to a prefix of
-  those cached keys/values and to itself only (`layers.prediction_attention`).
+  those cached keys/values and to itself only (`layers.prediction_attention`);
+* in generation, new real tokens extend that cache in place (`extend_cache`), each layer
+  attending over a fixed-capacity buffer (`layers.buffer_attention`).
 """
 
 from __future__ import annotations
@@ -93,18 +95,20 @@ def _qkv(p: dict, x_BxSxD, positions_S, mod_6xD, d: StackDims):
 
 
 def _block(p: dict, x_BxSxD, positions_S, mod_6xD, attend: Callable, d: StackDims):
-  """One pre-norm block; `attend(q, k, v)` decides what the queries see."""
+  """One pre-norm block. `attend(q, k, v) -> (out, aux)` decides what the queries see and
+  what the block hands back beside its output (the layer's K/V, an updated KV buffer)."""
   dtype = d.dtype
   x_BxSxD = layers.constrain(x_BxSxD, layers.HIDDEN)
   q, k, v = _qkv(p, x_BxSxD, positions_S, mod_6xD, d)
-  attn = layers.merge_heads(attend(q, k, v), p["wo"])
+  out, aux = attend(q, k, v)
+  attn = layers.merge_heads(out, p["wo"])
   x_BxSxD = x_BxSxD + (attn if mod_6xD is None else mod_6xD[2].astype(dtype) * attn)
   h = layers.rms_norm(x_BxSxD, p["ffn_norm"], d.norm_eps)
   if mod_6xD is not None:
     h = layers.modulate(h, mod_6xD[3].astype(dtype), mod_6xD[4].astype(dtype))
   ffn = layers.swiglu(h, p["w1"], p["w3"], p["w2"])
   x_BxSxD = x_BxSxD + (ffn if mod_6xD is None else mod_6xD[5].astype(dtype) * ffn)
-  return x_BxSxD, k, v
+  return x_BxSxD, aux
 
 
 # What the backward pass keeps of a rematerialised function: nothing (recompute all), or
@@ -138,10 +142,12 @@ def _run_layers(body, x, per_layer, d: StackDims):
 def context_stream(bp: dict, x_BxCxD, positions_C, mods_Lx6xD, d: StackDims):
   """Causal pass over the real stream; returns its output and the per-layer K/V."""
 
+  def attend(q, k, v):
+    return layers.causal_attention(q, k, v), (k, v)
+
   def body(x, layer):
     p, mod = layer
-    x, k, v = _block(p, x, positions_C, mod, layers.causal_attention, d)
-    return x, (k, v)
+    return _block(p, x, positions_C, mod, attend, d)
 
   x_BxCxD, (k, v) = _run_layers(body, x_BxCxD.astype(d.dtype), (bp, mods_Lx6xD), d)
   return x_BxCxD, ContextCache(k, v)
@@ -173,6 +179,49 @@ def _split_last(tree):
   return jax.tree_util.tree_map(lambda a: a[:-1], tree)
 
 
+def extend_cache(bp: dict, cache: ContextCache, x_BxTxD, positions_T, mods_Lx6xD,
+                 d: StackDims) -> ContextCache:
+  """Appends T real tokens (embeddings `x_BxTxD`) to a fixed-capacity KV buffer.
+
+  `positions_T` are contiguous absolute positions and also the buffer entries written;
+  `positions_T[0]` may be traced, so generation grows the cache inside one compiled loop
+  instead of re-encoding the prefix. Each layer writes the new K/V into its buffer slice
+  and attends over the buffer (`layers.buffer_attention` masks entries past each query).
+  As in `context_cache`, the last layer stops after its K/V projections. Writes must stay
+  inside the capacity: `dynamic_update_slice` clamps the start instead of failing.
+  """
+  start = positions_T[0]
+
+  def write(buf_BxCxNxH, new_BxTxNxH):
+    return jax.lax.dynamic_update_slice_in_dim(
+        buf_BxCxNxH, new_BxTxNxH.astype(buf_BxCxNxH.dtype), start, axis=1)
+
+  def body(x, layer):
+    p, k_buf, v_buf, mod = layer
+
+    def attend(q, k, v):
+      k_buf_BxCxNxH, v_buf_BxCxNxH = write(k_buf, k), write(v_buf, v)
+      out = layers.buffer_attention(q, k_buf_BxCxNxH, v_buf_BxCxNxH, positions_T)
+      return out, (k_buf_BxCxNxH, v_buf_BxCxNxH)
+
+    return _block(p, x, positions_T, mod, attend, d)
+
+  k_LxBxCxNxH, v_LxBxCxNxH = cache
+  last = jax.tree_util.tree_map(lambda a: a[-1], bp)
+  last_mod = None if mods_Lx6xD is None else mods_Lx6xD[-1]
+  x_BxTxD = x_BxTxD.astype(d.dtype)
+  if d.n_layers > 1:
+    head_mods = None if mods_Lx6xD is None else mods_Lx6xD[:-1]
+    per_layer = (_split_last(bp), k_LxBxCxNxH[:-1], v_LxBxCxNxH[:-1], head_mods)
+    x_BxTxD, (k_head, v_head) = _run_layers(
+        body, x_BxTxD, per_layer, dataclasses.replace(d, n_layers=d.n_layers - 1))
+  _, k, v = _qkv(last, x_BxTxD, positions_T, last_mod, d)
+  k_last, v_last = write(k_LxBxCxNxH[-1], k)[None], write(v_LxBxCxNxH[-1], v)[None]
+  if d.n_layers == 1:
+    return ContextCache(k_last, v_last)
+  return ContextCache(jnp.concatenate([k_head, k_last]), jnp.concatenate([v_head, v_last]))
+
+
 def prediction_stream(bp: dict, x_BxSxD, positions_S, last_ctx_S, cache: ContextCache,
                       mods_Lx6xD, d: StackDims):
   """Pass over the prediction stream; prediction s sees cache entries 0..last_ctx_S[s]."""
@@ -181,10 +230,9 @@ def prediction_stream(bp: dict, x_BxSxD, positions_S, last_ctx_S, cache: Context
     p, ctx_k, ctx_v, mod = layer
 
     def attend(q, k, v):
-      return layers.prediction_attention(q, k, v, ctx_k, ctx_v, last_ctx_S)
+      return layers.prediction_attention(q, k, v, ctx_k, ctx_v, last_ctx_S), None
 
-    x, _, _ = _block(p, x, positions_S, mod, attend, d)
-    return x, None
+    return _block(p, x, positions_S, mod, attend, d)
 
   per_layer = (bp, cache.k_LxBxCxNxH, cache.v_LxBxCxNxH, mods_Lx6xD)
   x_BxSxD, _ = _run_layers(body, x_BxSxD.astype(d.dtype), per_layer, d)

@@ -111,3 +111,20 @@ def prediction_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, ctx_k_BxCxNxH, ctx_v_B
   from_ctx = jnp.einsum("bnsc,bcnh->bsnh", probs[..., :ctx_len], ctx_v_BxCxNxH)
   from_self = jnp.einsum("bns,bsnh->bsnh", probs[..., ctx_len], v_BxSxNxH)
   return from_ctx + from_self
+
+
+def buffer_attention(q_BxTxNxH, k_BxCxNxH, v_BxCxNxH, positions_T) -> jax.Array:
+  """Attention of new tokens over a fixed-capacity key/value buffer (KV-cached generation).
+
+  The query at absolute position p sees buffer entries 0..p; the buffer already holds the
+  new tokens' own keys/values. Entries past a query's position are masked whatever finite
+  values they hold, so one compiled shape serves every generation step and the unfilled
+  tail needs no clearing.
+  """
+  wide = wide_dtype(q_BxTxNxH.dtype)
+  scale = q_BxTxNxH.shape[-1] ** -0.5
+  capacity = k_BxCxNxH.shape[1]
+  scores_BxNxTxC = jnp.einsum("btnh,bcnh->bntc", q_BxTxNxH, k_BxCxNxH).astype(wide) * scale
+  allowed_TxC = jnp.arange(capacity)[None, :] <= positions_T[:, None]
+  probs = jax.nn.softmax(_masked_scores(scores_BxNxTxC, allowed_TxC), axis=-1)
+  return jnp.einsum("bntc,bcnh->btnh", probs.astype(v_BxCxNxH.dtype), v_BxCxNxH)

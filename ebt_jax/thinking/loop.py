@@ -21,6 +21,14 @@ Step options follow the official code:
   activations at a time and recomputes them in the backward pass.
 * `reparam`: maps the stored candidate to the variable the gradient is taken against and
   the optimizer steps on (the text EBT's softmax: gradient with respect to probabilities).
+* `Schedule.active_K`: a variable number of steps compiled once. The scan keeps its static
+  length and a step whose flag is False is skipped (`lax.cond`, so it costs nothing at run
+  time): the candidate and optimizer state pass through unchanged, and its outputs and
+  energies are zeros for the caller to mask. With `truncate` the last step must be active
+  (put skipped steps first), so the second-order step is always the last one taken.
+* `grad_clip`: the official `clamp_futures_grad`, the energy gradient clamped to
+  [-grad_clip, grad_clip] before the optimizer sees it; `value_clip`: the official
+  `absolute_clamp`, the updated candidate clamped to [-value_clip, value_clip].
 """
 
 from __future__ import annotations
@@ -34,10 +42,11 @@ from ebt_jax.thinking.optimizers import InnerOptimizer
 
 
 class Schedule(NamedTuple):
-  """What each step runs on: its energy landscape, and the step size alpha."""
+  """What each step runs on: its energy landscape, the step size alpha, whether it runs."""
 
   landscape_K: jax.Array       # int [K]; K is the number of steps
   step_size: jax.Array         # scalar, or broadcastable to the candidate (per position)
+  active_K: jax.Array | None = None   # bool [K]; None: every step runs
 
 
 class Trajectory(NamedTuple):
@@ -53,13 +62,13 @@ def steps_schedule(landscapes, step_size) -> Schedule:
 def think(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptimizer, schedule: Schedule,
           key: jax.Array, *, reparam: Callable | None = None, emit: Callable | None = None,
           detach: bool = True, truncate: bool = False, pre_noise_std=None,
-          unroll: int | bool = 1, remat: Callable | None = None) -> Trajectory:
+          unroll: int | bool = 1, remat: Callable | None = None, grad_clip=None,
+          value_clip: float | None = None) -> Trajectory:
   reparam = reparam or (lambda y: y)
   emit = emit or (lambda y: y)
 
-  def step(carry, xs, second_order: bool):
+  def take_step(carry, landscape, step_key, second_order: bool):
     cand, opt_state = carry
-    landscape, step_key = xs
     if detach:
       cand, opt_state = jax.lax.stop_gradient((cand, opt_state))
     if pre_noise_std is not None:
@@ -74,15 +83,33 @@ def think(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptimizer, schedul
     (_, energies), grad = jax.value_and_grad(summed, has_aux=True)(z)
     if not second_order:
       grad, energies = jax.lax.stop_gradient((grad, energies))
+    if grad_clip is not None:
+      # The bound stays differentiable (alpha's gradient passes through it, as in torch).
+      grad = jnp.clip(grad, -grad_clip, grad_clip)
     new, opt_state = inner_opt.update(grad, opt_state, z, schedule.step_size,
                                       jax.random.fold_in(step_key, 1))
+    if value_clip is not None:
+      new = jnp.clip(new, -value_clip, value_clip)
     return (new, opt_state), (emit(new), energies)
+
+  num_steps = schedule.landscape_K.shape[0]
+  xs = (schedule.landscape_K, jax.random.split(key, num_steps), schedule.active_K)
+  carry = (y0, inner_opt.init(y0))
+  if schedule.active_K is not None:
+    out_shapes = jax.eval_shape(lambda c, x: take_step(c, x[0], x[1], False)[1], carry,
+                                jax.tree_util.tree_map(lambda a: a[0], xs))
+
+  def step(carry, xs, second_order: bool):
+    landscape, step_key, active = xs
+    if active is None:
+      return take_step(carry, landscape, step_key, second_order)
+    skip = lambda carry: (carry, jax.tree_util.tree_map(
+        lambda a: jnp.zeros(a.shape, a.dtype), out_shapes))
+    return jax.lax.cond(active, lambda c: take_step(c, landscape, step_key, second_order),
+                        skip, carry)
 
   if remat is not None:
     step = remat(step)
-  num_steps = schedule.landscape_K.shape[0]
-  xs = (schedule.landscape_K, jax.random.split(key, num_steps))
-  carry = (y0, inner_opt.init(y0))
   if truncate and num_steps > 1:
     head = jax.tree_util.tree_map(lambda a: a[:-1], xs)
     last = jax.tree_util.tree_map(lambda a: a[-1], xs)

@@ -2,7 +2,10 @@
 
 Evaluation is deterministic: fixed batches per split and a fixed key for the initial
 candidates (the official validation keeps random initial candidates; a fixed key makes
-evaluations of different checkpoints comparable).
+evaluations of different checkpoints comparable) and for Langevin noise, which the
+official text model keeps in validation too. S2 runs evaluate without their training
+randomness (no random step sizes or counts, no replay buffer): the official validation
+takes the final landscape's step `random_steps + 1` times.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ forward), and the second-order backward through both (about twice their sum): 6x
 prediction-stream forward. The real stream runs once per landscape: forward plus
 backward, 3x its forward (its last block makes keys and values only). Attention counts
 the keys each query actually needs (causal), matmuls 2 FLOPs per multiply-add.
-Truncated steps before the last skip the second-order backward (2x).
+Truncated steps before the last skip the second-order backward (2x). S2 training counts
+the expected number of steps taken and the replayed rows appended to the batch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ml_collections
 
 from ebt_jax import config as config_lib
 from ebt_jax.tasks import text
+from ebt_jax.training import replay as replay_lib
 
 # device_kind substring -> (bf16 peak, float32 peak) in FLOP/s per device (dense).
 # float32 matmuls on these GPUs run as TF32 under JAX's default precision, on TPUs as bf16 passes.
@@ -38,17 +40,31 @@ def _stack_forward(config, tokens: float, mean_keys: float, kv_only_last: bool =
   return flops
 
 
+def expected_training_steps(config: ml_collections.ConfigDict) -> float:
+  """Thinking steps a training batch takes on average (random repeats included)."""
+  t = config.thinking
+  if t.random_steps == 0:
+    return float(t.num_steps)
+  mean_repeats = (max(1, t.random_steps_min) + t.random_steps + 1) / 2
+  randomized = 1 if t.random_steps_final_landscape else t.num_steps
+  return t.num_steps - randomized + randomized * mean_repeats
+
+
 def train_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> float:
   m, t = config.model, config.thinking
   S = m.context_length
-  tokens = batch_size * S
   if m.kind == "transformer":
+    tokens = batch_size * S
     return 3 * (_stack_forward(config, tokens, (S + 1) / 2) + 2 * tokens * m.dim * m.vocab_size)
+  if t.replay_buffer:
+    groups, _, _, replayed = replay_lib.shape(config)
+    batch_size += groups * replayed
+  tokens = batch_size * S
   prefix = 1 if m.ebt_type == "time_embed" else 0
   ctx = _stack_forward(config, batch_size * (S + prefix), (S + prefix + 1) / 2, kv_only_last=True)
   pred = (_stack_forward(config, tokens, (S + 1) / 2 + prefix + 1)
           + 2 * tokens * m.vocab_size * m.dim + 2 * tokens * m.dim)
-  K = t.num_steps
+  K = expected_training_steps(config)
   step_multiplier = 6 * K if not t.truncate else 6 + 2 * (K - 1)
   return 3 * ctx * text.num_landscapes(config) + step_multiplier * pred
 

@@ -8,6 +8,10 @@ Parameter groups (official `configure_optimizers_nlp`):
   training; this is fixed here.
 * frozen parameters (`langevin_std`, and `alpha` when it is not learnable): never updated
   (torch's requires_grad=False), so weight decay does not shrink them either.
+* `langevin_std` with `langevin_noise_learnable` (and noise on): frozen until warmup has
+  finished, then AdamW with the default group's learning rate and weight decay (the
+  official model sets its requires_grad in `warm_up_finished`; it sits in the default
+  group). Its Adam moments and bias correction start then, as torch's do.
 * everything else: AdamW with the configured weight decay.
 Gradients are clipped by their global norm over all groups first (Lightning's
 gradient_clip_val).
@@ -19,7 +23,7 @@ import jax
 import ml_collections
 import optax
 
-DEFAULT, ALPHA, FROZEN = "default", "alpha", "frozen"
+DEFAULT, ALPHA, LANGEVIN, FROZEN = "default", "alpha", "langevin", "frozen"
 
 
 def lr_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
@@ -33,14 +37,15 @@ def lr_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Schedul
 
 
 def param_labels(params: dict, config: ml_collections.ConfigDict) -> dict:
-  """The group of every leaf: DEFAULT, ALPHA or FROZEN."""
+  """The group of every leaf: DEFAULT, ALPHA, LANGEVIN or FROZEN."""
+  t = config.thinking
 
   def label(path, _):
     name = jax.tree_util.keystr(path)
     if name == "['alpha']":
-      return ALPHA if config.thinking.step_size_learnable else FROZEN
+      return ALPHA if t.step_size_learnable else FROZEN
     if name == "['langevin_std']":
-      return FROZEN
+      return LANGEVIN if t.langevin_noise_learnable and t.langevin_noise != 0 else FROZEN
     return DEFAULT
 
   return jax.tree_util.tree_map_with_path(label, params)
@@ -50,9 +55,16 @@ def make_optimizer(config: ml_collections.ConfigDict, params: dict) -> optax.Gra
   o = config.optimizer
   adamw = lambda lr, wd: optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd)
   alpha_peak = o.peak_lr * config.thinking.step_size_lr_multiplier
+  after_warmup = optax.transforms.conditionally_mask(
+      optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+                  optax.add_decayed_weights(o.weight_decay)),
+      lambda count: count >= o.warmup_steps)
   groups = {
       DEFAULT: adamw(lr_schedule(config, o.peak_lr), o.weight_decay),
       ALPHA: adamw(lr_schedule(config, alpha_peak), 0.0),
+      # adamw's own chain, with the Adam and decay part held back until warmup has finished.
+      LANGEVIN: optax.chain(after_warmup, optax.scale_by_learning_rate(
+          lr_schedule(config, o.peak_lr))),
       FROZEN: optax.set_to_zero(),
   }
   clip = optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity()

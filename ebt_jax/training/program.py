@@ -3,7 +3,8 @@
 Everything that runs sharded goes through here (the trainer, evaluation of a run
 directory, the ahead-of-time compile report), so they agree on layouts:
 * the state is created already sharded (`jax.jit(init, out_shardings=...)`), or restored
-  from a checkpoint into these shardings, whatever mesh wrote it;
+  from a checkpoint into these shardings, whatever mesh wrote it; the replay buffer is
+  sharded over the batch axes like the rows that feed it;
 * the train step is one `jax.jit` with explicit `in_shardings`/`out_shardings` and the
   state donated (the modern form of `pjit`);
 * batches are sharded over (data, fsdp); each process supplies its own rows.
@@ -25,6 +26,7 @@ from ebt_jax import config as config_lib
 from ebt_jax.parallel import logical, mesh as mesh_lib, sharding
 from ebt_jax.tasks import text
 from ebt_jax.training import optimizer as optimizer_lib
+from ebt_jax.training import replay as replay_lib
 from ebt_jax.training import step as step_lib
 
 
@@ -97,6 +99,9 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Progra
   tx = optimizer_lib.make_optimizer(config, abstract_params)
   abstract_state = jax.eval_shape(lambda: step_lib.init_state(config, tx))
   shardings = sharding.state_shardings(abstract_state, text.param_axes(config), mesh, rules)
+  if abstract_state.replay is not None:
+    shardings = shardings._replace(replay=logical.tree_shardings(
+        abstract_state.replay, replay_lib.LOGICAL_AXES, mesh, rules))
   batch_shape = (config.train.batch_size, config.model.context_length + 1)
   return Program(config, mesh, rules, tx, abstract_state, shardings,
                  sharding.batch_sharding(mesh, batch_shape, rules))

@@ -1,4 +1,4 @@
-"""Operations on a run directory: restore its parameters, evaluate it, import into one.
+"""Operations on a run directory: restore its parameters, import a checkpoint into one.
 
 A run directory holds `config.json`, `checkpoints/<step>/` and `metrics.jsonl`; anything
 that can be trained, evaluated or plotted is one.
@@ -6,7 +6,6 @@ that can be trained, evaluated or plotted is one.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -17,8 +16,6 @@ from ebt_jax import config as config_lib
 from ebt_jax.checkpoint.manager import Checkpointer
 from ebt_jax.checkpoint.official import import_official
 from ebt_jax.checkpoint.torch_file import load_torch_file, state_dict_and_hparams
-from ebt_jax.data.pipeline import make_datasets
-from ebt_jax.training import evaluate as eval_lib
 from ebt_jax.training import program as program_lib
 from ebt_jax.training import step as step_lib
 from ebt_jax.training import trainer
@@ -41,48 +38,26 @@ def restore_params(workdir) -> tuple[ml_collections.ConfigDict, int, dict]:
   program = program_here(config)
   checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
   try:
-    restored = checkpointer.restore(program.abstract_sharded_state())
+    restored = checkpointer.restore_params(program.abstract_sharded_state().params)
   finally:
     checkpointer.close()
   if restored is None:
     raise config_lib.ConfigError(f"--workdir: {workdir} holds no checkpoint yet")
-  step, state, _ = restored
-  return config, step, state.params
+  step, params, _ = restored
+  return config, step, params
 
 
-@dataclasses.dataclass
-class EvalReport:
-  workdir: str
-  step: int
-  results: dict          # split -> {"ce_steps": [K], "perplexity": float}
-
-  def table(self) -> str:
-    K = max(len(r["ce_steps"]) for r in self.results.values())
-    header = f"{'dataset':<24}" + "".join(f"{'step ' + str(k):>12}" for k in range(1, K + 1))
-    lines = [f"Perplexity after each thinking step ({self.workdir}, checkpoint {self.step})",
-             header]
-    for split, r in self.results.items():
-      lines.append(f"{split:<24}" + "".join(f"{eval_lib.perplexity(ce):>12.5g}"
-                                            for ce in r["ce_steps"]))
-    return "\n".join(lines)
-
-  def as_json(self) -> dict:
-    rows = []
-    for split, r in self.results.items():
-      for k, ce in enumerate(r["ce_steps"], start=1):
-        rows.append({"dataset": split, "thinking_steps": k, "best_of": 1, "ce": float(ce),
-                     "perplexity": eval_lib.perplexity(ce)})
-    return {"workdir": self.workdir, "checkpoint_step": self.step, "results": rows}
-
-
-def evaluate_workdir(workdir, num_batches: int | None = None) -> EvalReport:
+def restore_ebt(workdir, overrides=None) -> tuple[ml_collections.ConfigDict, int, dict]:
+  """`restore_params` of an EBT run, its config edited by `overrides(config)` (the
+  `config.inference` flags of the commands that think) and validated."""
   config, step, params = restore_params(workdir)
-  program = program_here(config)
-  with program.context():
-    results = eval_lib.evaluate(params, config, make_datasets(config), program.eval_step,
-                                program.put_global,
-                                num_batches=num_batches or config.train.eval_batches)
-  return EvalReport(str(workdir), step, results)
+  if config.model.kind != "ebt":
+    raise config_lib.ConfigError(f"--workdir: {workdir} holds a {config.model.kind!r} model; "
+                                 f"this command needs an EBT")
+  if overrides:
+    overrides(config)
+  config_lib.validate(config)
+  return config, step, params
 
 
 def import_torch_checkpoint(checkpoint, out, config: ml_collections.ConfigDict | None = None) -> Path:

@@ -54,6 +54,9 @@ class Summary:
     if self.final_train_loss is not None:
       lines.append(f"Final train loss: {self.final_train_loss:.4f}")
     for split, r in self.eval.items():
+      if len(r["ce_steps"]) == 1 and "energy_steps" not in r:   # the Transformer++ baseline
+        lines.append(f"{split} perplexity: {eval_lib.perplexity(r['ce_steps'][0]):.5g}")
+        continue
       per_step = "  ".join(f"step {k}: {eval_lib.perplexity(ce):.5g}"
                            for k, ce in enumerate(r["ce_steps"], 1))
       lines.append(f"{split} perplexity by thinking step: {per_step}")

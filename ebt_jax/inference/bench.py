@@ -1,0 +1,179 @@
+"""`ebt bench --config F`: speed of training, thinking and generation, against the naive way.
+
+    ebt bench --config configs/default.py --json bench.json
+
+Each workload is compiled (timed apart), warmed up, then timed as the median of repeats,
+each ended by `block_until_ready`. Parameters are freshly initialised: speed does not
+depend on training. In the same run the naive way of doing the same work is timed:
+* thinking: the official way re-encodes the whole sequence (real and prediction streams)
+  at every thinking step; ours encodes the context once per landscape and steps only the
+  prediction stream against its keys/values;
+* generation: the official way re-encodes the sequence and thinks at every position for
+  each new token (`generate.generate_naive`, lengths padded to a multiple of 16 so a few
+  compiled shapes serve); ours thinks about the new token only, against a KV cache.
+Peak memory is the device's own peak where the backend reports it (GPU/TPU), else XLA's
+compile-time estimate of the largest program (arguments + temporaries + outputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ebt_jax import config as config_lib
+from ebt_jax.inference import generate, system2
+from ebt_jax.models import ar_ebt
+from ebt_jax.tasks import text
+from ebt_jax.thinking import inference, loop
+from ebt_jax.training import flops as flops_lib
+from ebt_jax.training import program as program_lib
+
+
+@dataclasses.dataclass
+class Timing:
+  compile_s: float
+  median_s: float
+  compiled_bytes: int | None = None
+
+
+def _time(fn, args, repeats: int, threads_state: bool = False) -> Timing:
+  """Compile (ahead of time), warm up once, then the median of `repeats` synchronised runs.
+
+  With `threads_state`, the first argument is donated state: each run feeds the next.
+  """
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats + 1):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+    if threads_state:
+      args = (out[0],) + tuple(args[1:])
+  times = times[1:]      # the first run warms up
+  stats = compiled.memory_analysis()
+  used = None if stats is None else (stats.argument_size_in_bytes + stats.temp_size_in_bytes
+                                     + stats.output_size_in_bytes - stats.alias_size_in_bytes)
+  return Timing(compile_s, statistics.median(times), used)
+
+
+def _think_fns(config: ml_collections.ConfigDict, steps: int):
+  """(cached, naive) inference thinking of `steps` steps on a batch; both -> final logits."""
+  dims = config_lib.text_ebt_dims(config)
+  opt = text.inner_optimizer(config)
+  reparam = text.candidate_reparam(config)
+  lands = system2.landscapes(config, steps)
+
+  def cached(params, inputs, y0, key):
+    caches = text.encode_landscapes(params, inputs, config)
+    return system2.think(params, caches, y0[None], config, key, steps=steps,
+                         trajectory=False).logits
+
+  def naive(params, inputs, y0, key):
+    energy_fn = lambda z, l: ar_ebt.energy(params, inputs, text.candidate_probs(z, config), l,
+                                           dims)
+    schedule = loop.Schedule(lands[:-1], system2.step_size(params, config))
+    return inference.think_per_position(energy_fn, y0, opt, schedule, key, reparam=reparam,
+                                        final_landscape=lands[-1], trajectory=False).final
+
+  return jax.jit(cached), jax.jit(naive)
+
+
+def _peak_bytes(timings) -> tuple[int | None, str]:
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device"
+  compiled = [t.compiled_bytes for t in timings if t.compiled_bytes is not None]
+  return (max(compiled) if compiled else None), "compile-time estimate"
+
+
+def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len: int | None = None,
+              new_tokens: int | None = None, batch_size: int | None = None,
+              think_steps: int | None = None, log=print) -> dict:
+  config_lib.validate(config)
+  config_lib.check(config.model.kind == "ebt", "model.kind", "'ebt' (bench times an EBT)",
+                   config.model.kind)
+  S, V = config.model.context_length, config.model.vocab_size
+  B = batch_size or config.train.batch_size
+  prompt_len = prompt_len or S // 2
+  new_tokens = new_tokens or S - prompt_len
+  steps = think_steps or system2.num_steps(config)
+  rng = np.random.default_rng(config.seed)
+  key = jax.random.key(config.seed)
+  out = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+         "batch_size": B, "context_length": S, "thinking_steps": steps}
+
+  log(f"[1/3] train step (batch {B} x {S})")
+  program = program_lib.build(config)
+  with program.context():
+    state = program.init_state()
+    batch = program.put_global(rng.integers(1, V, (config.train.batch_size, S + 1), np.int32))
+    train = _time(program.train_step, (state, batch), repeats, threads_state=True)
+  train_tokens = config.train.batch_size * S
+  out.update(train_step_ms=1e3 * train.median_s, train_compile_s=train.compile_s,
+             train_tokens_per_s=train_tokens / train.median_s)
+  peak = flops_lib.device_peak_flops(config)
+  if peak:
+    flops = flops_lib.train_step_flops(config, config.train.batch_size)
+    out["train_mfu"] = flops / train.median_s / peak
+
+  log(f"[2/3] thinking: {steps} steps on a batch of {B} x {S}, cached context vs re-encoded")
+  params = text.init_params(config, key)
+  inputs = jnp.asarray(rng.integers(1, V, (B, S), np.int32))
+  y0 = text.initial_candidate(jax.random.fold_in(key, 1), (B, S, V), config)
+  cached_fn, naive_fn = _think_fns(config, steps)
+  think_args = (params, inputs, y0, jax.random.fold_in(key, 2))
+  think = _time(cached_fn, think_args, repeats)
+  think_naive = _time(naive_fn, think_args, repeats)
+  out.update(think_step_ms=1e3 * think.median_s / steps, think_compile_s=think.compile_s,
+             think_step_naive_ms=1e3 * think_naive.median_s / steps,
+             think_speedup=think_naive.median_s / think.median_s)
+
+  log(f"[3/3] generation: {new_tokens} tokens after a {prompt_len}-token prompt, batch {B}")
+  prompt = jnp.asarray(rng.integers(1, V, (B, prompt_len), np.int32))
+  sampling = generate.Sampling(max_new_tokens=new_tokens)
+  gen_args = (params, prompt, jax.random.fold_in(key, 3))
+  gen = _time(_bound_generate(config, sampling), gen_args, repeats)
+  generate.generate_naive(params, prompt, config, key, sampling)     # compiles every bucket
+  naive_times = []
+  for _ in range(max(1, repeats // 2)):
+    t0 = time.perf_counter()
+    jax.block_until_ready(generate.generate_naive(params, prompt, config, key, sampling).tokens)
+    naive_times.append(time.perf_counter() - t0)
+  naive_s = statistics.median(naive_times)
+  out.update(generate_tokens_per_s=B * new_tokens / gen.median_s,
+             generate_compile_s=gen.compile_s,
+             generate_naive_tokens_per_s=B * new_tokens / naive_s,
+             generate_speedup=naive_s / gen.median_s)
+  out["peak_memory_bytes"], out["peak_memory_source"] = _peak_bytes(
+      [train, think, think_naive, gen])
+  return out
+
+
+def _bound_generate(config, sampling):
+  frozen = ml_collections.FrozenConfigDict(config)
+  return jax.jit(lambda p, prompt, k: generate.generate(p, prompt, frozen, k, sampling).tokens)
+
+
+def table(result: dict) -> str:
+  r = result
+  lines = [f"ebt bench on {r['num_devices']} x {r['device']} (batch {r['batch_size']}, "
+           f"context {r['context_length']}, {r['thinking_steps']} thinking steps)",
+           f"  train step        {r['train_step_ms']:10.1f} ms   {r['train_tokens_per_s']:12.0f} "
+           f"tokens/s   compile {r['train_compile_s']:.1f} s"
+           + (f"   MFU {100 * r['train_mfu']:.1f}%" if "train_mfu" in r else ""),
+           f"  thinking step     {r['think_step_ms']:10.2f} ms   naive (re-encode every step) "
+           f"{r['think_step_naive_ms']:.2f} ms   x{r['think_speedup']:.2f}",
+           f"  generation        {r['generate_tokens_per_s']:10.1f} tokens/s   naive (no cache) "
+           f"{r['generate_naive_tokens_per_s']:.1f} tokens/s   x{r['generate_speedup']:.1f}"]
+  if r.get("peak_memory_bytes") is not None:
+    lines.append(f"  peak memory       {r['peak_memory_bytes'] / 2**20:10.1f} MiB "
+                 f"({r['peak_memory_source']})")
+  return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""`ebt eval`: System 2 tables of a trained text EBT, with a Transformer++ baseline beside.
+
+For every dataset (validation, then each OOD suite) and every (thinking steps k, best-of
+n) cell: the mean next-token cross-entropy and perplexity of the candidate chosen among
+n after k steps. One trajectory of max(k) steps with max(n) candidates per batch gives
+every cell (see `system2.table_ce`), so the table costs one long run, not one per cell.
+
+Adaptive compute (`stop_thresholds`): the same model with per-position stopping up to
+max(k) steps; each row reports the steps used per token and the compute saved against
+the fewest fixed steps that reach the same perplexity (thinking steps being the unit of
+compute: each is one forward and one backward pass of the prediction stream).
+
+Evaluation is deterministic: the same fixed key as training's evaluation, so the k-step,
+best-of-1 column equals training's `eval/ce_step_k` (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+
+from ebt_jax import config as config_lib
+from ebt_jax.data.pipeline import make_datasets
+from ebt_jax.inference import system2
+from ebt_jax.tasks import text
+from ebt_jax.training import evaluate as eval_lib
+from ebt_jax.training import runs
+
+
+@dataclasses.dataclass
+class System2Report:
+  workdir: str
+  step: int
+  thinking_steps: list[int]
+  best_of: list[int]
+  ce: dict                     # dataset -> [len(thinking_steps), len(best_of)]
+  fixed_ce: dict               # dataset -> [max(k)] CE after each step, best of 1
+  adaptive: list[dict]         # rows of the adaptive-compute table
+  baseline: dict | None = None  # {"workdir", "step", "ce": {dataset: ce}}
+
+  def rows(self) -> list[dict]:
+    out = []
+    for dataset, ce in self.ce.items():
+      for i, k in enumerate(self.thinking_steps):
+        for j, n in enumerate(self.best_of):
+          row = {"dataset": dataset, "thinking_steps": k, "best_of": n, "ce": float(ce[i][j]),
+                 "perplexity": eval_lib.perplexity(ce[i][j])}
+          if self.baseline:
+            row["baseline_perplexity"] = eval_lib.perplexity(self.baseline["ce"][dataset])
+          out.append(row)
+    return out
+
+  def table(self) -> str:
+    lines = [f"Perplexity of {self.workdir} (checkpoint {self.step}): rows thinking steps, "
+             f"columns best-of-N"]
+    for dataset, ce in self.ce.items():
+      header = f"  {dataset:<20}" + "".join(f"{'N=' + str(n):>11}" for n in self.best_of)
+      if self.baseline:
+        header += f"{'Transformer++':>15}"
+      lines += ["", header]
+      for i, k in enumerate(self.thinking_steps):
+        line = f"  {str(k) + ' steps':<20}" + "".join(
+            f"{eval_lib.perplexity(c):>11.5g}" for c in ce[i])
+        if self.baseline:
+          line += f"{eval_lib.perplexity(self.baseline['ce'][dataset]):>15.5g}"
+        lines.append(line)
+    if self.adaptive:
+      lines += ["", "Adaptive compute (per-token stopping, best of 1). 'fixed steps': the "
+                "fewest fixed steps reaching the same perplexity ('-': none does); 'saved': "
+                "thinking steps saved against those, and against always taking the most:",
+                f"  {'dataset':<20}{'threshold':>10}{'steps/token':>13}{'perplexity':>12}"
+                f"{'fixed steps':>13}{'saved':>8}{'vs max':>8}"]
+      for r in self.adaptive:
+        saved = "-" if r["compute_saved"] is None else f"{100 * r['compute_saved']:.0f}%"
+        fixed = "-" if r["fixed_steps_equal_perplexity"] is None else \
+            str(r["fixed_steps_equal_perplexity"])
+        lines.append(f"  {r['dataset']:<20}{r['threshold']:>10.3g}{r['mean_steps']:>13.3f}"
+                     f"{r['perplexity']:>12.5g}{fixed:>13}{saved:>8}"
+                     f"{100 * (1 - r['mean_steps'] / r['max_steps']):>7.0f}%")
+    return "\n".join(lines)
+
+  def as_json(self) -> dict:
+    out = {"workdir": self.workdir, "checkpoint_step": self.step, "results": self.rows(),
+           "ce_after_each_step": {d: [float(c) for c in ce] for d, ce in self.fixed_ce.items()},
+           "adaptive": self.adaptive}
+    if self.baseline:
+      out["baseline"] = {"workdir": self.baseline["workdir"], "checkpoint_step": self.baseline["step"],
+                         "results": [{"dataset": d, "ce": float(c),
+                                      "perplexity": eval_lib.perplexity(c)}
+                                     for d, c in self.baseline["ce"].items()]}
+    return out
+
+
+def _cells(params, tokens, key, *, config, steps_list, best_of_list):
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  thought = system2.think_tokens(params, inputs, config, key, steps=max(steps_list),
+                                 best_of=max(best_of_list), targets_BxS=targets)
+  mask = (targets != text.PAD_ID).astype(np.float32)
+  every_step = range(1, max(steps_list) + 1)
+  return (system2.table_ce(thought, mask, steps_list, best_of_list, config.inference.select),
+          system2.table_ce(thought, mask, every_step, [1], config.inference.select)[:, 0])
+
+
+def _adaptive(params, tokens, key, *, config, steps):
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  thought = system2.think_tokens(params, inputs, config, key, steps=steps, best_of=1,
+                                 trajectory=False)
+  mask = (targets != text.PAD_ID).astype(np.float32)
+  return (text.masked_mean(text.token_nll(thought.logits, targets), mask),
+          text.masked_mean(thought.steps_used.astype(np.float32), mask))
+
+
+def _fewest_fixed_steps(fixed_ce, ce) -> int | None:
+  for k, c in enumerate(fixed_ce, start=1):
+    if c <= ce:
+      return k
+  return None
+
+
+def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=None,
+                     stop_thresholds=(), num_batches: int | None = None,
+                     batch_size: int | None = None, overrides=None,
+                     log=print) -> System2Report:
+  """The System 2 report of a run directory's newest checkpoint.
+
+  `overrides(config)` may edit the restored config's `inference` section (CLI flags).
+  """
+  config, step, params = runs.restore_ebt(workdir, overrides)
+  steps_list = sorted(set(thinking_steps or range(1, system2.num_steps(config) + 1)))
+  best_of = sorted(set(best_of))
+  for name, values in (("--thinking-steps", steps_list), ("--best-of", best_of)):
+    config_lib.check(all(isinstance(v, int) and v >= 1 for v in values), name,
+                     "positive integers", values)
+  num_batches = num_batches or config.train.eval_batches
+  batch_size = batch_size or config.train.batch_size
+  program = runs.program_here(config)
+  datasets = make_datasets(config)
+  base = _baseline_params(baseline, config) if baseline else None
+  key = jax.random.fold_in(jax.random.key(config.seed), eval_lib.EVAL_KEY_SALT)
+  cells_fn = jax.jit(functools.partial(_cells, config=config, steps_list=tuple(steps_list),
+                                       best_of_list=tuple(best_of)))
+  adaptive_fns = {}
+  for threshold in stop_thresholds:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.inference.stop_threshold = float(threshold)
+    if c.inference.stop_on == "none":
+      c.inference.stop_on = "energy"
+    adaptive_fns[threshold] = (c.inference.stop_on, jax.jit(
+        functools.partial(_adaptive, config=c, steps=max(steps_list))))
+  ce, fixed_ce, base_ce, adaptive_rows = {}, {}, {}, []
+  with program.context():
+    for split in datasets.eval_splits:
+      log(f"evaluating {split}: {num_batches} batches of {batch_size}, up to "
+          f"{max(steps_list)} steps x best of {max(best_of)}")
+      batches = [program.put_global(b)
+                 for b in datasets.eval_batches(split, batch_size, num_batches)]
+      per_batch = [jax.device_get(cells_fn(params, b, jax.random.fold_in(key, i)))
+                   for i, b in enumerate(batches)]
+      ce[split] = np.mean([c for c, _ in per_batch], axis=0)
+      fixed_ce[split] = np.mean([f for _, f in per_batch], axis=0)
+      for threshold, (stop_on, fn) in adaptive_fns.items():
+        out = [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
+               for i, b in enumerate(batches)]
+        a_ce, steps = (float(np.mean(v)) for v in zip(*out))
+        fixed = _fewest_fixed_steps(fixed_ce[split], a_ce)
+        adaptive_rows.append({
+            "dataset": split, "stop_on": stop_on, "threshold": float(threshold),
+            "max_steps": max(steps_list), "mean_steps": steps, "ce": a_ce,
+            "perplexity": eval_lib.perplexity(a_ce), "fixed_steps_equal_perplexity": fixed,
+            "compute_saved": None if fixed is None else 1 - steps / fixed})
+      if base:
+        base_ce[split] = float(np.mean([jax.device_get(base["fn"](base["params"], b))
+                                        for b in batches]))
+  baseline_report = None if not base else {"workdir": str(baseline), "step": base["step"],
+                                           "ce": base_ce}
+  return System2Report(str(workdir), step, steps_list, best_of, ce, fixed_ce, adaptive_rows,
+                       baseline_report)
+
+
+def _baseline_params(workdir, config: ml_collections.ConfigDict) -> dict:
+  """The baseline's parameters and CE function; it must read the same tokens."""
+  base_config, step, params = runs.restore_params(workdir)
+  if base_config.model.kind != "transformer":
+    raise config_lib.ConfigError(f"--baseline: {workdir} holds a {base_config.model.kind!r} "
+                                 f"model, expected a Transformer++ run")
+  for field in ("vocab_size", "context_length"):
+    config_lib.check(base_config.model[field] == config.model[field], f"--baseline model.{field}",
+                     f"{config.model[field]} as in the EBT run", base_config.model[field])
+  fn = jax.jit(lambda p, tokens: text.transformer_loss(p, tokens, base_config)[0])
+  return {"params": params, "fn": fn, "step": step}

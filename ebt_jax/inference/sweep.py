@@ -1,0 +1,137 @@
+"""`ebt sweep-inner`: a trained model's thinking under every inner optimizer.
+
+    ebt sweep-inner --workdir runs/default --steps 1,2,4,8 [--json OUT] [--plot OUT.png]
+
+For each inner optimizer (by default one of each registered kind, see `DEFAULT_SWEEP`;
+`--optimizers` takes `name` or `name:{json kwargs}` entries) the run's model thinks with
+that optimizer in place of the one it was trained with, on the same validation batches
+and initial candidates, and the sweep reports perplexity after each thinking step. The
+step size is the model's alpha for every optimizer (`--step-size`/`--step-size-scale`
+change it for all), so differences come from the update rule alone; models are trained
+with one rule, so the others run out of their training distribution, which is the
+question such a sweep asks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import jax
+import matplotlib
+import ml_collections
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+from ebt_jax import config as config_lib  # noqa: E402
+from ebt_jax.data.pipeline import make_datasets  # noqa: E402
+from ebt_jax.inference import system2  # noqa: E402
+from ebt_jax.tasks import text  # noqa: E402
+from ebt_jax.thinking import optimizers  # noqa: E402
+from ebt_jax.training import evaluate as eval_lib  # noqa: E402
+from ebt_jax.training import runs  # noqa: E402
+
+# One variant of each registered rule; the optax entry is SGD whose learning-rate factor
+# follows a cosine schedule over 8 thinking steps (schedules count thinking steps).
+DEFAULT_SWEEP = (
+    "gd",
+    'langevin:{"noise_std": 0.01}',
+    'momentum:{"beta": 0.5}',
+    'nesterov:{"beta": 0.5}',
+    "adam",
+    'optax:{"transform": "sgd", "learning_rate": {"schedule": "cosine_decay_schedule", '
+    '"init_value": 1.0, "decay_steps": 8}}',
+)
+
+
+def parse_optimizer(spec: str) -> tuple[str, dict]:
+  """'name' or 'name:{json}' -> (name, kwargs), checked against the registry."""
+  name, _, raw = spec.partition(":")
+  try:
+    kwargs = json.loads(raw) if raw else {}
+  except json.JSONDecodeError as e:
+    raise config_lib.ConfigError(f"--optimizers: {spec!r}: kwargs are not JSON ({e})") from None
+  config_lib.check(name in optimizers.names(), "--optimizers", f"names from {optimizers.names()}",
+                   name)
+  config_lib.check(isinstance(kwargs, dict), "--optimizers", "name:{json object}", spec)
+  try:
+    optimizers.make(name, **kwargs)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"--optimizers: {e}") from None
+  return name, kwargs
+
+
+@dataclasses.dataclass
+class SweepReport:
+  workdir: str
+  step: int
+  steps: list[int]
+  ce: dict                     # optimizer spec -> [len(steps)] validation CE
+
+  def table(self) -> str:
+    width = max(len(s) for s in self.ce) + 2
+    lines = [f"Validation perplexity by inner optimizer and thinking steps "
+             f"({self.workdir}, checkpoint {self.step})",
+             f"{'optimizer':<{width}}" + "".join(f"{str(k) + ' steps':>12}" for k in self.steps)]
+    for spec, ce in self.ce.items():
+      lines.append(f"{spec:<{width}}" + "".join(f"{eval_lib.perplexity(c):>12.5g}" for c in ce))
+    return "\n".join(lines)
+
+  def as_json(self) -> dict:
+    return {"workdir": self.workdir, "checkpoint_step": self.step, "results": [
+        {"optimizer": spec, "thinking_steps": k, "ce": float(c), "perplexity": eval_lib.perplexity(c)}
+        for spec, ce in self.ce.items() for k, c in zip(self.steps, ce)]}
+
+  def plot(self, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for spec, ce in self.ce.items():
+      ax.plot(self.steps, [eval_lib.perplexity(c) for c in ce], marker="o", label=spec[:40])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(self.steps, [str(k) for k in self.steps])
+    ax.set_yscale("log")
+    ax.set_xlabel("thinking steps")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Thinking with each inner optimizer")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _ce_after_steps(params, tokens, key, *, config, steps):
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  thought = system2.think_tokens(params, inputs, config, key, steps=max(steps), best_of=1,
+                                 targets_BxS=targets)
+  mask = (targets != text.PAD_ID).astype(np.float32)
+  return system2.table_ce(thought, mask, steps, [1], config.inference.select)[:, 0]
+
+
+def sweep_inner(workdir, steps, specs=DEFAULT_SWEEP, *, num_batches=None, batch_size=None,
+                overrides=None, log=print) -> SweepReport:
+  config, step, params = runs.restore_ebt(workdir, overrides)
+  parsed = [parse_optimizer(s) for s in specs]
+  steps = sorted(set(steps))
+  num_batches = num_batches or config.train.eval_batches
+  batch_size = batch_size or config.train.batch_size
+  program = runs.program_here(config)
+  key = jax.random.fold_in(jax.random.key(config.seed), eval_lib.EVAL_KEY_SALT)
+  ce = {}
+  with program.context():
+    batches = [program.put_global(b) for b in
+               make_datasets(config).eval_batches("validation", batch_size, num_batches)]
+    for spec, (name, kwargs) in zip(specs, parsed):
+      log(f"thinking with {spec}")
+      c = ml_collections.ConfigDict(config.to_dict())
+      c.thinking.inner_optimizer = name
+      c.thinking.inner_optimizer_kwargs = ml_collections.ConfigDict(kwargs)
+      fn = jax.jit(functools.partial(_ce_after_steps, config=c, steps=tuple(steps)))
+      ce[spec] = np.mean([jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
+                          for i, b in enumerate(batches)], axis=0)
+  return SweepReport(str(workdir), step, steps, ce)

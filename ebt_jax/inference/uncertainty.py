@@ -1,0 +1,104 @@
+"""`ebt think`: per-token energies of a text as the model thinks about it (uncertainty).
+
+An EBT's energy after thinking is its own verdict on a prediction: a high final energy,
+or one that thinking could barely lower, marks a token the model is unsure of. For every
+position of the text this reports the final energy of the chosen candidate, its drop
+(initial minus final), the thinking steps used and the probability the final candidate
+gives the actual next token; the PNG heat map shows the energy after every thinking step
+(rows) of every token (columns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+import numpy as np  # noqa: E402
+
+from ebt_jax import config as config_lib  # noqa: E402
+from ebt_jax.data.tokenizers import make_tokenizer  # noqa: E402
+from ebt_jax.inference import system2  # noqa: E402
+from ebt_jax.training import evaluate as eval_lib  # noqa: E402
+from ebt_jax.training import runs  # noqa: E402
+
+
+@dataclasses.dataclass
+class TokenEnergies:
+  tokens: list[str]              # the text's tokens, printable
+  energies: np.ndarray           # [K+1, S] energy of the chosen candidate after k steps
+  steps_used: np.ndarray         # [S]
+  next_token_prob: np.ndarray    # [S-1] final probability of the actual next token
+  predicted: list[str]           # [S] the final candidate's most likely token
+  dropped: int = 0               # leading tokens cut to fit the model's context
+
+  @property
+  def final_energy(self) -> np.ndarray:
+    return self.energies[-1]
+
+  @property
+  def energy_drop(self) -> np.ndarray:
+    return self.energies[0] - self.energies[-1]
+
+  def table(self) -> str:
+    lines = [f"(the first {self.dropped} tokens are cut: the model's context is "
+             f"{len(self.tokens)})"] if self.dropped else []
+    lines += [f"{'pos':>4} {'token':<8} {'next':<8} {'predicted':<10}{'final E':>10}"
+             f"{'drop':>10}{'steps':>7}{'p(next)':>10}"]
+    for s, token in enumerate(self.tokens):
+      nxt = self.tokens[s + 1] if s + 1 < len(self.tokens) else ""
+      prob = f"{self.next_token_prob[s]:10.4f}" if s < len(self.next_token_prob) else f"{'':>10}"
+      lines.append(f"{s:>4} {token:<8} {nxt:<8} {self.predicted[s]:<10}"
+                   f"{self.final_energy[s]:>10.4g}{self.energy_drop[s]:>10.4g}"
+                   f"{int(self.steps_used[s]):>7}{prob}")
+    if len(self.next_token_prob):
+      ce = -float(np.mean(np.log(np.maximum(self.next_token_prob, 1e-30))))
+      lines.append(f"perplexity of the text after thinking: {eval_lib.perplexity(ce):.4g}")
+    return "\n".join(lines)
+
+  def heatmap(self, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    K1, S = self.energies.shape
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * S + 2), 0.45 * K1 + 2))
+    image = ax.imshow(self.energies, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(S), self.tokens, fontsize=7, family="monospace")
+    ax.set_yticks(range(K1), [f"{k}" for k in range(K1)])
+    ax.set_xlabel("token (energy of the prediction of the token after it)")
+    ax.set_ylabel("thinking steps taken")
+    ax.set_title("Energy of each prediction over thinking")
+    fig.colorbar(image, ax=ax, label="energy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _printable(text: str) -> str:
+  return text.encode("unicode_escape").decode("ascii")[:8] or "''"
+
+
+def think_about_text(workdir, text: str, *, overrides=None, seed: int = 0) -> TokenEnergies:
+  """Thinks about the next token after every position of `text` with a run's model."""
+  config, _, params = runs.restore_ebt(workdir, overrides)
+  tokenizer = make_tokenizer(config.data)
+  ids = np.asarray(tokenizer.encode(text), np.int32)
+  config_lib.check(len(ids) >= 1, "--text", "a text of at least one token", text)
+  dropped = max(0, len(ids) - config.model.context_length)
+  ids = ids[dropped:]
+  thought = jax.jit(lambda p, x, k: system2.think_tokens(p, x, config, k))(
+      params, ids[None], jax.random.key(seed))
+  thought = jax.device_get(thought)
+  choice = thought.choice[0]
+  energies = np.take_along_axis(thought.energies[:, :, 0], choice[None, None], axis=1)[:, 0]
+  probs = np.asarray(jax.nn.softmax(thought.logits[0], axis=-1))
+  tokens = [_printable(tokenizer.decode([int(i)])) for i in ids]
+  return TokenEnergies(
+      tokens=tokens, energies=energies, steps_used=thought.steps_used[0],
+      next_token_prob=probs[np.arange(len(ids) - 1), ids[1:]],
+      predicted=[_printable(tokenizer.decode([int(i)])) for i in probs.argmax(-1)],
+      dropped=dropped)

@@ -1,0 +1,103 @@
+"""Next-frame prediction in latent space with the autoregressive latent EBT (`latent_ebt`).
+
+A batch is frame latents [B, S+1, L] (pre-encoded, from an encoder the user supplies, or
+`data.images`' moving digits). Inputs are frames 0..S-1, targets frames 1..S; the
+candidate for each position is a latent, initially N(0, 1) (`random_noise`, the
+official default), zeros, or the current frame (`most_recent_embedding`). Thinking steps
+on the candidate in latent space; the S1 loss is SmoothL1 (beta 1) to the true next
+latents (`continuous.s1_objective`). Landscapes are 0..K-1 for `time_embed`/`adaln`
+(one per step, as for text) and 0 for `default`.
+
+One difference from the official code: Langevin noise (off by default) is added to the
+candidate latent before the down projection, where the official code adds it to the
+projected embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ebt_jax.models import latent_ebt
+from ebt_jax.models.params import axes_tree, init_tree
+from ebt_jax.tasks import continuous
+from ebt_jax.tasks.continuous import Outcome, ThinkingOptions
+
+INITIAL_CONDITIONS = ("random_noise", "zeros", "most_recent_embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class NextFrameOptions:
+  initial_condition: str = "random_noise"   # [denoising_initial_condition]
+
+  def __post_init__(self):
+    if self.initial_condition not in INITIAL_CONDITIONS:
+      raise ValueError(f"thinking.initial_condition: expected one of {INITIAL_CONDITIONS}, "
+                       f"got {self.initial_condition!r}")
+
+
+def param_specs(m: latent_ebt.LatentEBTDims, t: ThinkingOptions) -> dict:
+  return {**latent_ebt.param_specs(m), **continuous.param_specs(t)}
+
+
+def init_params(m: latent_ebt.LatentEBTDims, t: ThinkingOptions, key: jax.Array) -> dict:
+  specs = param_specs(m, t)
+  return jax.jit(lambda k: init_tree(specs, k))(key)
+
+
+def param_axes(m: latent_ebt.LatentEBTDims, t: ThinkingOptions) -> dict:
+  return axes_tree(param_specs(m, t))
+
+
+def landscapes(m: latent_ebt.LatentEBTDims, t: ThinkingOptions) -> jax.Array:
+  """Landscape of each thinking step: 0..K-1, or all 0 for `default`."""
+  if m.ebt_type == "default":
+    return jnp.zeros(t.num_steps, jnp.int32)
+  if m.num_landscapes < t.num_steps:
+    raise ValueError(f"model.num_landscapes {m.num_landscapes} < thinking.num_steps "
+                     f"{t.num_steps} for ebt_type {m.ebt_type!r}")
+  return jnp.arange(t.num_steps, dtype=jnp.int32)
+
+
+def initial_candidate(inputs_BxSxL: jax.Array, key: jax.Array, opts: NextFrameOptions):
+  if opts.initial_condition == "random_noise":
+    return jax.random.normal(key, inputs_BxSxL.shape, inputs_BxSxL.dtype)
+  if opts.initial_condition == "zeros":
+    return jnp.zeros_like(inputs_BxSxL)
+  return inputs_BxSxL
+
+
+def energy_fn(params: dict, inputs_BxSxL: jax.Array, m: latent_ebt.LatentEBTDims,
+              num_landscapes: int):
+  """energy(z, landscape) -> [B, S], the context encoded once per landscape."""
+  caches = [latent_ebt.encode_context(params, inputs_BxSxL, l, m) for l in range(num_landscapes)]
+  caches = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *caches)
+
+  def fn(z_BxSxL, landscape):
+    cache = jax.tree_util.tree_map(lambda a: a[landscape], caches)
+    return latent_ebt.prediction_energy(params, cache, z_BxSxL, landscape, m)
+
+  return fn
+
+
+def next_frame_objective(params: dict, latents_BxTxL: jax.Array,
+                         m: latent_ebt.LatentEBTDims, t: ThinkingOptions,
+                         opts: NextFrameOptions, key: jax.Array,
+                         initial: jax.Array | None = None) -> Outcome:
+  """The S1 objective on a latent sequence [B, S+1, L]; `initial` replaces the initial
+  candidate [B, S, L]."""
+  inputs, targets = latents_BxTxL[:, :-1], latents_BxTxL[:, 1:]
+  init_key, think_key = jax.random.split(key)
+  y0 = initial_candidate(inputs, init_key, opts) if initial is None else initial
+  y0 = jax.lax.stop_gradient(y0.astype(jnp.promote_types(inputs.dtype, jnp.float32)))
+  landscape_K = landscapes(m, t)
+  fn = energy_fn(params, inputs, m, 1 if m.ebt_type == "default" else t.num_steps)
+  return continuous.s1_objective(params, fn, y0, targets, landscape_K, t, think_key)
+
+
+def next_frame_loss(params, latents, m, t, opts, key, initial=None):
+  """(loss, metrics) of `next_frame_objective`."""
+  out = next_frame_objective(params, latents, m, t, opts, key, initial)
+  return out.loss, out.metrics

@@ -1,0 +1,116 @@
+"""The official MCMC replay buffer (`CausalReplayBuffer`) as an on-device ring buffer.
+
+The official buffer is a Python list of (tokens [S+1], final candidate logits [S, V])
+records, at most `mcmc_replay_buffer_size` of them, one buffer per GPU. Each training
+batch of b rows gets min(n, filled) records drawn uniformly without replacement
+(`random.sample`, n = int(b x mcmc_replay_buffer_sample_bs_percent)) *appended* after its
+own rows; the appended rows start thinking from their stored logits instead of noise.
+After the step the batch's own b rows and their final candidates are added, the oldest
+records leaving first. Validation never touches the buffer.
+
+Here the buffer is part of the `TrainState` (donated, sharded, checkpointed and restored
+with it): fixed arrays of `groups` independent buffers [G, C, ...] with one write pointer
+and one fill count (equal in every group, since every group receives b = B / G rows per
+step). Group g is fed and sampled by batch rows g*b..(g+1)*b-1, and its replayed rows
+follow those rows, so with G equal to the data-parallel device count each device keeps
+its own buffer and rows as in the official code, and no buffer row ever crosses devices.
+Shapes are static, so the step compiles once: the n replay rows are always present, and
+while fewer than n records are filled (the first step: none) the rows past the filled
+count are masked out of the loss, as if they were not there. Filled slots are always the
+prefix [0, fill) of each group, and sampling draws a uniform random key per slot and
+takes the n largest among the filled ones (a uniform subset in random order).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ebt_jax.models.layers import CANDIDATE
+from ebt_jax.parallel.logical import constrain
+from ebt_jax.tasks import text
+
+
+class ReplayBuffer(NamedTuple):
+  tokens: jax.Array    # int32 [G, C, S+1] sequences (inputs and targets)
+  logits: jax.Array    # [G, C, S, V] their final candidates
+  pointer: jax.Array   # int32 []: the slot the next record goes to, in every group
+  fill: jax.Array      # int32 []: filled slots [0, fill) of every group
+
+
+# Groups over the batch mesh axes; a group count they do not divide leaves them to the
+# slot axis instead (logical.spec_for never uses a mesh axis twice).
+LOGICAL_AXES = ReplayBuffer(tokens=("act_batch", "act_batch", None),
+                            logits=("act_batch", "act_batch", "act_seq", "act_vocab"),
+                            pointer=(), fill=())
+
+
+class ReplayBatch(NamedTuple):
+  tokens: jax.Array          # [G*(b+n), S+1]: each group's b fresh rows, then its n replayed
+  initial_logits: jax.Array  # [G*(b+n), S, V]: noise for fresh rows, stored logits for replayed
+  row_mask: jax.Array        # [G*(b+n)]: 0 for replayed rows past the filled count
+
+
+def shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+  """(groups G, capacity C per group, fresh rows b per group, replayed rows n per group)."""
+  t = config.thinking
+  groups = t.replay_buffer_groups
+  fresh = config.train.batch_size // groups
+  # The official min(sample_size, len(buffer)) never exceeds the capacity.
+  replayed = min(int(fresh * t.replay_buffer_sample_fraction), t.replay_buffer_size)
+  return groups, t.replay_buffer_size, fresh, replayed
+
+
+def init(config: ml_collections.ConfigDict) -> ReplayBuffer | None:
+  """An empty buffer, or None when `thinking.replay_buffer` is off (or for the baseline)."""
+  if not config.thinking.replay_buffer or config.model.kind != "ebt":
+    return None
+  G, C, _, _ = shape(config)
+  S, V = config.model.context_length, config.model.vocab_size
+  return ReplayBuffer(jnp.zeros((G, C, S + 1), jnp.int32),
+                      jnp.zeros((G, C, S, V), text.candidate_dtype(config)),
+                      jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array,
+         config: ml_collections.ConfigDict) -> ReplayBatch:
+  """The batch with replayed rows appended to each group's rows (official `get_batch`)."""
+  G, C, b, n = shape(config)
+  sample_key, noise_key = jax.random.split(key)
+
+  def pick(k):
+    u = jax.random.uniform(k, (C,))
+    return jax.lax.top_k(jnp.where(jnp.arange(C) < buffer.fill, u, -1.0), n)[1]
+
+  slots_GxN = jax.vmap(pick)(jax.random.split(sample_key, G))
+  take = jax.vmap(lambda rows, slots: rows[slots])
+  tokens = jnp.concatenate([tokens_BxT.reshape(G, b, -1), take(buffer.tokens, slots_GxN)], 1)
+  rows = G * (b + n)
+  S, V = buffer.logits.shape[2:]
+  noise = text.initial_candidate(noise_key, (G, b + n, S, V), config)
+  initial = noise.at[:, b:].set(take(buffer.logits, slots_GxN))
+  valid_N = (jnp.arange(n) < buffer.fill).astype(jnp.float32)
+  row_mask = jnp.concatenate([jnp.ones((G, b)), jnp.broadcast_to(valid_N, (G, n))], 1)
+  return ReplayBatch(constrain(tokens.reshape(rows, -1), ("act_batch", None)),
+                     constrain(initial.reshape(rows, S, V), CANDIDATE),
+                     row_mask.reshape(rows))
+
+
+def push(buffer: ReplayBuffer, tokens_BxT: jax.Array, final_logits: jax.Array,
+         config: ml_collections.ConfigDict) -> ReplayBuffer:
+  """The buffer with the batch's fresh rows and their final candidates added, FIFO
+  (official `update`). `final_logits` are the combined batch's [G*(b+n), S, V]."""
+  G, C, b, n = shape(config)
+  # Of more fresh rows than slots only the last C survive the official pop(0); writing
+  # just those keeps the scatter free of duplicate indices.
+  kept = min(b, C)
+  slots = (buffer.pointer + (b - kept) + jnp.arange(kept)) % C
+  tokens = tokens_BxT.reshape(G, b, -1)[:, b - kept:]
+  logits = final_logits.reshape(G, b + n, *final_logits.shape[1:])[:, b - kept:b]
+  logits = jax.lax.stop_gradient(logits).astype(buffer.logits.dtype)
+  return ReplayBuffer(buffer.tokens.at[:, slots].set(tokens),
+                      buffer.logits.at[:, slots].set(logits),
+                      (buffer.pointer + b) % C, jnp.minimum(buffer.fill + b, C))

@@ -1,0 +1,419 @@
+"""System 2 training: replay buffer, random step sizes and counts, truncation, clamps,
+Langevin after warmup, the contrastive loss, non-gd inner optimizers, the S2 configs."""
+
+import functools
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import ebt_jax
+from ebt_jax import config as config_lib
+from ebt_jax.checkpoint.manager import Checkpointer
+from ebt_jax.models import ar_ebt
+from ebt_jax.tasks import text
+from ebt_jax.thinking import Schedule, loop, optimizers, think
+from ebt_jax.training import optimizer as optimizer_lib
+from ebt_jax.training import program as program_lib
+from ebt_jax.training import replay as replay_lib
+from ebt_jax.training import trainer
+from ebt_jax.training.metrics import read_metrics
+from conftest import perturb, run_config, tiny_config, to_f64
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def s2_run_config(**train):
+  """run_config with the official S2 recipe switched on (small buffer, so it wraps)."""
+  c = run_config(**train)
+  c.thinking.update(num_steps=1, random_steps=2, random_steps_min=2, step_size=2.0,
+                    step_size_learnable=False, step_size_random_scale=2.0, langevin_noise=0.5,
+                    truncate=True, detach=False, replay_buffer=True, replay_buffer_size=6,
+                    replay_buffer_sample_fraction=0.5)
+  return config_lib.validate(c)
+
+
+def buffer_config(batch_size=4, groups=2, size=3, fraction=0.5):
+  c = tiny_config("default")
+  c.model.context_length = 2
+  c.model.vocab_size = 5
+  c.train.batch_size = batch_size
+  c.thinking.update(replay_buffer=True, replay_buffer_size=size, replay_buffer_groups=groups,
+                    replay_buffer_sample_fraction=fraction)
+  return config_lib.validate(c)
+
+
+def batch(first_id, rows, config):
+  """Rows whose tokens are all first_id, first_id+1, ...; logits carry the same id."""
+  S, V = config.model.context_length, config.model.vocab_size
+  ids = jnp.arange(first_id, first_id + rows)
+  return (jnp.broadcast_to(ids[:, None], (rows, S + 1)).astype(jnp.int32),
+          jnp.broadcast_to(ids[:, None, None], (rows, S, V)).astype(jnp.float32))
+
+
+def test_replay_buffer_is_fifo_per_group_and_wraps():
+  c = buffer_config()                    # 2 groups of 3 slots; 2 fresh rows, 1 replayed each
+  assert replay_lib.shape(c) == (2, 3, 2, 1)
+  buf = replay_lib.init(c)
+  push = jax.jit(functools.partial(replay_lib.push, config=c))
+  tokens, _ = batch(10, 4, c)
+  # push takes the combined batch's final logits: fresh rows then the replayed row per group.
+  final = jnp.concatenate([batch(10, 2, c)[1], batch(0, 1, c)[1],
+                           batch(12, 2, c)[1], batch(0, 1, c)[1]])
+  buf = push(buf, tokens, final)
+  assert (int(buf.pointer), int(buf.fill)) == (2, 2)
+  np.testing.assert_array_equal(buf.tokens[:, :, 0], [[10, 11, 0], [12, 13, 0]])
+  np.testing.assert_array_equal(buf.logits[:, :, 0, 0], [[10, 11, 0], [12, 13, 0]])
+  tokens, _ = batch(20, 4, c)
+  final = jnp.concatenate([batch(20, 2, c)[1], batch(0, 1, c)[1],
+                           batch(22, 2, c)[1], batch(0, 1, c)[1]])
+  buf = push(buf, tokens, final)
+  # Wrapped: the second row of each group overwrote the oldest record (slot 0).
+  assert (int(buf.pointer), int(buf.fill)) == (1, 3)
+  np.testing.assert_array_equal(buf.tokens[:, :, 0], [[21, 11, 20], [23, 13, 22]])
+  np.testing.assert_array_equal(buf.logits[:, :, 0, 0], [[21, 11, 20], [23, 13, 22]])
+
+
+def test_more_fresh_rows_than_slots_keep_the_newest():
+  c = buffer_config(batch_size=8, groups=1, size=3)
+  tokens, logits = batch(1, 8, c)
+  final = jnp.concatenate([logits, jnp.zeros((3, *logits.shape[1:]))])   # + 3 replay rows
+  buf = replay_lib.push(replay_lib.init(c), tokens, final, c)
+  assert (int(buf.pointer), int(buf.fill)) == (2, 3)
+  # The official list appends 1..8 and pops the oldest: 6, 7, 8 remain (8 at slot 1).
+  np.testing.assert_array_equal(buf.tokens[0, :, 0], [7, 8, 6])
+
+
+def test_replay_draws_only_filled_slots_without_replacement():
+  c = buffer_config(batch_size=8, groups=2, size=5, fraction=0.75)   # 3 replayed of 4 rows
+  G, C, b, n = replay_lib.shape(c)
+  buf = replay_lib.init(c)
+  ids = jnp.arange(1, C + 1)
+  buf = buf._replace(tokens=jnp.broadcast_to(ids[None, :, None], buf.tokens.shape).astype(jnp.int32),
+                     logits=jnp.broadcast_to(ids[None, :, None, None] + 0.5, buf.logits.shape))
+  fresh = jnp.full((8, 3), 99, jnp.int32)
+  draw = jax.jit(lambda buf, key: replay_lib.draw(buf, fresh, key, c))
+  for fill, valid in ((0, 0), (2, 2), (5, 3)):
+    seen = set()
+    for seed in range(40):
+      out = draw(buf._replace(fill=jnp.int32(fill)), jax.random.key(seed))
+      tokens = np.asarray(out.tokens[:, 0]).reshape(G, b + n)
+      mask = np.asarray(out.row_mask).reshape(G, b + n)
+      init = np.asarray(out.initial_logits[:, 0, 0]).reshape(G, b + n)
+      assert np.all(tokens[:, :b] == 99) and np.all(mask[:, :b] == 1)
+      np.testing.assert_array_equal(mask[:, b:].sum(1), [valid] * G)
+      for g in range(G):
+        picked = tokens[g, b:][mask[g, b:] == 1]
+        assert len(set(picked)) == len(picked)          # without replacement
+        assert set(picked) <= set(range(1, fill + 1))     # only filled slots
+        np.testing.assert_array_equal(init[g, b:][mask[g, b:] == 1], picked + 0.5)
+        seen.update(picked.tolist())
+    assert seen == set(range(1, fill + 1))                # every filled slot gets drawn
+
+
+def s2_program():
+  c = s2_run_config()
+  c.optimizer.warmup_steps = 2
+  c.thinking.langevin_noise_learnable = True
+  return program_lib.build(c)   # abstract only: compiles nothing until a step runs
+
+
+def test_train_step_compiles_once_and_langevin_learns_after_warmup(monkeypatch):
+  traces = []
+  schedule = text.step_schedule
+  monkeypatch.setattr(text, "step_schedule", lambda *a, **k: traces.append(1) or schedule(*a, **k))
+  program = s2_program()
+  state = program.init_state()
+  tokens = program.put_local(np.random.RandomState(0).randint(1, 256, (4, 17)))
+  stds, replayed, steps = [], [], []
+  for _ in range(5):
+    stds.append(float(state.params["langevin_std"]))
+    state, metrics = program.train_step(state, tokens)
+    replayed.append(float(metrics["replayed_rows"]))
+    steps.append(float(metrics["thinking_steps"]))
+  # One trace and one executable for every random step count and buffer fill.
+  assert len(traces) == 1 and program.train_step._cache_size() == 1
+  assert replayed == [0.0, 2.0, 2.0, 2.0, 2.0]   # empty buffer first: no replay rows used
+  assert set(steps) <= {2.0, 3.0}
+  # Frozen during the 2 warmup updates, learned from then on (official warm_up_finished).
+  assert stds[0] == stds[1] == stds[2] == 0.5 and stds[3] != 0.5
+  assert optimizer_lib.param_labels(state.params, program.config)["langevin_std"] == "langevin"
+  assert (int(state.replay.pointer), int(state.replay.fill)) == (2, 6)
+
+
+def test_replay_buffer_checkpoint_round_trip(tmp_path):
+  program = s2_program()
+  state = program.init_state()
+  key = jax.random.key(0)
+  replay = state.replay._replace(
+      tokens=jax.random.randint(key, state.replay.tokens.shape, 0, 256),
+      logits=jax.random.normal(key, state.replay.logits.shape),
+      pointer=jnp.int32(4), fill=jnp.int32(6))
+  state = state._replace(replay=replay)
+  ckpt = Checkpointer(tmp_path)
+  ckpt.save(3, state, {"position": 1})
+  step, restored, _ = ckpt.restore(program.abstract_sharded_state())
+  ckpt.close()
+  assert step == 3
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored.replay, state.replay)
+
+
+@pytest.mark.slow
+def test_s2_resume_with_replay_equals_uninterrupted(tmp_path):
+  c = s2_run_config(num_steps=6, checkpoint_every=3, eval_every=6)
+  quiet = dict(progress=False, log=lambda *a: None)
+  trainer.train(c, tmp_path / "straight", **quiet)
+  c.train.num_steps = 3
+  trainer.train(c, tmp_path / "broken", **quiet)
+  c.train.num_steps = 6
+  assert trainer.train(c, tmp_path / "broken", **quiet).start_step == 3
+  states = []
+  for run in ("straight", "broken"):
+    ckpt = Checkpointer(tmp_path / run / "checkpoints")
+    states.append(ckpt.restore(program_lib.build(c).abstract_sharded_state()))
+    ckpt.close()
+  assert states[0][0] == states[1][0] == 6
+  assert int(states[0][1].replay.fill) == 6
+  jax.tree_util.tree_map(np.testing.assert_array_equal, states[0][1], states[1][1])
+  losses = [{r["step"]: r["train/loss"] for r in read_metrics(tmp_path / run) if "train/loss" in r}
+            for run in ("straight", "broken")]
+  assert losses[0] == losses[1] and all(np.isfinite(list(losses[0].values())))
+
+
+@pytest.mark.parametrize("final_only", [False, True])
+def test_random_step_counts_stay_within_bounds(final_only):
+  c = tiny_config("time_embed", num_steps=3, random_steps=3, random_steps_min=2,
+                  random_steps_final_landscape=final_only)
+  schedules = jax.jit(jax.vmap(lambda k: text.step_schedule(c, k)))
+  landscapes, active = schedules(jax.random.split(jax.random.key(0), 400))
+  landscapes, active = np.asarray(landscapes), np.asarray(active)
+  slots = 3 + 3 if final_only else 3 * 4        # one slot per landscape, R+1 = 4 randomized
+  assert active.shape == (400, slots) and active[:, -1].all()   # the last step is always taken
+  for l in range(3):
+    repeats = (active & (landscapes == l)).sum(1)
+    if final_only and l < 2:
+      assert np.all(repeats == 1)
+    else:
+      # randint(min=2, R+2=5): 2, 3 or 4 repeats, each drawn.
+      assert set(repeats) == {2, 3, 4}
+    # A landscape's skipped slots precede its taken ones.
+    for row_l, row_a in zip(landscapes, active):
+      taken = row_a[row_l == l]
+      assert np.all(np.diff(taken.astype(int)) >= 0)
+  # Validation: deterministic, the final landscape R+1 times (whatever final_only says).
+  val_landscapes, val_active = text.step_schedule(c)
+  np.testing.assert_array_equal(val_landscapes, [0, 1, 2, 2, 2, 2])
+  assert val_active is None
+
+
+def test_truncation_equals_stop_gradient_on_earlier_steps_with_fixed_alpha():
+  c = tiny_config("time_embed", num_steps=2, random_steps=2, random_steps_min=1,
+                  random_steps_final_landscape=True, step_size_random_scale=3.0,
+                  step_size_learnable=False, truncate=True, detach=False, clamp_grad=True,
+                  clamp_grad_max_change=1.5)
+  c.model.n_layers = 1
+  params = perturb(ebt_jax.init_params(c, jax.random.key(0)), jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (2, 7), 1, c.model.vocab_size)
+  key = jax.random.key(3)
+  truncated = lambda p: text.text_ebt_loss(p, tokens, c, key=key, randomize=True)[0]
+
+  def reference(p, cut):
+    # The same draws as text_ebt_objective; every step second order, the candidate
+    # entering the last step stop-gradiented (or not, to show the cut matters).
+    init_key, think_key = jax.random.split(key)
+    steps_key, alpha_key = jax.random.split(jax.random.fold_in(key, 1))
+    y0 = text.initial_candidate(init_key, (2, 6, c.model.vocab_size), c)
+    landscapes, active = text.step_schedule(c, steps_key)
+    alpha = text.random_step_size(text.step_size(p, c), alpha_key, (2, 6, 1), c)
+    energy = text.candidate_energy_fn(p, text.encode_landscapes(p, tokens[:, :-1], c), c)
+    run = functools.partial(think, energy, inner_opt=optimizers.make("gd"), key=think_key,
+                            reparam=text.candidate_reparam(c), detach=False,
+                            grad_clip=text.grad_clip_bound(p, c))
+    head = run(y0, schedule=Schedule(landscapes[:-1], alpha, active[:-1]))
+    y = jax.lax.stop_gradient(head.final) if cut else head.final
+    last = run(y, schedule=Schedule(landscapes[-1:], alpha))
+    return text.masked_mean(text.token_nll(last.final, tokens[:, 1:]),
+                            (tokens[:, 1:] != 0).astype(jnp.float32))
+
+  g_trunc = jax.jit(jax.value_and_grad(truncated))(params)
+  g_ref = jax.jit(jax.value_and_grad(lambda p: reference(p, True)))(params)
+  np.testing.assert_allclose(g_trunc[0], g_ref[0], rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+                         g_trunc[1], g_ref[1])
+  g_full = jax.jit(jax.grad(lambda p: reference(p, False)))(params)
+  assert not np.allclose(g_full["blocks"]["wq"], g_trunc[1]["blocks"]["wq"], rtol=1e-3)
+
+
+def test_contrastive_loss_on_a_hand_computed_case():
+  c = tiny_config("default", contrastive_loss=True)
+  params = ebt_jax.init_params(c, jax.random.key(0))
+  tokens = jnp.array([[3, 4, 0, 5]])                 # targets 4, 0 (pad), 5
+  caches = text.encode_landscapes(params, tokens[:, :-1], c)
+  mask = (tokens[:, 1:] != 0).astype(jnp.float32)
+  contrastive = jax.jit(lambda p, fake: text.contrastive_loss(p, caches, tokens[:, 1:], fake,
+                                                              mask, c))
+  fake = jnp.array([[2.0, 7.0, -1.0]])
+  # With a zero energy head every true energy is 0: the official cross-entropy of
+  # (-E_true, -E_fake) = (0, -fake) with target 0 is log(1 + exp(-fake)), pad skipped.
+  zero_head = dict(params, head=jnp.zeros_like(params["head"]))
+  want = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(1.0))) / 2
+  got = contrastive(zero_head, fake)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # With the real head: E_true is the energy of the one-hot true token on the final
+  # landscape, and the loss is the torch cross-entropy over the pair.
+  e_true = ar_ebt.prediction_energy(params, jax.tree_util.tree_map(lambda a: a[0], caches),
+                                    jax.nn.one_hot(tokens[:, 1:], c.model.vocab_size), 0,
+                                    config_lib.text_ebt_dims(c))
+  logits = -np.stack([np.asarray(e_true), np.asarray(fake)], -1)[0]   # [S, 2]
+  ce = -(logits[:, 0] - np.log(np.exp(logits).sum(-1)))
+  got = contrastive(params, fake)
+  np.testing.assert_allclose(got, (ce[0] + ce[2]) / 2, rtol=1e-5)
+  # In the objective: coefficient x the loss against the final step's starting energy.
+  objective = lambda c: jax.jit(lambda p: text.text_ebt_loss(p, tokens, c, key=jax.random.key(1)))
+  loss, metrics = objective(c)(params)
+  c.thinking.contrastive_loss = False
+  loss_without, _ = objective(c)(params)
+  np.testing.assert_allclose(loss - loss_without, 0.0005 * metrics["contrastive_loss"],
+                             rtol=1e-4)
+
+
+def test_clamps_follow_the_official_definitions():
+  c = tiny_config("default", clamp_grad=True, clamp_grad_max_change=6.0,
+                  clamp_grad_max_change_after_warmup=2.0, step_size_learnable=False)
+  params = {"alpha": jnp.asarray(3.0)}
+  # max_change / alpha with the model's alpha, the after-warmup change once warmed up.
+  np.testing.assert_allclose(text.grad_clip_bound(params, c, warmed_up=False), 2.0)
+  np.testing.assert_allclose(text.grad_clip_bound(params, c, warmed_up=jnp.bool_(True)), 2 / 3)
+  energy = lambda z, l: jnp.sum(jnp.arange(1.0, 4.0) * z ** 2, -1)   # gradient 2 k z_k
+  y0 = jnp.ones((1, 1, 3))
+  traj = think(energy, y0, optimizers.make("gd"), Schedule(jnp.zeros(1, jnp.int32),
+                                                           jnp.asarray(1.0)),
+               jax.random.key(0), grad_clip=3.0, value_clip=1.5)
+  # Gradients (2, 4, 6) clamp to (2, 3, 3); candidates 1 - (2, 3, 3) clamp to [-1.5, 1.5].
+  np.testing.assert_allclose(traj.final[0, 0], [-1.0, -1.5, -1.5])
+
+
+def _toy_energy(theta, z, landscape):
+  A, c = theta["A"], jnp.asarray(theta["c"])[landscape]
+  quad = 0.5 * jnp.einsum("bsv,vw,bsw->bs", z, A @ A.T + jnp.eye(A.shape[0]), z)
+  return quad + c * jnp.sum(jnp.sin(z) ** 2, -1)
+
+
+INNER_OPTIMIZERS = [
+    ("gd", {}), ("langevin", {"noise_std": 0.3}), ("momentum", {"beta": 0.8}),
+    ("nesterov", {"beta": 0.8}), ("adam", {}),
+    ("optax", {"transform": "sgd", "learning_rate": 1.0, "momentum": 0.5}),
+]
+
+
+def test_every_registered_inner_optimizer_is_checked():
+  registered = {n for n in optimizers.names() if not n.startswith("test_")}
+  assert registered == {name for name, _ in INNER_OPTIMIZERS}
+
+
+@pytest.mark.parametrize("name,kwargs", INNER_OPTIMIZERS)
+def test_every_inner_optimizer_is_twice_differentiable_through_the_s2_loop(name, kwargs):
+  """Per-position random step sizes, skipped steps, gradient and value clamps, Langevin
+  pre-noise, no detaching: finite differences of the loss and of its gradient."""
+  with jax.enable_x64(True):   # Adam's curvature needs float64 and a small FD step
+    k = jax.random.split(jax.random.key(0), 4)
+    theta = {"A": 0.3 * jax.random.normal(k[0], (4, 4), jnp.float64),
+             "c": 0.5 + jax.random.uniform(k[1], (2,), jnp.float64),
+             "alpha": jnp.asarray(0.2, jnp.float64)}
+    y0 = jax.random.normal(k[2], (2, 3, 4), jnp.float64)
+    scale_BxSx1 = 0.5 + jax.random.uniform(k[3], (2, 3, 1), jnp.float64)
+    opt = optimizers.make(name, **kwargs)
+
+    @jax.jit
+    def loss(theta):
+      schedule = Schedule(jnp.array([0, 1, 1, 1]), theta["alpha"] * scale_BxSx1,
+                          jnp.array([True, False, True, True]))
+      traj = think(lambda z, l: _toy_energy(theta, z, l), y0, opt, schedule,
+                   jax.random.key(6), detach=False, pre_noise_std=0.1,
+                   grad_clip=2.0 / theta["alpha"], value_clip=3.0)
+      return jnp.sum(jnp.sin(traj.outputs)) + jnp.sum(traj.final ** 2)
+
+    check_grads(loss, (theta,), order=2, modes=["rev"], eps=1e-5, atol=1e-5, rtol=1e-5)
+
+
+def test_training_with_a_momentum_inner_optimizer_is_second_order(x64):
+  c = tiny_config("time_embed", inner_optimizer="momentum", detach=False, num_steps=2,
+                  random_steps=1, step_size_random_scale=2.0)
+  c.thinking.inner_optimizer_kwargs.beta = 0.7
+  c.model.dtype = "float64"
+  c.model.n_layers = 1
+  params = to_f64(perturb(ebt_jax.init_params(c, jax.random.key(0)), jax.random.key(1)))
+  tokens = jax.random.randint(jax.random.key(2), (2, 7), 1, c.model.vocab_size)
+  loss = jax.jit(lambda p: text.text_ebt_loss(p, tokens, c, key=jax.random.key(3),
+                                              randomize=True)[0])
+  grad = jax.jit(jax.grad(lambda p: text.text_ebt_loss(p, tokens, c, key=jax.random.key(3),
+                                                       randomize=True)[0]))(params)
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  v = [jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)]
+  norm = jnp.sqrt(sum(jnp.sum(d * d) for d in v))
+  v = jax.tree_util.tree_unflatten(treedef, [d / norm for d in v])
+  analytic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(v)))
+  shift = lambda s: jax.tree_util.tree_map(lambda p, d: p + s * d, params, v)
+  central = lambda h: (loss(shift(h)) - loss(shift(-h))) / (2 * h)
+  numeric = (4 * central(5e-5) - central(1e-4)) / 3
+  np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+  assert float(jnp.abs(grad["alpha"])) > 0     # through momentum's update of every step
+
+
+def test_ablation_overrides_in_the_cpu_config_docstring_work():
+  from ebt_jax import cli
+  module = {}
+  exec((CONFIGS / "ebt_s2_cpu.py").read_text(), module)
+  doc = module["__doc__"]
+  overrides = re.findall(r"^\s+no [a-zA-Z ]+:\s+(--config\.\S+)", doc, re.M)
+  assert len(overrides) == 4
+  for override in overrides:
+    c = module["get_config"]()
+    cli.apply_overrides(c, [override])
+    config_lib.validate(c)
+    t = c.thinking
+    if "random_steps_min" in override:
+      landscapes, active = jax.vmap(lambda k: text.step_schedule(c, k))(
+          jax.random.split(jax.random.key(0), 50))
+      assert np.all(np.asarray(active).sum(1) == 3)
+      assert len(text.step_schedule(c)[0]) == 3        # as many as validation takes
+    else:
+      assert (t.step_size_random_scale == 1 or t.langevin_noise == 0 or not t.replay_buffer)
+
+
+# The official job_scripts/nlp/pretrain/ebt_s2.sh flags (4 GPUs per node), plus the
+# tokenizer's vocabulary size.
+S2_SCRIPT = {
+    "run_name": "ebt-xxs-bs_256_s2_lr_0.0012", "modality": "NLP", "model_name": "ebt",
+    "model_size": "xxs", "pretokenize_dataset": True, "tokenizer": "EleutherAI/gpt-neox-20b",
+    "no_mcmc_detach": True, "mcmc_replay_buffer": True, "truncate_mcmc": True,
+    "langevin_dynamics_noise": 3.0, "normalize_initial_condition": True,
+    "ebt_type": "time_embed", "denoising_initial_condition": "random_noise",
+    "mcmc_step_size": 5, "randomize_mcmc_step_size_scale": 2, "randomize_mcmc_num_steps": 2,
+    "randomize_mcmc_num_steps_min": 2, "mcmc_num_steps": 1, "context_length": 256,
+    "gpus": "-1", "peak_learning_rate": 0.0012, "batch_size_per_device": 32,
+    "accumulate_grad_batches": 2, "gradient_clip_val": 1.0, "weight_decay": 0.01,
+    "min_lr_scale": 10, "max_steps": 1000000, "max_scheduling_steps": 1000000,
+    "warm_up_steps": 10000, "dataset_name": "pajama", "num_workers": 12,
+    "validation_split_pct": 0.0005, "val_check_interval": 15000,
+    "wandb_project": "nlp_pretrain", "log_model_archi": True, "log_gradients": True,
+    "set_matmul_precision": "medium", "wandb_watch": True, "is_slurm_run": True,
+    "vocab_size": 50277,
+}
+
+
+def test_s2_job_script_converts_to_the_xxs_config():
+  converted = config_lib.from_official_hparams(S2_SCRIPT, num_devices=4)
+  module = {}
+  exec((CONFIGS / "ebt_s2_xxs.py").read_text(), module)
+  ours = module["get_config"]()
+  for section in ("model", "thinking", "optimizer"):
+    assert converted[section].to_dict() == ours[section].to_dict(), section
+  assert (converted.train.batch_size, converted.train.num_steps) == (256, 1000000)
+  with pytest.raises(config_lib.ConfigError, match="^bogus_flag: not an official"):
+    config_lib.from_official_hparams({**S2_SCRIPT, "bogus_flag": 1})
