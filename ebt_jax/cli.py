@@ -171,11 +171,34 @@ def _inference_overrides(args, overrides: list[str]):
 
 
 def _cmd_eval(args, overrides):
+  from ebt_jax.config import CONTINUOUS_KINDS
+  from ebt_jax.training import trainer
+  if trainer.load_config(args.workdir).model.kind in CONTINUOUS_KINDS:
+    return _eval_continuous(args, overrides)
+  if args.ddim_steps is not None:
+    raise ConfigError("--ddim-steps: only for image runs (a DiT, or an image EBT's --baseline)")
   from ebt_jax.inference import evaluation
   report = evaluation.evaluate_system2(
       args.workdir, thinking_steps=_int_list("--thinking-steps", args.thinking_steps),
       best_of=_int_list("--best-of", args.best_of) or [1], baseline=args.baseline,
       stop_thresholds=_float_list("--stop-thresholds", args.stop_thresholds),
+      num_batches=args.batches, batch_size=args.batch_size,
+      overrides=_inference_overrides(args, overrides))
+  print(report.table())
+  if args.json:
+    Path(args.json).write_text(json.dumps(report.as_json(), indent=2))
+    print(f"Wrote {args.json}")
+
+
+def _eval_continuous(args, overrides):
+  """`ebt eval` of an image EBT, DiT or latent EBT run (inference/image_eval.py)."""
+  from ebt_jax.inference import image_eval
+  for flag, value in (("--best-of", args.best_of), ("--stop-thresholds", args.stop_thresholds)):
+    if value is not None:
+      raise ConfigError(f"{flag}: only for text EBT runs")
+  report = image_eval.evaluate_workdir(
+      args.workdir, thinking_steps=_int_list("--thinking-steps", args.thinking_steps),
+      ddim_steps=_int_list("--ddim-steps", args.ddim_steps), baseline=args.baseline,
       num_batches=args.batches, batch_size=args.batch_size,
       overrides=_inference_overrides(args, overrides))
   print(report.table())
@@ -297,12 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(fn=_cmd_train)
 
   p = sub.add_parser("eval", help="System 2 table of a run's latest checkpoint: perplexity per "
-                     "dataset for every (thinking steps, best-of-N) cell")
+                     "dataset for every (thinking steps, best-of-N) cell; for image runs PSNR "
+                     "per thinking step (EBT) or DDIM step count (DiT) and a PNG")
   p.add_argument("--workdir", required=True)
   p.add_argument("--thinking-steps", help="comma-separated step counts, e.g. 1,2,4,8 "
                  "(default 1..inference.thinking_steps)")
   p.add_argument("--best-of", help="comma-separated candidate counts, e.g. 1,4,16 (default 1)")
-  p.add_argument("--baseline", help="a Transformer++ run directory to put beside the table")
+  p.add_argument("--baseline", help="a Transformer++ run directory to put beside the table "
+                 "(an image EBT: a DiT run directory)")
+  p.add_argument("--ddim-steps", help="DiT: comma-separated DDIM step counts (network "
+                 "evaluations), e.g. 1,5,100 (default inference.ddim_steps, else every timestep)")
   p.add_argument("--stop-thresholds", help="comma-separated thresholds: also report adaptive "
                  "per-token stopping (rule --stop-on, default energy) up to the most steps")
   p.add_argument("--batches", type=int, default=None, help="eval batches per dataset "

@@ -18,11 +18,18 @@ import ml_collections
 from ml_collections import config_dict
 
 from ebt_jax.models.ar_ebt import EBT_TYPES, TextEBTDims
+from ebt_jax.models.bi_ebt import ImageEBTDims
 from ebt_jax.models.blocks import REMAT_POLICIES, StackDims
+from ebt_jax.models.dit import DiTDims
+from ebt_jax.models.dit_blocks import DiTStackDims
+from ebt_jax.models.latent_ebt import LatentEBTDims
 from ebt_jax.models.transformer import TransformerDims
 from ebt_jax.parallel.logical import DEFAULT_RULES
 
-MODEL_KINDS = ("ebt", "transformer")
+TEXT_KINDS = ("ebt", "transformer")
+CONTINUOUS_KINDS = ("image_ebt", "dit", "latent_ebt")   # ebt_jax/tasks/kinds.py
+MODEL_KINDS = TEXT_KINDS + CONTINUOUS_KINDS
+IMAGE_KINDS = ("image_ebt", "dit")
 REMAT_CHOICES = ("none", *REMAT_POLICIES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
@@ -37,7 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.kind = "ebt"                 # "ebt" or "transformer" (Transformer++ baseline)
+  c.model.kind = "ebt"                 # ebt | transformer (Transformer++ baseline) | image_ebt
+                                       # (bidirectional denoiser) | dit (its baseline) |
+                                       # latent_ebt (next frame); see tasks/kinds.py
   c.model.ebt_type = "time_embed"      # [ebt_type] default | time_embed | adaln | adaln_zero
   c.model.vocab_size = 256
   c.model.dim = 384                    # [embedding_dim]
@@ -53,6 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"            # activation dtype; parameters stay float32
   c.model.scan_layers = True
   c.model.remat = "none"               # per transformer block: none | full | dots
+  # Images (image_ebt, dit) and frame latents (latent_ebt). ffn_dim_multiplier is the DiT
+  # blocks' mlp_ratio (None: 1, as the official denoising scripts' --ffn_dim_multiplier 1).
+  c.model.image_size = 32              # [image_dims] square images, pixels per side
+  c.model.patch_size = 4               # [patch_size] (the scripts: 16 at 128 px)
+  c.model.image_channels = 3
+  c.model.learn_sigma = True           # DiT: also predict the variance (create_diffusion's default)
+  c.model.latent_dim = 64              # latent_ebt: width of a frame latent (3136: SD VAE at 224 px)
 
   c.thinking = ml_collections.ConfigDict()
   c.thinking.num_steps = 2             # [mcmc_num_steps] steps; landscapes for time_embed/adaln
@@ -62,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.thinking.normalize_initial_condition = True  # [normalize_initial_condition] softmax candidate
   c.thinking.grad_wrt = "probs"        # probs (official) | logits (the paper's listing)
   c.thinking.initial_condition = "random_noise"  # [denoising_initial_condition] | zeros
+                                       # (| most_recent_embedding for latent_ebt; image_ebt
+                                       # always starts from the noisy image)
   c.thinking.initial_noise_scale = 1.0           # [gaussian_random_noise_scaling]
   c.thinking.detach = True             # not [no_mcmc_detach]
   c.thinking.truncate = False          # [truncate_mcmc]
@@ -115,8 +133,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.min_lr_scale = 10.0      # [min_lr_scale] cosine floor = peak / this, per group
   c.optimizer.grad_clip = 1.0          # [gradient_clip_val] global norm
 
+  # Image denoising noise (image_ebt, dit; ebt_jax/tasks/image.py).
+  c.denoise = ml_collections.ConfigDict()
+  c.denoise.diffusion_steps = 100      # [diffusion_steps] linear-beta schedule of
+                                       # diffusion_steps / noise_level timesteps
+  c.denoise.noise_level = 0.1          # [denoise_images_noise_level] training (validation) level
+  c.denoise.randomize_noise_level = False  # [randomize_denoise_images_noise_level]
+  c.denoise.ood_noise_level = 0.2      # out-of-distribution evaluation level (the inference
+                                       # scripts' --denoise_images_noise_level 0.2)
+
   c.data = ml_collections.ConfigDict()
-  c.data.source = "stdlib"             # stdlib | text | shards | dyck | arithmetic
+  c.data.source = "stdlib"             # text: stdlib | text | shards | dyck | arithmetic;
+                                       # images: embedded_images | image_folder | image_npy;
+                                       # frame latents: moving_digits | latent_npy
   c.data.path = ""                     # text: a directory or glob of .txt/.jsonl; shards: `ebt prepare` output
   c.data.tokenizer = "byte"            # "byte" or the path of a Hugging Face tokenizer.json
   c.data.validation_fraction = 0.05    # of the documents (files), held out by a stable hash
@@ -130,6 +159,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.arithmetic = ml_collections.ConfigDict()
   c.data.arithmetic.train_max_digits = 3
   c.data.arithmetic.num_documents = 20000
+  c.data.embedded_kind = "mixed"       # embedded_images: photos | digits | mixed (scikit-learn's)
+  c.data.max_zoom = 8.0                # embedded photos: crops up to image_size x this, resized
+  c.data.moving_digits = ml_collections.ConfigDict()   # context_length + 1 frames per sequence
+  c.data.moving_digits.canvas = 32     # frame side, pixels
+  c.data.moving_digits.digit_size = 16
+  c.data.moving_digits.num_digits = 2
+  c.data.moving_digits.max_speed = 3.0   # pixels per frame
+  c.data.moving_digits.project = True  # fixed random projection to model.latent_dim; False:
+                                       # raw pixels (model.latent_dim = canvas^2)
+  c.data.moving_digits.projection_seed = 0
 
   # System 2 thinking at evaluation and generation (ebt_jax/inference); `ebt eval`,
   # `ebt think` and `ebt generate` flags override these. [infer_*] are the official names.
@@ -147,6 +186,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.inference.accept_lower = False     # [infer_accept_lower_energies], per position
   c.inference.stop_on = "none"         # adaptive compute: none | energy | grad_norm
   c.inference.stop_threshold = 0.0     # stop a position once the change/norm is below this
+  c.inference.ddim_steps = ()          # DiT: DDIM step counts (network evaluations) to evaluate;
+                                       # empty: every timestep (the official loop)
+  c.inference.recurse_diffusion = 0    # [infer_recurse_diffusion_n_times] DiT: re-run DDIM on
+                                       # its own output this many more times
+  c.inference.clip_denoised = True     # DiT: clip each x_0 prediction to [-1, 1] (official)
 
   c.mesh = ml_collections.ConfigDict()   # device mesh (ebt_jax/parallel); -1 takes the rest
   c.mesh.data = -1
@@ -186,8 +230,14 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check(m.vocab_size >= 2, "model.vocab_size", "at least 2", m.vocab_size)
   check(m.dim % m.n_heads == 0, "model.n_heads",
          f"a divisor of model.dim={m.dim}", m.n_heads)
-  check((m.dim // m.n_heads) % 2 == 0, "model.n_heads",
-         f"a count giving an even head size for RoPE (model.dim={m.dim})", m.n_heads)
+  if m.kind in IMAGE_KINDS:
+    _validate_images(c)
+  else:
+    check((m.dim // m.n_heads) % 2 == 0, "model.n_heads",
+           f"a count giving an even head size for RoPE (model.dim={m.dim})", m.n_heads)
+  if m.kind == "latent_ebt":
+    check(isinstance(m.latent_dim, int) and m.latent_dim >= 1, "model.latent_dim",
+           "a positive integer", m.latent_dim)
   check(m.ffn_dim_multiplier is None or m.ffn_dim_multiplier > 0,
          "model.ffn_dim_multiplier", "None or a positive number", m.ffn_dim_multiplier)
   check(m.weight_init in ("xavier", "he"), "model.weight_init", "'xavier' or 'he'", m.weight_init)
@@ -200,8 +250,13 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "a positive integer", t.num_steps)
   check(t.step_size > 0, "thinking.step_size", "a positive number", t.step_size)
   check(t.grad_wrt in ("probs", "logits"), "thinking.grad_wrt", "'probs' or 'logits'", t.grad_wrt)
-  check(t.initial_condition in ("random_noise", "zeros"), "thinking.initial_condition",
-         "'random_noise' or 'zeros'", t.initial_condition)
+  if m.kind == "latent_ebt":
+    check(t.initial_condition in ("random_noise", "zeros", "most_recent_embedding"),
+           "thinking.initial_condition", "'random_noise', 'zeros' or 'most_recent_embedding'",
+           t.initial_condition)
+  else:
+    check(t.initial_condition in ("random_noise", "zeros"), "thinking.initial_condition",
+           "'random_noise' or 'zeros'", t.initial_condition)
   check(t.initial_noise_scale >= 0, "thinking.initial_noise_scale", "a number >= 0",
          t.initial_noise_scale)
   check(t.langevin_noise >= 0, "thinking.langevin_noise", "a number >= 0", t.langevin_noise)
@@ -236,6 +291,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            t.replay_buffer_sample_fraction)
   check(t.inner_optimizer in optimizers.names(), "thinking.inner_optimizer",
          f"one of {optimizers.names()}", t.inner_optimizer)
+  if m.kind in ("image_ebt", "latent_ebt"):
+    _validate_continuous_thinking(c)
 
   i = c.inference
   check(isinstance(i.thinking_steps, int) and i.thinking_steps >= 0, "inference.thinking_steps",
@@ -275,6 +332,86 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     check(isinstance(tr[field], int) and tr[field] >= 1, f"train.{field}",
            "a positive integer", tr[field])
   return c
+
+
+def _validate_images(c: ml_collections.ConfigDict) -> None:
+  m, d, i = c.model, c.denoise, c.inference
+  for field in ("image_size", "patch_size"):
+    check(isinstance(m[field], int) and m[field] >= 1, f"model.{field}", "a positive integer",
+           m[field])
+  check(m.image_size % m.patch_size == 0, "model.patch_size",
+         f"a divisor of model.image_size={m.image_size}", m.patch_size)
+  check(m.image_channels in (1, 3), "model.image_channels", "1 or 3", m.image_channels)
+  check(m.dim % 4 == 0, "model.dim", "a multiple of 4 (the 2-D sin-cos position table)", m.dim)
+  check(isinstance(m.learn_sigma, bool), "model.learn_sigma", "true or false", m.learn_sigma)
+  check(isinstance(d.diffusion_steps, int) and d.diffusion_steps >= 1, "denoise.diffusion_steps",
+         "a positive integer", d.diffusion_steps)
+  for field in ("noise_level", "ood_noise_level"):
+    level = d[field]
+    check(0 < level <= 1, f"denoise.{field}", "a level in (0, 1]", level)
+    # The stretched linear schedule's largest beta is 0.02 * 1000 / T.
+    check(int(d.diffusion_steps / level) >= 20, f"denoise.{field}",
+           f"a level giving diffusion_steps / level >= 20 timesteps (diffusion_steps="
+           f"{d.diffusion_steps})", level)
+  ddim = tuple(i.ddim_steps) if isinstance(i.ddim_steps, (tuple, list)) else None
+  most = ddim_step_limit(c)
+  check(ddim is not None and all(isinstance(n, int) and 1 <= n <= most for n in ddim),
+         "inference.ddim_steps", f"a tuple of step counts in [1, {most}] (the timesteps below "
+         f"the evaluated noise levels)", i.ddim_steps)
+  check(isinstance(i.recurse_diffusion, int) and i.recurse_diffusion >= 0,
+         "inference.recurse_diffusion", "an integer >= 0", i.recurse_diffusion)
+
+
+def ddim_step_limit(c: ml_collections.ConfigDict) -> int:
+  """The most DDIM steps from both evaluated noise levels: the timesteps up to the one
+  images are noised to, int(level * T) with T = int(diffusion_steps / level) (about
+  diffusion_steps; tasks/image.py `eval_timestep` + 1)."""
+  d = c.denoise
+  return min(int(level * int(d.diffusion_steps / level))
+             for level in (d.noise_level, d.ood_noise_level))
+
+
+def _validate_continuous_thinking(c: ml_collections.ConfigDict) -> None:
+  """The S2 recipe and per-step options are wired for text only (tasks/continuous.py)."""
+  t, kind = c.thinking, c.model.kind
+  why = f"for model.kind={kind!r} (wired for text EBTs only)"
+  check(t.random_steps == 0, "thinking.random_steps", f"0 {why}", t.random_steps)
+  check(t.step_size_random_scale == 1, "thinking.step_size_random_scale", f"1 {why}",
+         t.step_size_random_scale)
+  for field in ("replay_buffer", "contrastive_loss", "langevin_noise_learnable"):
+    check(not t[field], f"thinking.{field}", f"False {why}", t[field])
+  check(t.clamp_grad_max_change_after_warmup == 0, "thinking.clamp_grad_max_change_after_warmup",
+         f"0 {why}", t.clamp_grad_max_change_after_warmup)
+  check(not dict(t.inner_optimizer_kwargs), "thinking.inner_optimizer_kwargs",
+         f"no arguments {why}", dict(t.inner_optimizer_kwargs))
+  check(t.remat == "none", "thinking.remat", f"'none' {why}", t.remat)
+
+
+def dit_stack_dims(c: ml_collections.ConfigDict) -> DiTStackDims:
+  m = c.model
+  return DiTStackDims(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
+                      mlp_ratio=1.0 if m.ffn_dim_multiplier is None else m.ffn_dim_multiplier,
+                      dtype=DTYPES[m.dtype], scan_layers=m.scan_layers, remat=m.remat)
+
+
+def image_ebt_dims(c: ml_collections.ConfigDict) -> ImageEBTDims:
+  m = c.model
+  return ImageEBTDims(dit_stack_dims(c), image_size=m.image_size, patch_size=m.patch_size,
+                      channels=m.image_channels)
+
+
+def dit_dims(c: ml_collections.ConfigDict) -> DiTDims:
+  m = c.model
+  return DiTDims(dit_stack_dims(c), image_size=m.image_size, patch_size=m.patch_size,
+                 channels=m.image_channels, learn_sigma=m.learn_sigma)
+
+
+def latent_ebt_dims(c: ml_collections.ConfigDict) -> LatentEBTDims:
+  m = c.model
+  return LatentEBTDims(stack_dims(c, adaln=m.ebt_type in ("adaln", "adaln_zero")),
+                       latent_dim=m.latent_dim, ebt_type=m.ebt_type,
+                       num_landscapes=c.thinking.num_steps, weight_init=m.weight_init,
+                       weight_init_gain=m.weight_init_gain)
 
 
 def stack_dims(c: ml_collections.ConfigDict, adaln: bool = False) -> StackDims:

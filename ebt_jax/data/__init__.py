@@ -1,6 +1,7 @@
 """Tokenizers, grain pipelines, the embedded corpus and synthetic datasets.
 
-The trainer needs only `make_datasets(config) -> Datasets` (pipeline.py); `ebt prepare`
+The trainer needs only `make_datasets(config) -> Datasets` (pipeline.py; images and frame
+latents for the continuous model kinds come from continuous.py and images.py); `ebt prepare`
 calls `prepare_shards` (prepare.py). Sources of documents are in sources.py (stdlib, text)
 and synthetic.py (Dyck words, addition), tokenizers in tokenizers.py.
 """

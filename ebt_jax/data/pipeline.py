@@ -1,5 +1,8 @@
 """The data pipeline the trainer uses: `make_datasets(config)` -> `Datasets`.
 
+(Text. The image and video kinds' sources are in data/continuous.py, which
+`make_datasets` dispatches to; they share the interface.)
+
 Every split (train, validation, each OOD suite) is one token stream: its documents
 tokenized and concatenated, each followed by the tokenizer's `separator_id` (the NUL byte
 = pad id 0 for bytes, so document ends are not trained on; a Hugging Face tokenizer's
@@ -29,21 +32,20 @@ and independent of `data.seed` (runs with different data seeds stay comparable).
 
 from __future__ import annotations
 
-import sys
 from typing import Iterator
 
-import grain
 import jax
 import numpy as np
 
-from ebt_jax.config import ConfigError, check
-from ebt_jax.data import prepare, sources, synthetic
+from ebt_jax.config import CONTINUOUS_KINDS, ConfigError, check
+from ebt_jax.data import continuous, prepare, sources, synthetic
+from ebt_jax.data.iterators import StepBatches
 from ebt_jax.data.tokenizers import make_tokenizer
 
-SOURCES = ("stdlib", "text", "shards", *synthetic.FAMILIES)
+TEXT_SOURCES = ("stdlib", "text", "shards", *synthetic.FAMILIES)
+SOURCES = TEXT_SOURCES + continuous.SOURCES
 # One background thread keeps a few batches ready; data are in memory, so more threads
 # would only contend for the GIL.
-_READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -79,6 +81,11 @@ def validate_data_config(config) -> None:
   """Checks `config.data` (the model and thinking fields are `config.validate`'s)."""
   d = config.data
   check(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
+  if config.model.kind in CONTINUOUS_KINDS or d.source in continuous.SOURCES:
+    check(config.model.kind in CONTINUOUS_KINDS, "data.source",
+          f"one of {TEXT_SOURCES} for model.kind={config.model.kind!r}", d.source)
+    continuous.validate(config)
+    return
   check(isinstance(d.tokenizer, str) and d.tokenizer != "", "data.tokenizer",
          "'byte' or a tokenizer.json path", d.tokenizer)
   check(0 < d.validation_fraction < 1, "data.validation_fraction", "a number in (0, 1)",
@@ -100,21 +107,17 @@ def validate_data_config(config) -> None:
   _suite_names(d.ood_suites)
 
 
-class TrainIterator(grain.DatasetIterator):
+class TrainIterator(StepBatches):
   """Endless training batches, int32 [batch_size, context_length + 1]; checkpointable."""
 
   def __init__(self, data: "Datasets", batch_size: int, process_index: int,
                process_count: int):
-    super().__init__()
     self._data = data
     self._batch_size = batch_size
     self._first = process_index * batch_size
     self._global_batch = batch_size * process_count
-    self._fingerprint = {"seed": data.seed, "global_batch_size": self._global_batch,
-                         "train_tokens": int(data.split_tokens("train").size)}
-    self._step = 0
-    self._inner = None
-    self._restart()
+    super().__init__({"seed": data.seed, "global_batch_size": self._global_batch,
+                      "train_tokens": int(data.split_tokens("train").size)})
 
   def _make_batch(self, step: int) -> np.ndarray:
     first = step * self._global_batch + self._first
@@ -122,36 +125,6 @@ class TrainIterator(grain.DatasetIterator):
     return self._data.windows("train", window_starts(self._data.seed, example_ids,
                                                      self._data.num_starts("train")))
 
-  def _restart(self) -> None:
-    if self._inner is not None:
-      self._inner.close()
-    dataset = grain.MapDataset.range(self._step, sys.maxsize).map(self._make_batch)
-    self._inner = iter(dataset.to_iter_dataset(_READ_OPTIONS))
-
-  def __next__(self) -> np.ndarray:
-    self._assert_not_closed()
-    batch = next(self._inner)
-    self._step += 1
-    return batch
-
-  def get_state(self) -> dict:
-    return {"step": self._step, **self._fingerprint}
-
-  def set_state(self, state: dict) -> None:
-    for key, value in self._fingerprint.items():
-      if state.get(key) != value:
-        raise ValueError(f"data iterator state has {key}={state.get(key)!r}, but this run has "
-                         f"{value!r}: it would continue with different data")
-    self._step = int(state["step"])
-    self._restart()
-
-  def start_prefetch(self) -> None:
-    self._inner.start_prefetch()
-
-  def close(self) -> None:
-    if self._inner is not None:
-      self._inner.close()
-    super().close()
 
 
 class Datasets:
@@ -207,10 +180,13 @@ def _check_lengths(streams: dict, window_length: int, source: str) -> None:
                         f"{split!r} split has only {tokens.size} tokens), got {window_length - 1}")
 
 
-def make_datasets(config) -> Datasets:
-  """Reads `config.data` and `config.model.context_length`; every start-up error is here."""
+def make_datasets(config) -> Datasets | continuous.ContinuousDatasets:
+  """Reads `config.data` and `config.model.context_length`; every start-up error is here.
+  Images and frame latents (the continuous model kinds) come from data/continuous.py."""
   validate_data_config(config)
   d = config.data
+  if config.model.kind in CONTINUOUS_KINDS:
+    return continuous.make_datasets(config)
   tokenizer = make_tokenizer(d)
   if config.model.vocab_size < tokenizer.vocab_size:
     raise ConfigError(f"model.vocab_size: expected at least the tokenizer's vocabulary "

@@ -7,7 +7,9 @@ each ended by `block_until_ready`. Parameters are freshly initialised: speed doe
 depend on training. In the same run the naive way of doing the same work is timed:
 * thinking: the official way re-encodes the whole sequence (real and prediction streams)
   at every thinking step; ours encodes the context once per landscape and steps only the
-  prediction stream against its keys/values;
+  prediction stream against its keys/values. (Compiled, XLA would hoist a `default`
+  model's loop-invariant encoding out of the loop by itself; the naive version blocks
+  that, to time what the eager official code does.)
 * generation: the official way re-encodes the sequence and thinks at every position for
   each new token (`generate.generate_naive`, lengths padded to a multiple of 16 so a few
   compiled shapes serve); ours thinks about the new token only, against a KV cache.
@@ -77,8 +79,13 @@ def _think_fns(config: ml_collections.ConfigDict, steps: int):
                          trajectory=False).logits
 
   def naive(params, inputs, y0, key):
-    energy_fn = lambda z, l: ar_ebt.energy(params, inputs, text.candidate_probs(z, config), l,
-                                           dims)
+    def energy_fn(z, landscape):
+      # The barrier ties the tokens to this step's candidate. Otherwise XLA hoists the
+      # loop-invariant context encoding out of the loop by itself (it does for a
+      # `default` model), and this would time the cached way, not the official one.
+      tokens, z = jax.lax.optimization_barrier((inputs, z))
+      return ar_ebt.energy(params, tokens, text.candidate_probs(z, config), landscape, dims)
+
     schedule = loop.Schedule(lands[:-1], system2.step_size(params, config))
     return inference.think_per_position(energy_fn, y0, opt, schedule, key, reparam=reparam,
                                         final_landscape=lands[-1], trajectory=False).final

@@ -73,12 +73,14 @@ class SweepReport:
   ce: dict                     # optimizer spec -> [len(steps)] validation CE
 
   def table(self) -> str:
-    width = max(len(s) for s in self.ce) + 2
+    label = lambda spec: spec if len(spec) <= 36 else spec[:33] + "..."
+    width = max(len(label(s)) for s in self.ce) + 2
     lines = [f"Validation perplexity by inner optimizer and thinking steps "
              f"({self.workdir}, checkpoint {self.step})",
              f"{'optimizer':<{width}}" + "".join(f"{str(k) + ' steps':>12}" for k in self.steps)]
     for spec, ce in self.ce.items():
-      lines.append(f"{spec:<{width}}" + "".join(f"{eval_lib.perplexity(c):>12.5g}" for c in ce))
+      lines.append(f"{label(spec):<{width}}" + "".join(f"{eval_lib.perplexity(c):>12.5g}"
+                                                        for c in ce))
     return "\n".join(lines)
 
   def as_json(self) -> dict:

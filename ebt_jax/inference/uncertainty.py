@@ -79,7 +79,8 @@ class TokenEnergies:
 
 
 def _printable(text: str) -> str:
-  return text.encode("unicode_escape").decode("ascii")[:8] or "''"
+  """Escaped, spaces shown as U+2423, at most 8 characters (table and tick labels)."""
+  return text.encode("unicode_escape").decode("ascii").replace(" ", "\u2423")[:8] or "''"
 
 
 def think_about_text(workdir, text: str, *, overrides=None, seed: int = 0) -> TokenEnergies:

@@ -43,6 +43,7 @@ from ebt_jax.models import ar_ebt, blocks, transformer
 from ebt_jax.models.layers import CANDIDATE
 from ebt_jax.models.params import Param, axes_tree, constant, init_tree
 from ebt_jax.parallel.logical import constrain
+from ebt_jax.tasks import kinds
 from ebt_jax.thinking import loop, optimizers
 
 PAD_ID = 0
@@ -51,6 +52,9 @@ MIN_LANGEVIN_STD = 1e-6    # the official clamp of the Langevin noise std
 
 
 def param_specs(config: ml_collections.ConfigDict) -> dict:
+  """The parameter table of `config.model.kind` (image and video kinds: tasks/kinds.py)."""
+  if config.model.kind in config_lib.CONTINUOUS_KINDS:
+    return kinds.param_specs(config)
   if config.model.kind == "transformer":
     return transformer.param_specs(config_lib.transformer_dims(config))
   specs = ar_ebt.param_specs(config_lib.text_ebt_dims(config))

@@ -101,3 +101,23 @@ def next_frame_loss(params, latents, m, t, opts, key, initial=None):
   """(loss, metrics) of `next_frame_objective`."""
   out = next_frame_objective(params, latents, m, t, opts, key, initial)
   return out.loss, out.metrics
+
+
+def next_frame_eval(params: dict, latents_BxTxL: jax.Array, m: latent_ebt.LatentEBTDims,
+                    t: ThinkingOptions, opts: NextFrameOptions, key: jax.Array, *,
+                    num_steps: int | None = None) -> dict:
+  """SmoothL1 / MSE to the true next latents [K'] and mean energy [K'] after each of
+  `num_steps` thinking steps (default K; steps past the trained landscapes repeat the
+  last one), with the same initial candidate draw as `next_frame_objective`."""
+  inputs, targets = latents_BxTxL[:, :-1], latents_BxTxL[:, 1:]
+  init_key, think_key = jax.random.split(key)
+  y0 = initial_candidate(inputs, init_key, opts).astype(jnp.promote_types(inputs.dtype,
+                                                                          jnp.float32))
+  fn = energy_fn(params, inputs, m, 1 if m.ebt_type == "default" else t.num_steps)
+  emit = lambda y: {"smooth_l1": continuous.smooth_l1(y, targets),
+                    "mse": continuous.mse(y, targets)}
+  traj = continuous.think(params, fn, y0, landscapes(m, t), t, think_key, emit,
+                          num_steps=num_steps)
+  energies = traj.energies.reshape(traj.energies.shape[0], -1)
+  return {"smooth_l1_steps": traj.outputs["smooth_l1"], "mse_steps": traj.outputs["mse"],
+          "energy_steps": jnp.mean(energies, axis=1), "final": traj.final}

@@ -7,7 +7,9 @@ prediction-stream forward. The real stream runs once per landscape: forward plus
 backward, 3x its forward (its last block makes keys and values only). Attention counts
 the keys each query actually needs (causal), matmuls 2 FLOPs per multiply-add.
 Truncated steps before the last skip the second-order backward (2x). S2 training counts
-the expected number of steps taken and the replayed rows appended to the batch.
+the expected number of steps taken and the replayed rows appended to the batch. The image
+EBT counts the same 6x per step over its bidirectional (full-attention) DiT stack, the
+DiT baseline 3x its forward pass.
 """
 
 from __future__ import annotations
@@ -50,9 +52,50 @@ def expected_training_steps(config: ml_collections.ConfigDict) -> float:
   return t.num_steps - randomized + randomized * mean_repeats
 
 
+def _dit_forward(config, batch_size: int, out_per_token: int, per_sample_condition: bool):
+  """One forward pass of the DiT stack over `batch_size` images: patch embedding, blocks
+  (full attention over T patches, MLP of D x mlp_ratio), adaLN modulations (per sample, or
+  once for the EBT's one learned condition), and an output Linear(D -> out_per_token)."""
+  m = config.model
+  D, p, C = m.dim, m.patch_size, m.image_channels
+  T = (m.image_size // p) ** 2
+  F = config_lib.dit_stack_dims(config).mlp_hidden
+  tokens = batch_size * T
+  per_token_layer = 2 * (4 * D * D + 2 * D * F) + 4 * T * D
+  conditions = batch_size if per_sample_condition else 1
+  return (tokens * (2 * p * p * C * D + m.n_layers * per_token_layer + 2 * D * out_per_token)
+          + conditions * 2 * D * (6 * D * m.n_layers + 2 * D))
+
+
+def _continuous_flops(config, batch_size: int) -> float:
+  """The image and video kinds: the EBTs as text's (6x a forward per thinking step), the DiT
+  a forward and backward (3x its forward, the timestep MLP left out)."""
+  m, t = config.model, config.thinking
+  K = t.num_steps
+  step_multiplier = 6 * K if not t.truncate else 6 + 2 * (K - 1)
+  if m.kind == "dit":
+    out = m.patch_size ** 2 * m.image_channels * (2 if m.learn_sigma else 1)
+    return 3 * _dit_forward(config, batch_size, out, per_sample_condition=True)
+  if m.kind == "image_ebt":
+    return step_multiplier * _dit_forward(config, batch_size, 1, per_sample_condition=False)
+  # latent_ebt: text's EBT with the down projection (L -> D, when L != D) in place of the
+  # vocabulary maps, one frame per token.
+  S, D, L = m.context_length, m.dim, m.latent_dim
+  tokens = batch_size * S
+  project = 2 * tokens * L * D if L != D else 0
+  prefix = 1 if m.ebt_type == "time_embed" else 0
+  ctx = project + _stack_forward(config, batch_size * (S + prefix), (S + prefix + 1) / 2,
+                                 kv_only_last=True)
+  pred = project + _stack_forward(config, tokens, (S + 1) / 2 + prefix + 1) + 2 * tokens * D
+  landscapes = 1 if m.ebt_type == "default" else K
+  return 3 * ctx * landscapes + step_multiplier * pred
+
+
 def train_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> float:
   m, t = config.model, config.thinking
   S = m.context_length
+  if m.kind in config_lib.CONTINUOUS_KINDS:
+    return _continuous_flops(config, batch_size)
   if m.kind == "transformer":
     tokens = batch_size * S
     return 3 * (_stack_forward(config, tokens, (S + 1) / 2) + 2 * tokens * m.dim * m.vocab_size)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ebt_jax import config as config_lib
+from ebt_jax.tasks import kinds
 from ebt_jax.training import flops as flops_lib
 from ebt_jax.training import program as program_lib
 
@@ -66,8 +68,9 @@ class MemoryReport:
 
 def compile_report(config: ml_collections.ConfigDict) -> MemoryReport:
   program = program_lib.build(config)
-  batch = jax.ShapeDtypeStruct((config.train.batch_size, config.model.context_length + 1),
-                               jnp.int32, sharding=program.batch_sharding)
+  dtype = jnp.int32 if config.model.kind in config_lib.TEXT_KINDS else jnp.float32
+  batch = jax.ShapeDtypeStruct(kinds.batch_shape(config), dtype,
+                               sharding=program.batch_sharding)
   t0 = time.perf_counter()
   with program.context():
     compiled = program.train_step.lower(program.abstract_sharded_state(), batch).compile()

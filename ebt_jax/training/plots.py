@@ -1,9 +1,11 @@
 """`ebt plot WORKDIR`: PNGs of a run's learning curves and of its thinking.
 
 * `curves.png`: training loss and validation perplexity (after the last thinking step)
-  against training steps;
-* `thinking.png`: for the latest evaluation, validation perplexity and mean energy after
-  each thinking step (how much thinking buys, and that energy falls as it should).
+  against training steps (image runs: PSNR, also out of distribution; next-frame runs:
+  SmoothL1);
+* `thinking.png`: for the latest evaluation, validation perplexity (PSNR, SmoothL1) and
+  mean energy after each thinking step (how much thinking buys, and that energy falls as
+  it should).
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ def _per_step(record, prefix):
   return np.array([k for k, _ in found]), np.array([v for _, v in found])
 
 
+# Per-thinking-step evaluation metrics: (key prefix, axis label, transform of the values).
+_PER_STEP = (("ce_step", "validation perplexity", np.exp),
+             ("psnr_step", "PSNR (dB)", lambda v: v),
+             ("smooth_l1_step", "SmoothL1 to the next frame latent", lambda v: v))
+
+
+def _eval_metric(records) -> tuple[str, str, str]:
+  """(metric, axis label, scale) of the evaluation curve: perplexity (text), PSNR (images),
+  SmoothL1 (next frame)."""
+  if any("eval/psnr" in r for r in records):
+    return "psnr", "PSNR in dB (last thinking step / DDIM count)", "linear"
+  if any("eval/loss" in r for r in records):
+    return "loss", "SmoothL1 (last thinking step)", "log"
+  return "perplexity", "perplexity (last thinking step)", "log"
+
+
 def plot_workdir(workdir) -> list[Path]:
   records = read_metrics(workdir)
   if not records:
@@ -45,26 +63,35 @@ def plot_workdir(workdir) -> list[Path]:
   steps, loss = _series(records, "train/loss")
   ax_loss.plot(steps, loss, label="train loss")
   ax_loss.set(xlabel="training step", ylabel="loss", title="Training loss", yscale="log")
-  steps, ppl = _series(records, "eval/perplexity")
-  ax_ppl.plot(steps, ppl, marker="o", label="validation")
-  ood = sorted({k for r in records for k in r if k.startswith("ood/") and k.endswith("/perplexity")})
+  name, label, scale = _eval_metric(records)
+  steps, values = _series(records, f"eval/{name}")
+  ax_ppl.plot(steps, values, marker="o", label="validation")
+  ood = sorted({k for r in records for k in r if k.startswith("ood/") and k.endswith(f"/{name}")})
   for key in ood:
     ax_ppl.plot(*_series(records, key), marker=".", label=key.split("/")[1])
-  ax_ppl.set(xlabel="training step", ylabel="perplexity (last thinking step)",
-             title="Evaluation perplexity", yscale="log")
+  ax_ppl.set(xlabel="training step", ylabel=label, title=f"Evaluation {name}", yscale=scale)
   ax_ppl.legend()
   fig.tight_layout()
   written.append(out_dir / "curves.png")
   fig.savefig(written[-1], dpi=120)
   plt.close(fig)
 
-  evals = [r for r in records if "eval/ce_step_1" in r]
-  if evals:
-    last = evals[-1]
+  per_step = next(((p, label, f) for p, label, f in _PER_STEP
+                   if any(f"eval/{p}_1" in r for r in records)), None)
+  if per_step:
+    prefix, label, transform = per_step
+    last = [r for r in records if f"eval/{prefix}_1" in r][-1]
     fig, (ax_ce, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
-    k, ce = _per_step(last, "eval/ce_step")
-    ax_ce.plot(k, np.exp(ce), marker="o")
-    ax_ce.set(xlabel="thinking step", ylabel="validation perplexity", xticks=k,
+    k, values = _per_step(last, f"eval/{prefix}")
+    ax_ce.plot(k, transform(values), marker="o", label="validation")
+    ood = sorted({name.rsplit("/", 1)[0] for name in last if name.startswith("ood/")
+                  and name.endswith(f"/{prefix}_1")})
+    for split in ood if prefix != "ce_step" else ():   # the text plot stays validation only
+      ood_k, ood_values = _per_step(last, f"{split}/{prefix}")
+      ax_ce.plot(ood_k, transform(ood_values), marker=".", label=split.split("/")[1])
+    if len(ax_ce.lines) > 1:
+      ax_ce.legend()
+    ax_ce.set(xlabel="thinking step", ylabel=label, xticks=k,
               title=f"Thinking (checkpoint at step {last['step']})")
     k, energy = _per_step(last, "eval/energy_step")
     if len(k):

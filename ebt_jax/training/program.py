@@ -7,7 +7,8 @@ directory, the ahead-of-time compile report), so they agree on layouts:
   sharded over the batch axes like the rows that feed it;
 * the train step is one `jax.jit` with explicit `in_shardings`/`out_shardings` and the
   state donated (the modern form of `pjit`);
-* batches are sharded over (data, fsdp); each process supplies its own rows.
+* batches (tokens, images or frame latents) are sharded over (data, fsdp) on their first
+  axis; each process supplies its own rows.
 Tracing happens inside `self.context()`, where activations are constrained by logical
 name (`ebt_jax.parallel.logical`).
 """
@@ -24,7 +25,7 @@ from jax.sharding import Mesh
 
 from ebt_jax import config as config_lib
 from ebt_jax.parallel import logical, mesh as mesh_lib, sharding
-from ebt_jax.tasks import text
+from ebt_jax.tasks import kinds, text
 from ebt_jax.training import optimizer as optimizer_lib
 from ebt_jax.training import replay as replay_lib
 from ebt_jax.training import step as step_lib
@@ -102,6 +103,6 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Progra
   if abstract_state.replay is not None:
     shardings = shardings._replace(replay=logical.tree_shardings(
         abstract_state.replay, replay_lib.LOGICAL_AXES, mesh, rules))
-  batch_shape = (config.train.batch_size, config.model.context_length + 1)
+  batch_shape = kinds.batch_shape(config)
   return Program(config, mesh, rules, tx, abstract_state, shardings,
                  sharding.batch_sharding(mesh, batch_shape, rules))

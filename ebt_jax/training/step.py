@@ -8,7 +8,8 @@ error naming the step, and no checkpoint can ever hold NaN.
 
 Training runs the EBT objective with its S2 randomness (`randomize=True`) and, with
 `thinking.replay_buffer`, the replay buffer kept in the state (training/replay.py);
-evaluation runs it without either. Warmup has finished (the official `warm_up_finished`,
+evaluation runs it without either. The image and video kinds (tasks/kinds.py) have their
+own losses and no S2 randomness. Warmup has finished (the official `warm_up_finished`,
 called once the scheduler has taken `warmup_steps` steps) from update `warmup_steps` on.
 """
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ebt_jax.tasks import text
+from ebt_jax.tasks import kinds, text
 from ebt_jax.training import optimizer as optimizer_lib
 from ebt_jax.training import replay as replay_lib
 
@@ -39,6 +40,8 @@ class TrainState(NamedTuple):
 def objective(config: ml_collections.ConfigDict) -> Callable:
   """(params, tokens [B, S+1], key) -> (loss, metrics) for `config.model.kind`, without
   training's randomness (evaluation)."""
+  if config.model.kind in kinds.KINDS:
+    return lambda params, batch, key: kinds.training_loss(params, batch, key, config)
   if config.model.kind == "transformer":
     return lambda params, tokens, key: text.transformer_loss(params, tokens, config)
   return lambda params, tokens, key: text.text_ebt_loss(params, tokens, config, key=key)
@@ -46,7 +49,11 @@ def objective(config: ml_collections.ConfigDict) -> Callable:
 
 def training_loss(params: dict, tokens: jax.Array, key: jax.Array, replay, warmed_up, *,
                   config: ml_collections.ConfigDict):
-  """(loss, (metrics, new replay buffer)) of a training batch `tokens` [B, S+1]."""
+  """(loss, (metrics, new replay buffer)) of a training batch: `tokens` [B, S+1] (text),
+  or an image / frame-latent batch of a continuous kind (tasks/kinds.py)."""
+  if config.model.kind in kinds.KINDS:
+    loss, metrics = kinds.training_loss(params, tokens, key, config)
+    return loss, (metrics, replay)
   if config.model.kind == "transformer":
     loss, metrics = text.transformer_loss(params, tokens, config)
     return loss, (metrics, replay)
@@ -113,7 +120,10 @@ def train_step(state: TrainState, tokens: jax.Array, *, config: ml_collections.C
 
 def eval_step(params: dict, tokens: jax.Array, key: jax.Array, *,
               config: ml_collections.ConfigDict) -> dict:
-  """Per-thinking-step cross-entropy (EBT) or the cross-entropy (baseline) of a batch."""
+  """Per-thinking-step cross-entropy (EBT) or the cross-entropy (baseline) of a batch; for
+  a continuous kind, `kinds.eval_batch`'s {split: metrics}."""
+  if config.model.kind in kinds.KINDS:
+    return kinds.eval_batch(params, tokens, key, config)
   _, metrics = objective(config)(params, tokens, key)
   if "ce_steps" in metrics:
     return {"ce_steps": metrics["ce_steps"], "energy_steps": metrics["energy_steps"]}

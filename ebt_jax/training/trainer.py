@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ebt_jax import config as config_lib
 from ebt_jax.checkpoint.manager import Checkpointer
 from ebt_jax.data.pipeline import make_datasets
+from ebt_jax.tasks import kinds
 from ebt_jax.training import evaluate as eval_lib
 from ebt_jax.training import flops as flops_lib
 from ebt_jax.training import metrics as metrics_lib
@@ -53,7 +54,10 @@ class Summary:
              f"({self.tokens_per_s:,.0f} tokens/s while training)."]
     if self.final_train_loss is not None:
       lines.append(f"Final train loss: {self.final_train_loss:.4f}")
+    lines += eval_lib.report_lines(self.eval)
     for split, r in self.eval.items():
+      if "ce_steps" not in r:
+        continue
       if len(r["ce_steps"]) == 1 and "energy_steps" not in r:   # the Transformer++ baseline
         lines.append(f"{split} perplexity: {eval_lib.perplexity(r['ce_steps'][0]):.5g}")
         continue
@@ -204,7 +208,8 @@ class _Reporter:
 
   def __init__(self, config, writer, bar):
     self.tr, self.writer, self.bar = config.train, writer, bar
-    self.tokens_per_step = config.train.batch_size * config.model.context_length
+    # Transformer tokens: text tokens, image patches, or frames of a latent sequence.
+    self.tokens_per_step = config.train.batch_size * kinds.tokens_per_example(config)
     self.flops_per_step = flops_lib.train_step_flops(config, config.train.batch_size)
     self.peak = flops_lib.device_peak_flops(config)
     self.last_loss = None

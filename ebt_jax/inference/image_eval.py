@@ -1,0 +1,313 @@
+"""`ebt eval` for the image and video kinds: PSNR against compute, beside the DiT baseline.
+
+* image EBT workdir: PSNR (dB) after each thinking step at the training noise level
+  (dataset `validation`) and at `denoise.ood_noise_level` (dataset `ood_noise_<level>`),
+  with the noisy input's PSNR; with `--baseline` a DiT workdir, the DiT's PSNR per DDIM
+  step count (network evaluations, NFE) on the same noisy images beside it (the paper's
+  Table 4); a PNG grid of clean / noisy / denoised images in WORKDIR/plots/denoise.png;
+* DiT workdir alone: its PSNR per DDIM step count, and the same PNG;
+* latent EBT workdir (next frame): SmoothL1 and MSE to the true next latent per thinking
+  step, beside copying the last frame.
+
+PSNR is that of the mean pixel MSE over all evaluated images (the official PSNR of one
+batch holding them all). Batches, keys and noise are those of training's evaluation
+(`training/evaluate.py`), so the thinking-step rows at the trained count equal the run's
+last `eval/psnr_step_k` (tested). The JSON has the text report's shape: `{"results":
+[{"dataset", "thinking_steps" (or "ddim_steps"), "psnr", "psnr_noisy", ...}], "baseline":
+{"results": [...]}}`.
+
+Compute: an EBT thinking step is one forward and one backward pass through the network
+(the gradient of the energy with respect to the image); a DDIM step is one forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from ebt_jax import config as config_lib
+from ebt_jax.data import images
+from ebt_jax.data.pipeline import make_datasets
+from ebt_jax.tasks import kinds
+from ebt_jax.training import evaluate as eval_lib
+from ebt_jax.training import runs
+
+PNG_COLUMNS = 8
+PNG_MIN_SIDE = 64      # small images are enlarged (nearest neighbour) to at least this
+
+# Inference options that only the text EBT implements: (field, neutral value, flag).
+_TEXT_ONLY = (("best_of", 1, "--best-of"), ("select", "min", "--select"),
+              ("stop_on", "none", "--stop-on"), ("accept_lower", False, "--accept-lower"),
+              ("langevin_first_step_only", False, "--langevin-first-step-only"),
+              ("langevin_noise", -1.0, "--langevin-noise"),
+              ("initial_noise_scale", -1.0, "--initial-noise-scale"))
+
+
+@dataclasses.dataclass
+class ContinuousReport:
+  workdir: str
+  step: int
+  kind: str
+  num_images: int
+  results: list[dict]               # rows of the JSON "results"
+  baseline: dict | None = None      # {"workdir", "checkpoint_step", "results"}
+  png: str | None = None
+  copy_last: dict | None = None     # latent EBT: SmoothL1 / MSE of copying the last frame
+
+  def as_json(self) -> dict:
+    out = {"workdir": self.workdir, "checkpoint_step": self.step, "kind": self.kind,
+           "num_examples": self.num_images, "results": self.results}
+    if self.baseline:
+      out["baseline"] = self.baseline
+    if self.copy_last:
+      out["copy_last_frame"] = self.copy_last
+    if self.png:
+      out["png"] = self.png
+    return out
+
+  def table(self) -> str:
+    if self.kind == "latent_ebt":
+      return self._latent_table()
+    datasets = list(dict.fromkeys(r["dataset"] for r in self.results))
+    levels = {r["dataset"]: r["noise_level"] for r in self.results}
+    noisy = {r["dataset"]: r["psnr_noisy"] for r in self.results}
+    title = (f"PSNR (dB) of {self.workdir} (checkpoint {self.step}) on {self.num_images} "
+             f"validation images")
+    if self.baseline:
+      title += f"; DiT baseline {self.baseline['workdir']} (checkpoint " \
+               f"{self.baseline['checkpoint_step']})"
+    width = max(24, *(len(d) + 4 for d in datasets))
+    lines = [title, "", f"  {'':<22}" + "".join(f"{d:>{width}}" for d in datasets),
+             f"  {'noise level':<22}" + "".join(f"{levels[d]:>{width}g}" for d in datasets),
+             f"  {'noisy input':<22}" + "".join(f"{noisy[d]:>{width}.2f}" for d in datasets)]
+    lines += self._method_rows(self.results, datasets, width)
+    if self.baseline:
+      lines += self._method_rows(self.baseline["results"], datasets, width)
+    lines += ["", "An EBT thinking step is one forward and one backward pass; a DiT NFE (DDIM "
+              "step) one forward pass."]
+    if self.png:
+      lines.append(f"Clean / noisy / denoised images: {self.png}")
+    return "\n".join(lines)
+
+  @staticmethod
+  def _method_rows(rows, datasets, width) -> list[str]:
+    by_label = {}
+    for r in rows:
+      if "thinking_steps" in r:
+        k = r["thinking_steps"]
+        label = f"EBT {k} thinking step" + ("s" if k > 1 else "")
+      else:
+        label = f"DiT {r['nfe']} NFE"
+      by_label.setdefault(label, {})[r["dataset"]] = r["psnr"]
+    return [f"  {label:<22}" + "".join(f"{cells.get(d, float('nan')):>{width}.2f}"
+                                       for d in datasets)
+            for label, cells in by_label.items()]
+
+  def _latent_table(self) -> str:
+    lines = [f"Next-frame prediction of {self.workdir} (checkpoint {self.step}) on "
+             f"{self.num_images} validation sequences: error to the true next frame latent",
+             "", f"  {'':<24}{'SmoothL1':>12}{'MSE':>12}{'energy':>12}"]
+    for r in self.results:
+      k = r["thinking_steps"]
+      lines.append(f"  {str(k) + ' thinking step' + ('s' if k > 1 else ''):<24}"
+                   f"{r['smooth_l1']:>12.4g}{r['mse']:>12.4g}{r['energy']:>12.4g}")
+    if self.copy_last:
+      lines.append(f"  {'copy the last frame':<24}{self.copy_last['smooth_l1']:>12.4g}"
+                   f"{self.copy_last['mse']:>12.4g}{'':>12}")
+    return "\n".join(lines)
+
+
+def _check_text_only_options(config: ml_collections.ConfigDict) -> None:
+  for field, neutral, flag in _TEXT_ONLY:
+    value = config.inference[field]
+    config_lib.check(value == neutral, flag, f"the default ({neutral!r}) for "
+                     f"model.kind={config.model.kind!r} (text EBTs only)", value)
+
+
+def _restore(workdir, overrides):
+  config, step, params = runs.restore_params(workdir)
+  if overrides:
+    overrides(config)
+  config_lib.validate(config)
+  return config, step, params
+
+
+def _mean(per_batch: list[dict], split: str, name: str):
+  return np.mean([b[split][name] for b in per_batch], axis=0)
+
+
+def _grid_rows(rows: list[np.ndarray]) -> np.ndarray:
+  rows = [np.asarray(r[:PNG_COLUMNS], np.float32) for r in rows]
+  side = rows[0].shape[1]
+  scale = max(1, -(-PNG_MIN_SIDE // side))
+  if scale > 1:
+    rows = [np.repeat(np.repeat(r, scale, axis=1), scale, axis=2) for r in rows]
+  return images.image_grid(rows)
+
+
+def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=None,
+                     num_batches: int | None = None, batch_size: int | None = None,
+                     overrides=None, write_png: bool = True, log=print) -> ContinuousReport:
+  """The report of an image EBT, DiT or latent EBT run directory's newest checkpoint.
+
+  `overrides(config)` may edit the restored configs' `inference` sections (CLI flags);
+  `thinking_steps` (default 1..inference.thinking_steps or thinking.num_steps) and
+  `ddim_steps` (default inference.ddim_steps, or every timestep) pick the rows.
+  """
+  config, step, params = _restore(workdir, overrides)
+  kind = config.model.kind
+  config_lib.check(kind in kinds.KINDS, "--workdir", f"a run of one of {kinds.KINDS}", kind)
+  _check_text_only_options(config)
+  if baseline is not None:
+    config_lib.check(kind == "image_ebt", "--baseline", "given with an image EBT workdir only",
+                     baseline)
+  if kind == "dit":
+    config_lib.check(not thinking_steps, "--thinking-steps", "none for a DiT run (use "
+                     "--ddim-steps)", thinking_steps)
+  else:
+    steps = sorted(set(thinking_steps or range(1, kinds.eval_steps(config) + 1)))
+    config_lib.check(all(isinstance(k, int) and k >= 1 for k in steps), "--thinking-steps",
+                     "positive integers", steps)
+    params = kinds.with_step_size(params, config)
+  num_batches = num_batches or config.train.eval_batches
+  batch_size = batch_size or config.train.batch_size
+  program = runs.program_here(config)
+  datasets = make_datasets(config)
+  key = jax.random.fold_in(jax.random.key(config.seed), eval_lib.EVAL_KEY_SALT)
+  log(f"evaluating {workdir}: {num_batches} batches of {batch_size}")
+  with program.context():
+    batches = [program.put_global(b)
+               for b in datasets.eval_batches("validation", batch_size, num_batches)]
+    if kind == "latent_ebt":
+      return _latent_report(workdir, step, config, params, batches, key, steps)
+    if kind == "dit":
+      counts = _ddim_counts(config, ddim_steps)
+      rows, per_batch = _dit_rows(config, params, batches, key, counts)
+      report = ContinuousReport(str(workdir), step, kind, num_batches * batch_size, rows)
+      denoised = {f"DiT, {counts[-1]} NFE": per_batch[0]}
+    else:
+      rows, per_batch = _ebt_rows(config, params, batches, key, steps)
+      report = ContinuousReport(str(workdir), step, kind, num_batches * batch_size, rows)
+      denoised = {f"EBT, {max(steps)} steps": per_batch[0]}
+      if baseline is not None:
+        base_config, base_step, base_params = _restore(baseline, overrides)
+        _check_baseline(base_config, config, baseline)
+        counts = _ddim_counts(base_config, ddim_steps)
+        log(f"evaluating the baseline {baseline}: DDIM with {', '.join(map(str, counts))} steps")
+        base_rows, base_batches = _dit_rows(base_config, base_params, batches, key, counts)
+        report.baseline = {"workdir": str(baseline), "checkpoint_step": base_step,
+                           "kind": "dit", "results": base_rows}
+        denoised[f"DiT, {counts[-1]} NFE"] = base_batches[0]
+  if write_png:
+    report.png = str(_write_png(Path(workdir), config, jax.device_get(batches[0]), denoised))
+  return report
+
+
+def _ddim_counts(config, ddim_steps) -> tuple[int, ...]:
+  if ddim_steps:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.inference.ddim_steps = tuple(ddim_steps)
+    config_lib.validate(c)
+    return kinds.ddim_counts(c)
+  return kinds.ddim_counts(config)
+
+
+def _check_baseline(base: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                    workdir) -> None:
+  config_lib.check(base.model.kind == "dit", "--baseline", f"a DiT run directory "
+                   f"({workdir} holds model.kind={base.model.kind!r})", str(workdir))
+  for field in ("model.image_size", "model.image_channels", "denoise.diffusion_steps",
+                "denoise.noise_level", "denoise.ood_noise_level"):
+    section, name = field.split(".")
+    config_lib.check(base[section][name] == config[section][name], f"--baseline {field}",
+                     f"{config[section][name]!r} as in the EBT run", base[section][name])
+
+
+def _ebt_rows(config, params, batches, key, steps):
+  fn = jax.jit(functools.partial(kinds.image_ebt_eval, config=config, num_steps=max(steps),
+                                 images=True))
+  per_batch = [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
+               for i, b in enumerate(batches)]
+  rows = []
+  for split, level in kinds.split_levels(config).items():
+    mse_steps = _mean(per_batch, split, "pixel_mse_steps")
+    energy = _mean(per_batch, split, "energy_steps")
+    noisy = kinds.psnr_of_mse(_mean(per_batch, split, "pixel_mse_noisy"))
+    for k in steps:
+      rows.append({"dataset": split, "noise_level": level, "thinking_steps": k,
+                   "psnr": kinds.psnr_of_mse(mse_steps[k - 1]), "psnr_noisy": noisy,
+                   "pixel_mse": float(mse_steps[k - 1]), "energy": float(energy[k - 1])})
+  return rows, per_batch
+
+
+def _dit_rows(config, params, batches, key, counts):
+  fn = jax.jit(functools.partial(kinds.dit_eval, config=config, counts=counts, images=True))
+  per_batch = [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
+               for i, b in enumerate(batches)]
+  recursions = config.inference.recurse_diffusion
+  rows = []
+  for split, level in kinds.split_levels(config).items():
+    mse = _mean(per_batch, split, "pixel_mse")
+    noisy = kinds.psnr_of_mse(_mean(per_batch, split, "pixel_mse_noisy"))
+    for n, m in zip(counts, mse):
+      rows.append({"dataset": split, "noise_level": level, "ddim_steps": n,
+                   "recursions": recursions, "nfe": n * (recursions + 1),
+                   "psnr": kinds.psnr_of_mse(m), "psnr_noisy": noisy, "pixel_mse": float(m)})
+  return rows, per_batch
+
+
+def _write_png(workdir: Path, config, clean: np.ndarray, denoised: dict) -> Path:
+  """Rows: clean; then per noise level the noisy images and each model's output
+  (`denoised`: {row label: a batch's eval output}), labelled on the left."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows, labels = [clean], ["clean"]
+  for split, level in kinds.split_levels(config).items():
+    first = next(iter(denoised.values()))
+    rows.append(first[split]["noisy"])
+    labels.append(f"noisy ({level:g})")
+    for label, d in denoised.items():
+      rows.append(d[split]["denoised"])
+      labels.append(label)
+  grid = _grid_rows(rows)
+  out = workdir / "plots" / "denoise.png"
+  out.parent.mkdir(parents=True, exist_ok=True)
+  height, width = grid.shape[:2]
+  fig, ax = plt.subplots(figsize=(1.3 + width / 100, 0.2 + height / 100), dpi=100)
+  ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, interpolation="nearest")
+  cell = (height - 2) / len(rows)
+  ax.set_yticks([2 + cell * (i + 0.5) for i in range(len(rows))], labels)
+  ax.set_xticks([])
+  ax.tick_params(length=0)
+  for spine in ax.spines.values():
+    spine.set_visible(False)
+  fig.tight_layout()
+  fig.savefig(out)
+  plt.close(fig)
+  return out
+
+
+def _latent_report(workdir, step, config, params, batches, key, steps) -> ContinuousReport:
+  fn = jax.jit(functools.partial(kinds.latent_ebt_eval, config=config, num_steps=max(steps)))
+  per_batch = [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
+               for i, b in enumerate(batches)]
+  means = {name: _mean(per_batch, "validation", name)
+           for name in ("smooth_l1_steps", "mse_steps", "energy_steps")}
+  rows = [{"dataset": "validation", "thinking_steps": k,
+           "smooth_l1": float(means["smooth_l1_steps"][k - 1]),
+           "mse": float(means["mse_steps"][k - 1]), "energy": float(means["energy_steps"][k - 1])}
+          for k in steps]
+  host = [np.asarray(jax.device_get(b), np.float64) for b in batches]
+  diff = [np.abs(b[:, 1:] - b[:, :-1]) for b in host]
+  copy = {"smooth_l1": float(np.mean([np.mean(np.where(d < 1, 0.5 * d * d, d - 0.5))
+                                      for d in diff])),
+          "mse": float(np.mean([np.mean(d * d) for d in diff]))}
+  n = sum(len(b) for b in host)
+  return ContinuousReport(str(workdir), step, "latent_ebt", n, rows, copy_last=copy)
