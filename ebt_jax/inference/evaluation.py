@@ -95,7 +95,9 @@ class System2Report:
     return out
 
 
-def _cells(params, tokens, key, *, config, steps_list, best_of_list):
+def cells_ce(params, tokens, key, *, config, steps_list, best_of_list):
+  """(CE [len(steps_list), len(best_of_list)] of a batch [B, S+1], CE after every step up
+  to max(steps_list) with best of 1), from one trajectory."""
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
   thought = system2.think_tokens(params, inputs, config, key, steps=max(steps_list),
                                  best_of=max(best_of_list), targets_BxS=targets)
@@ -141,7 +143,7 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
   datasets = make_datasets(config)
   base = _baseline_params(baseline, config) if baseline else None
   key = jax.random.fold_in(jax.random.key(config.seed), eval_lib.EVAL_KEY_SALT)
-  cells_fn = jax.jit(functools.partial(_cells, config=config, steps_list=tuple(steps_list),
+  cells_fn = jax.jit(functools.partial(cells_ce, config=config, steps_list=tuple(steps_list),
                                        best_of_list=tuple(best_of)))
   adaptive_fns = {}
   for threshold in stop_thresholds:

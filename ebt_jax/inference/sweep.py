@@ -15,7 +15,6 @@ question such a sweep asks.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 
@@ -29,8 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 
 from ebt_jax import config as config_lib  # noqa: E402
 from ebt_jax.data.pipeline import make_datasets  # noqa: E402
-from ebt_jax.inference import system2  # noqa: E402
-from ebt_jax.tasks import text  # noqa: E402
+from ebt_jax.inference import evaluation  # noqa: E402
 from ebt_jax.thinking import optimizers  # noqa: E402
 from ebt_jax.training import evaluate as eval_lib  # noqa: E402
 from ebt_jax.training import runs  # noqa: E402
@@ -107,14 +105,6 @@ class SweepReport:
     return path
 
 
-def _ce_after_steps(params, tokens, key, *, config, steps):
-  inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  thought = system2.think_tokens(params, inputs, config, key, steps=max(steps), best_of=1,
-                                 targets_BxS=targets)
-  mask = (targets != text.PAD_ID).astype(np.float32)
-  return system2.table_ce(thought, mask, steps, [1], config.inference.select)[:, 0]
-
-
 def sweep_inner(workdir, steps, specs=DEFAULT_SWEEP, *, num_batches=None, batch_size=None,
                 overrides=None, log=print) -> SweepReport:
   config, step, params = runs.restore_ebt(workdir, overrides)
@@ -133,7 +123,8 @@ def sweep_inner(workdir, steps, specs=DEFAULT_SWEEP, *, num_batches=None, batch_
       c = ml_collections.ConfigDict(config.to_dict())
       c.thinking.inner_optimizer = name
       c.thinking.inner_optimizer_kwargs = ml_collections.ConfigDict(kwargs)
-      fn = jax.jit(functools.partial(_ce_after_steps, config=c, steps=tuple(steps)))
+      fn = jax.jit(lambda p, b, k, c=c: evaluation.cells_ce(
+          p, b, k, config=c, steps_list=tuple(steps), best_of_list=(1,))[0][:, 0])
       ce[spec] = np.mean([jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
                           for i, b in enumerate(batches)], axis=0)
   return SweepReport(str(workdir), step, steps, ce)
