@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ml_collections
 
-from ebt_jax.config import ConfigError
+from ebt_jax.errors import ConfigError
 
 DEFAULT_CONFIG = "default"
 

@@ -24,6 +24,7 @@ from ebt_jax.models.dit import DiTDims
 from ebt_jax.models.dit_blocks import DiTStackDims
 from ebt_jax.models.latent_ebt import LatentEBTDims
 from ebt_jax.models.transformer import TransformerDims
+from ebt_jax.errors import ConfigError, check  # noqa: F401 (re-exported)
 from ebt_jax.parallel.logical import DEFAULT_RULES
 
 TEXT_KINDS = ("ebt", "transformer")
@@ -33,10 +34,6 @@ IMAGE_KINDS = ("image_ebt", "dit")
 REMAT_CHOICES = ("none", *REMAT_POLICIES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
-
-
-class ConfigError(ValueError):
-  """A config value the project cannot use; the message names the field."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -209,12 +206,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.peak_tflops = config_dict.placeholder(float)  # per device, for MFU where not in the table
   c.train.tensorboard = True           # also write TensorBoard events when tensorboardX is installed
   return c
-
-
-def check(ok: bool, field: str, expected: str, got) -> None:
-  """Raises `ConfigError` "<field>: expected <expected>, got <got>" unless `ok`."""
-  if not ok:
-    raise ConfigError(f"{field}: expected {expected}, got {got!r}")
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ebt_jax import config as config_lib
-from ebt_jax.config import ConfigError
+from ebt_jax.errors import ConfigError
 from ebt_jax.data import make_datasets, make_tokenizer, prepare_shards, sources, synthetic
 from ebt_jax.data.tokenizers import ByteTokenizer
 

@@ -31,7 +31,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from ebt_jax.config import ConfigError, check
+from ebt_jax.errors import ConfigError, check
 from ebt_jax.data import images
 from ebt_jax.data.iterators import StepBatches
 from ebt_jax.tasks import kinds

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import tqdm
 
-from ebt_jax.config import ConfigError
+from ebt_jax.errors import ConfigError
 from ebt_jax.data import sources
 from ebt_jax.data.tokenizers import make_tokenizer, stream_dtype
 

@@ -26,7 +26,7 @@ import pathlib
 import sysconfig
 from typing import Iterable, Iterator
 
-from ebt_jax.config import ConfigError
+from ebt_jax.errors import ConfigError
 from ebt_jax.data import synthetic
 
 SPLITS = ("train", "validation")

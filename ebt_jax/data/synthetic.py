@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from ebt_jax.config import ConfigError
+from ebt_jax.errors import ConfigError
 
 FAMILIES = ("dyck", "arithmetic")
 BRACKETS = ("()", "[]", "{}", "<>")

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ebt_jax.config import ConfigError
+from ebt_jax.errors import ConfigError
 
 # End-of-document tokens of common tokenizer.json files (GPT-2/NeoX, Llama 1/2, Gemma, Llama 3).
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from jax.sharding import AxisType, Mesh
 
-from ebt_jax.config import ConfigError
+from ebt_jax.errors import ConfigError
 from ebt_jax.parallel.logical import MESH_AXES
 
 

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import numpy as np  # noqa: E402
 
-from ebt_jax.config import ConfigError  # noqa: E402
+from ebt_jax.errors import ConfigError  # noqa: E402
 from ebt_jax.training.metrics import METRICS_FILE, read_metrics  # noqa: E402
 
 
