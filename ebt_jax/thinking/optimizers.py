@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 
@@ -72,55 +71,32 @@ def langevin(noise_std: float = 0.1) -> InnerOptimizer:
   return InnerOptimizer(init=lambda cand: (), update=update, stochastic=True)
 
 
+# Momentum, Nesterov and Adam are optax's own transforms with learning rate 1 (which flips
+# the update's sign), stepped through `from_optax`: y <- y + alpha * update = y - alpha * (...).
+
+
 @register("momentum")
 def momentum(beta: float = 0.9) -> InnerOptimizer:
-  """Heavy ball: v <- beta v + grad; y <- y - alpha v."""
-
-  def update(g, velocity, cand, step_size, key):
-    velocity = beta * velocity + g
-    return cand - step_size * velocity, velocity
-
-  return InnerOptimizer(init=jnp.zeros_like, update=update)
+  """Heavy ball: v <- beta v + grad; y <- y - alpha v (optax.sgd's `trace`)."""
+  return from_optax(optax.sgd(1.0, momentum=beta))
 
 
 @register("nesterov")
 def nesterov(beta: float = 0.9) -> InnerOptimizer:
-  """Nesterov momentum in its gradient-at-current-point form: y <- y - alpha (grad + beta v)."""
-
-  def update(g, velocity, cand, step_size, key):
-    velocity = beta * velocity + g
-    return cand - step_size * (g + beta * velocity), velocity
-
-  return InnerOptimizer(init=jnp.zeros_like, update=update)
-
-
-class AdamState(NamedTuple):
-  count: jax.Array
-  mu: jax.Array
-  nu: jax.Array
+  """Nesterov momentum in its gradient-at-current-point form: v <- beta v + grad;
+  y <- y - alpha (grad + beta v) (optax's `trace(nesterov=True)`)."""
+  return from_optax(optax.sgd(1.0, momentum=beta, nesterov=True))
 
 
 @register("adam")
 def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> InnerOptimizer:
   """Adam with bias correction; y <- y - alpha * m_hat / sqrt(v_hat + eps^2).
 
-  eps sits inside the square root: sqrt(v) has an infinite derivative at v = 0, which
-  would turn a zero gradient (an adaLN-zero model at init) into NaN second-order terms.
+  eps sits inside the square root (optax's `eps_root`, with its outer `eps` 0): sqrt(v)
+  has an infinite derivative at v = 0, which would turn a zero gradient (an adaLN-zero
+  model at init) into NaN second-order terms.
   """
-
-  def init(cand):
-    return AdamState(jnp.zeros((), jnp.int32), jnp.zeros_like(cand), jnp.zeros_like(cand))
-
-  def update(g, state, cand, step_size, key):
-    count = state.count + 1
-    mu = b1 * state.mu + (1 - b1) * g
-    nu = b2 * state.nu + (1 - b2) * g * g
-    t = count.astype(cand.dtype)
-    mu_hat = mu / (1 - b1**t)
-    nu_hat = nu / (1 - b2**t)
-    return cand - step_size * mu_hat / jnp.sqrt(nu_hat + eps * eps), AdamState(count, mu, nu)
-
-  return InnerOptimizer(init=init, update=update)
+  return from_optax(optax.adam(1.0, b1=b1, b2=b2, eps=0.0, eps_root=eps * eps))
 
 
 @register("optax")
