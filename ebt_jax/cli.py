@@ -2,9 +2,10 @@
 import-torch | compile-report | plot.
 
 Configs are Python files defining `get_config()` (a path, or the name of a file in
-`configs/`, e.g. `--config tiny_cpu`); any field can be overridden with
-`--config.section.field=value`. Errors in configs or inputs print one line naming the
-field or file and exit with status 2.
+`configs/`, e.g. `--config tiny_cpu`), with a variant after a colon where the file has
+several (`--config denoise:paper`, `--config configs/denoise.py:paper`); any field can
+be overridden with `--config.section.field=value`. Errors in configs or inputs print one
+line naming the field or file and exit with status 2.
 """
 
 from __future__ import annotations
@@ -25,15 +26,36 @@ DEFAULT_CONFIG = "default"
 
 
 def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
-  """(config, name) from a file path or the name of a bundled config."""
-  path = Path(spec)
+  """(config, name) from `FILE[:ARG]`, FILE a path or the name of a bundled config.
+
+  A bundled config is a file of the repository's `configs/` (installed as
+  `ebt_jax.configs`): `denoise` or `denoise.py`. With `:ARG` (`configs/denoise.py:paper`,
+  `denoise:paper`) the file's `get_config(ARG)` gives the config, else `get_config()` (its
+  default variant). A path that exists as written is taken whole, colon included. The
+  name, for the default run directory, is the file's stem joined to ARG by `_`
+  (`denoise:paper` -> `denoise_paper`).
+  """
+  import inspect
+  import re
+  file, arg = spec, None
+  if not Path(spec).exists() and ":" in spec:
+    file, arg = spec.split(":", 1)
+  arg = arg or None
+  try:
+    bundled_dir = importlib.resources.files("ebt_jax.configs")
+  except ModuleNotFoundError:  # a checkout that is not installed: register its configs/ so
+    folder = Path(__file__).parent.parent / "configs"  # config files can import shared parts
+    package_spec = importlib.util.spec_from_file_location(
+        "ebt_jax.configs", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    package = importlib.util.module_from_spec(package_spec)
+    sys.modules["ebt_jax.configs"] = package
+    package_spec.loader.exec_module(package)
+    bundled_dir = folder
+  path = Path(file)
   if not path.exists():
-    try:
-      bundled = importlib.resources.files("ebt_jax.configs") / f"{spec.removesuffix('.py')}.py"
-    except ModuleNotFoundError:  # running from a checkout that is not installed
-      bundled = Path(__file__).parent.parent / "configs" / f"{spec.removesuffix('.py')}.py"
+    bundled = bundled_dir / f"{file.removesuffix('.py')}.py"
     if not bundled.is_file():
-      raise ConfigError(f"--config: no file {spec!r} and no bundled config of that name")
+      raise ConfigError(f"--config: no file {file!r} and no bundled config of that name")
     path = Path(str(bundled))
   module_spec = importlib.util.spec_from_file_location(f"ebt_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
@@ -41,9 +63,20 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
     module_spec.loader.exec_module(module)
   except Exception as e:
     raise ConfigError(f"--config: {path} failed to load ({type(e).__name__}: {e})") from None
-  if not hasattr(module, "get_config"):
+  get_config = getattr(module, "get_config", None)
+  if get_config is None:
     raise ConfigError(f"--config: {path} defines no get_config()")
-  return module.get_config(), path.stem
+  if arg is not None and not inspect.signature(get_config).parameters:
+    raise ConfigError(f"--config {spec}: {path.name} has no variants (its get_config() "
+                      "takes no argument)")
+  try:
+    config = get_config() if arg is None else get_config(arg)
+  except ConfigError as e:
+    raise ConfigError(f"--config {spec}: {e}") from None
+  except Exception as e:
+    raise ConfigError(f"--config {spec}: get_config() failed ({type(e).__name__}: {e})") from None
+  name = path.stem if arg is None else f"{path.stem}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', arg)}"
+  return config, name
 
 
 def _parse_value(raw: str, current, field_type):
@@ -64,7 +97,28 @@ def _parse_value(raw: str, current, field_type):
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-  """Applies `--config.a.b=value` (or `--config.a.b value`) overrides in order."""
+  """Applies `--config.a.b=value` (or `--config.a.b value`) overrides in order.
+
+  Values are read by the field's type: `true`/`false` (also 1/0, yes/no) for booleans,
+  Python literals for tuples, `none`/`null` for None in any non-string field.
+
+  Hand-written rather than `ml_collections.config_flags` (checked with ml_collections
+  1.1), which cannot do what this must:
+  * override a config that comes from no file: `ebt eval/think/generate/sweep-inner`
+    change the `inference` fields of a run's saved config (config_flags wants a file
+    flag, or a separate DEFINE_config_dict flag per config);
+  * take the space-separated form for booleans: with absl's boolean flags,
+    `--config.thinking.detach false` leaves `false` as a stray argument and the field
+    silently keeps its value;
+  * set a placeholder field (`optimizer.decay_steps`, `model.ffn_dim_multiplier`) back to
+    None: its int and float parsers reject `none`;
+  * find bundled configs by name (`--config denoise:cpu`): it opens paths only;
+  * fail in one line naming the field: a misspelt field comes out as a bare
+    AttributeError/KeyError with a multi-line "Did you mean" text, a missing file as an
+    OSError deferred to the config's first use, a get_config() error with its traceback
+    inside the message; and it reads the overrides out of an argv list by regex, so
+    leftover arguments that are not overrides pass unreported.
+  """
   i = 0
   while i < len(overrides):
     arg = overrides[i]
