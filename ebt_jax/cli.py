@@ -48,7 +48,7 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
     package_spec = importlib.util.spec_from_file_location(
         "ebt_jax.configs", folder / "__init__.py", submodule_search_locations=[str(folder)])
     package = importlib.util.module_from_spec(package_spec)
-    sys.modules["ebt_jax.configs"] = package
+    sys.modules["ebt_jax.configs"] = sys.modules["ebt_jax"].configs = package
     package_spec.loader.exec_module(package)
     bundled_dir = folder
   path = Path(file)
