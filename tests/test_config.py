@@ -1,9 +1,15 @@
 """Config validation and the official-hyperparameter conversion."""
 
+import importlib
+from pathlib import Path
+
 import pytest
 
+from ebt_jax import cli
 from ebt_jax import config as config_lib
 from ebt_jax.config import ConfigError, from_official_hparams
+
+CONFIGS = Path(__file__).parent.parent / "configs"
 
 # The flags of the official job script job_scripts/nlp/pretrain/ebt_s1.sh, as a dict
 # (model_size xxs; 4 GPUs per node), plus the vocabulary size of its tokenizer.
@@ -113,3 +119,69 @@ def test_bad_values_raise_one_line_naming_the_field(path, value, message):
   with pytest.raises(ConfigError, match=message) as info:
     config_lib.validate(c)
   assert "\n" not in str(info.value)
+
+
+# Config files with variants (`--config NAME:VARIANT`), and variants each must keep.
+VARIANT_CONFIGS = {"denoise": ("cpu", "paper"), "dit": ("cpu", "paper"),
+                   "nextframe": ("cpu", "paper"), "ebt_s2": ("cpu", "xxs"),
+                   "ebt_s1": ("xxs",), "transformer": ("xxs",)}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANT_CONFIGS))
+def test_every_variant_validates_and_names_its_run(name):
+  variants = list(importlib.import_module(f"ebt_jax.configs.{name}").VARIANTS)
+  assert set(VARIANT_CONFIGS[name]) <= set(variants)
+  for variant in variants:
+    config, run_name = cli.load_config_file(f"{name}:{variant}")
+    config_lib.validate(config)
+    assert run_name == f"{name}_{variant}"
+
+
+def test_variant_by_path_or_bundled_name_and_the_default():
+  by_path, name = cli.load_config_file(f"{CONFIGS / 'denoise.py'}:paper")
+  by_name, _ = cli.load_config_file("denoise.py:paper")
+  assert name == "denoise_paper" and by_path.to_dict() == by_name.to_dict()
+  assert (by_path.model.image_size, by_path.thinking.num_steps) == (128, 1)
+  default, name = cli.load_config_file("denoise")           # the CPU variant
+  assert name == "denoise"
+  assert default.to_dict() == cli.load_config_file("denoise:cpu")[0].to_dict()
+  assert cli.load_config_file("ebt_s1")[0].model.dim == 384   # no CPU variant: xxs
+  assert cli.load_config_file("ebt_s1:small")[0].model.dim == 768
+  transformer = cli.load_config_file("transformer:small")[0]
+  assert (transformer.model.kind, transformer.model.dim) == ("transformer", 768)
+  assert cli.load_config_file("tiny_cpu")[1] == "tiny_cpu"     # no variants: get_config()
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("denoise:gpu", "--config denoise:gpu: unknown variant 'gpu'; valid variants: cpu, paper"),
+    ("ebt_s2:huge", "--config ebt_s2:huge: unknown variant 'huge'; valid variants: cpu, 4xs, "),
+    ("tiny_cpu:paper", "--config tiny_cpu:paper: tiny_cpu.py has no variants"),
+    ("no_such:cpu", "--config: no file 'no_such' and no bundled config of that name"),
+])
+def test_bad_config_specs_raise_one_line(spec, message):
+  with pytest.raises(ConfigError) as info:
+    cli.load_config_file(spec)
+  assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_unknown_variant_on_the_command_line_exits_2(capsys):
+  assert cli.main(["compile-report", "--config", "dit:gpu"]) == 2
+  assert capsys.readouterr().err == ("ebt compile-report: error: --config dit:gpu: unknown "
+                                     "variant 'gpu'; valid variants: cpu, paper\n")
+
+
+def test_override_forms():
+  c = config_lib.base_config()
+  cli.apply_overrides(c, ["--config.thinking.detach", "false", "--config.model.dim=64",
+                          "--config.optimizer.decay_steps=100", "--config.train.peak_tflops", "9",
+                          "--config.inference.ddim_steps=(1, 5)", "--config.data.path=a:b"])
+  assert not c.thinking.detach and c.model.dim == 64 and c.train.peak_tflops == 9.0
+  assert c.inference.ddim_steps == (1, 5) and c.data.path == "a:b"
+  cli.apply_overrides(c, ["--config.optimizer.decay_steps=none", "--config.thinking.detach=yes"])
+  assert c.optimizer.decay_steps is None and c.thinking.detach
+  for bad, message in [(["--config.model.dimm=3"], "--config.model.dimm: the config has no such"),
+                       (["--config.modle.dim=3"], "--config.modle.dim: the config has no section"),
+                       (["--config.model.dim"], "--config.model.dim: missing a value"),
+                       (["stray"], "stray: unexpected argument")]:
+    with pytest.raises(ConfigError, match=message):
+      cli.apply_overrides(c, bad)

@@ -368,12 +368,12 @@ def test_training_with_a_momentum_inner_optimizer_is_second_order(x64):
 def test_ablation_overrides_in_the_cpu_config_docstring_work():
   from ebt_jax import cli
   module = {}
-  exec((CONFIGS / "ebt_s2_cpu.py").read_text(), module)
+  exec((CONFIGS / "ebt_s2.py").read_text(), module)
   doc = module["__doc__"]
   overrides = re.findall(r"^\s+no [a-zA-Z ]+:\s+(--config\.\S+)", doc, re.M)
   assert len(overrides) == 4
   for override in overrides:
-    c = module["get_config"]()
+    c = module["get_config"]("cpu")
     cli.apply_overrides(c, [override])
     config_lib.validate(c)
     t = c.thinking
@@ -410,8 +410,8 @@ S2_SCRIPT = {
 def test_s2_job_script_converts_to_the_xxs_config():
   converted = config_lib.from_official_hparams(S2_SCRIPT, num_devices=4)
   module = {}
-  exec((CONFIGS / "ebt_s2_xxs.py").read_text(), module)
-  ours = module["get_config"]()
+  exec((CONFIGS / "ebt_s2.py").read_text(), module)
+  ours = module["get_config"]("xxs")
   for section in ("model", "thinking", "optimizer"):
     assert converted[section].to_dict() == ours[section].to_dict(), section
   assert (converted.train.batch_size, converted.train.num_steps) == (256, 1000000)

@@ -1,6 +1,6 @@
 """Ahead-of-time memory report: compile a config's train step without running it.
 
-    ebt compile-report --config configs/ebt_s1_xxs.py [--config.mesh.fsdp=8 ...]
+    ebt compile-report --config configs/ebt_s1.py:xxs [--config.mesh.fsdp=8 ...]
 
 Lowers and compiles the sharded train step for the current devices from shapes alone
 (no parameter is allocated), and prints XLA's memory analysis per device: arguments

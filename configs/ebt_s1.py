@@ -1,0 +1,59 @@
+"""The paper's S1 text EBT (the official ebt_s1.sh job script); the variant is the model size.
+
+Variants: the official `--model_size` presets (`ebt_jax.official_hparams.MODEL_SIZES`:
+4xs, 3xs, xxs, 2xs, xs, small, medium, large, xl), default `xxs`, the script's. Only
+width, depth and heads change with the size, as with the script's --model_size flag; the
+rest is the script's recipe, which the paper ran at xxs.
+
+xxs: 6 layers, width 384, 6 heads, context 256, `time_embed`, 2 thinking steps with a
+learnable step size (500, its learning rate x1500), AdamW at 1.2e-3 with 10k warmup
+steps and cosine decay to a tenth, batch 256, GPT-NeoX-20B's tokenizer (50277 tokens).
+The tokenizer and a text corpus are files you provide (nothing is downloaded):
+
+    pip install "ebt_jax[tokenizers]"
+    ebt prepare --config configs/ebt_s1.py:xxs --out data/pile_shards \\
+        --config.data.source=text --config.data.path='corpus/*.jsonl' \\
+        --config.data.tokenizer=tokenizer.json
+    ebt train --config configs/ebt_s1.py:xxs --workdir runs/ebt_s1_xxs \\
+        --config.data.source=shards --config.data.path=data/pile_shards \\
+        --config.data.tokenizer=tokenizer.json
+
+Expected run time (xxs): 4.6e13 model FLOPs per step (`ebt_jax.training.flops`), so about
+0.25 s per step on one H100 at 40% MFU in float32 (TF32), about 3 days for the official
+1M steps; an estimate from the FLOP count, not yet a measurement. On a 2-core CPU one
+step at batch 8 and context 128 takes ~3.2 s (docs/benchmarks.md): use accelerators.
+"""
+
+from ebt_jax.config import base_config
+from ebt_jax.configs import choose, update
+from ebt_jax.official_hparams import MODEL_SIZES
+
+VARIANTS = MODEL_SIZES   # size name -> (width, depth, heads)
+
+# The script's recipe apart from the model size.
+RECIPE = {
+    "model.ebt_type": "time_embed",
+    "model.vocab_size": 50277,
+    "model.context_length": 256,
+    "thinking.num_steps": 2,
+    "thinking.step_size": 500.0,
+    "thinking.step_size_learnable": True,
+    "thinking.step_size_lr_multiplier": 1500.0,
+    "optimizer.peak_lr": 1.2e-3,
+    "optimizer.warmup_steps": 10000,
+    "optimizer.min_lr_scale": 10.0,
+    "optimizer.decay_steps": 1000000,
+    "train.batch_size": 256,
+    "train.num_steps": 1000000,
+    "train.log_every": 100,
+    "train.eval_every": 15000,
+    "train.eval_batches": 16,
+    "train.checkpoint_every": 5000,
+}
+
+
+def get_config(arg=None):
+  size = choose(arg, VARIANTS, default="xxs")
+  dim, n_layers, n_heads = VARIANTS[size]
+  return update(base_config(), RECIPE,
+                {"model.dim": dim, "model.n_layers": n_layers, "model.n_heads": n_heads})
