@@ -5,6 +5,7 @@ import os
 import re
 import sys
 
+import chex
 import grain
 import numpy as np
 import pytest
@@ -191,7 +192,8 @@ def test_train_batches_deterministic():
   ds = make_datasets(data_config())
   first = take(ds.train_iter(4, process_index=0, process_count=1), 5)
   second = take(ds.train_iter(4, process_index=0, process_count=1), 5)
-  assert all(b.shape == (4, 17) and b.dtype == np.int32 for b in first)
+  chex.assert_shape(first, (4, 17))
+  chex.assert_type(first, np.int32)
   np.testing.assert_array_equal(np.stack(first), np.stack(second))
   # Windows are cut from the stream: each row is a contiguous slice of it.
   stream = ds.split_tokens("train").astype(np.int32)
@@ -233,7 +235,9 @@ def test_iterator_state_round_trip():
 def test_eval_batches_fixed():
   ds = make_datasets(data_config())
   batches = ds.eval_batches("validation", 3, 4)
-  assert len(batches) == 4 and all(b.shape == (3, 17) and b.dtype == np.int32 for b in batches)
+  assert len(batches) == 4
+  chex.assert_shape(batches, (3, 17))
+  chex.assert_type(batches, np.int32)
   np.testing.assert_array_equal(np.stack(batches), np.stack(ds.eval_batches("validation", 3, 4)))
   stream = ds.split_tokens("validation")
   np.testing.assert_array_equal(batches[0][0], stream[:17])  # first and last windows

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_resuming_an_image_run_equals_the_uninterrupted_run(runs, tmp_path):
   assert (summary.start_step, summary.final_step) == (2, 4)
   step_b, state, data_state = _final_state(resumed, c)
   assert step == step_b == 4 and data_state["step"] == 4
-  jax.tree_util.tree_map(np.testing.assert_array_equal, straight, state)
+  chex.assert_trees_all_equal(straight, state)
   losses = lambda d: {r["step"]: r["train/loss"] for r in read_metrics(d) if "train/loss" in r}
   assert losses(resumed) == losses(runs["dit"])
 

@@ -5,6 +5,7 @@ import functools
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -30,8 +31,7 @@ def test_remat_changes_nothing_but_memory(model_remat, thinking_remat):
   loss, grads = loss_and_grads(model_remat, thinking_remat)
   base_loss, base_grads = loss_and_grads("none", "none")
   np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                         grads, base_grads)
+  chex.assert_trees_all_close(grads, base_grads, rtol=1e-4, atol=1e-5)
 
 
 def _small_config(remat):

@@ -1,5 +1,6 @@
 """The S1 objective: second-order gradients against finite differences, metrics, learning."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +48,7 @@ def test_second_order_gradient_matches_finite_differences(x64, ebt_type, options
   g = _directional_check(loss, params, jax.random.key(4))
   # The gradient holds second-order terms: alpha's gradient is <-dL/dy, grad_p E>.
   assert float(jnp.abs(g["alpha"])) > 0
-  assert all(np.all(np.isfinite(l)) for l in jax.tree_util.tree_leaves(g))
+  chex.assert_tree_all_finite(g)
 
 
 def test_metrics_follow_the_official_definitions():

@@ -5,6 +5,7 @@ import io
 import pickle
 import zipfile
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -16,11 +17,6 @@ from ebt_jax.training import runs
 from conftest import EBT_TYPES, tiny_config
 
 
-def _assert_trees_equal(a, b):
-  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
-
-
 @pytest.mark.parametrize("kind,ebt_type,tied", [("ebt", t, False) for t in EBT_TYPES] +
                          [("ebt", "time_embed", True), ("transformer", "default", False)])
 def test_round_trip(kind, ebt_type, tied):
@@ -28,9 +24,10 @@ def test_round_trip(kind, ebt_type, tied):
   c.model.tied_v2e = tied
   params = ebt_jax.init_params(c, jax.random.key(0))
   state_dict = export_official(params, c)
-  _assert_trees_equal(import_official(state_dict, c), params)
+  chex.assert_trees_all_equal(import_official(state_dict, c), params)
   # Lightning checkpoints prefix every name with "model.".
-  _assert_trees_equal(import_official({"model." + k: v for k, v in state_dict.items()}, c), params)
+  chex.assert_trees_all_equal(
+      import_official({"model." + k: v for k, v in state_dict.items()}, c), params)
 
 
 def test_official_layouts():
@@ -68,7 +65,7 @@ def test_gradient_dicts_map_like_weights():
   params = ebt_jax.init_params(c, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, c.model.vocab_size)
   grads = jax.jit(jax.grad(lambda p: ebt_jax.text_ebt_loss(p, tokens, c, key=jax.random.key(2))[0]))(params)
-  _assert_trees_equal(import_official(export_official(grads, c), c), grads)
+  chex.assert_trees_all_equal(import_official(export_official(grads, c), c), grads)
 
 
 def test_bad_state_dicts_raise_clear_errors():
@@ -178,14 +175,14 @@ def test_import_torch_checkpoint_files(tmp_path):
   out = runs.import_torch_checkpoint(ckpt, tmp_path / "run")
   config, step, restored = runs.restore_params(out)
   assert step == 0 and config.model.vocab_size == 11 and config.thinking.step_size == 2.0
-  jax.tree_util.tree_map(np.testing.assert_array_equal, restored, params)
+  chex.assert_trees_all_equal(restored, params)
   # A bare state_dict needs the config; without it the error names --config.
   bare = tmp_path / "weights.pt"
   write_torch_file(bare, collections.OrderedDict(state_dict))
   with pytest.raises(ebt_jax.config.ConfigError, match="--config:.*bare state_dict"):
     runs.import_torch_checkpoint(bare, tmp_path / "run2")
   out = runs.import_torch_checkpoint(bare, tmp_path / "run2", c)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, runs.restore_params(out)[2], params)
+  chex.assert_trees_all_equal(runs.restore_params(out)[2], params)
   not_zip = tmp_path / "old.pt"
   not_zip.write_bytes(b"\x80\x02legacy")
   with pytest.raises(TorchFileError, match="not a torch zip checkpoint"):
