@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from ebt_jax.models import layers
-from ebt_jax.models.params import Param, constant, linear_init, stacked, torch_default_linear_init
+from ebt_jax.models.params import Param, constant, stacked, torch_default_linear_init, torch_linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +54,24 @@ class ContextCache(NamedTuple):
 
 
 def block_specs(d: StackDims, weight_init: str, gain: float, adaln_zero: bool = False) -> dict:
-  """Parameters of `d.n_layers` blocks, stacked. Linear maps use the official init."""
+  """Parameters of `d.n_layers` blocks, stacked. Linear maps use the official init, with
+  torch's fans read from the named input/output axes (wq's are D and N * H)."""
   D, N, H, F = d.dim, d.n_heads, d.head_dim, d.ffn_hidden
 
-  def lin(shape, axes, fan_in, fan_out):
-    return stacked(d.n_layers, Param(shape, axes, linear_init(weight_init, fan_in, fan_out, gain)))
+  def lin(shape, axes, in_axis=-2, out_axis=-1):
+    return stacked(d.n_layers, Param(shape, axes, torch_linear(weight_init, gain, in_axis,
+                                                               out_axis)))
 
   specs = {
       "attn_norm": stacked(d.n_layers, Param((D,), ("embed",), constant(1.0))),
-      "wq": lin((D, N, H), ("embed", "heads", "head_dim"), D, N * H),
-      "wk": lin((D, N, H), ("embed", "heads", "head_dim"), D, N * H),
-      "wv": lin((D, N, H), ("embed", "heads", "head_dim"), D, N * H),
-      "wo": lin((N, H, D), ("heads", "head_dim", "embed"), N * H, D),
+      "wq": lin((D, N, H), ("embed", "heads", "head_dim"), 0, (1, 2)),
+      "wk": lin((D, N, H), ("embed", "heads", "head_dim"), 0, (1, 2)),
+      "wv": lin((D, N, H), ("embed", "heads", "head_dim"), 0, (1, 2)),
+      "wo": lin((N, H, D), ("heads", "head_dim", "embed"), (0, 1), 2),
       "ffn_norm": stacked(d.n_layers, Param((D,), ("embed",), constant(1.0))),
-      "w1": lin((D, F), ("embed", "mlp"), D, F),
-      "w3": lin((D, F), ("embed", "mlp"), D, F),
-      "w2": lin((F, D), ("mlp", "embed"), F, D),
+      "w1": lin((D, F), ("embed", "mlp")),
+      "w3": lin((D, F), ("embed", "mlp")),
+      "w2": lin((F, D), ("mlp", "embed")),
   }
   if d.adaln:
     # The official adaLN Linear(D, 6D) keeps torch's default init (or zeros for adaLN-zero).
@@ -127,13 +129,20 @@ def remat(fn, policy: str, prevent_cse: bool = True, static_argnums=()):
                         static_argnums=static_argnums)
 
 
-def _run_layers(body, x, per_layer, d: StackDims):
-  """Runs `body(x, layer_inputs) -> (x, out)` over stacked per-layer inputs."""
-  body = remat(body, d.remat, prevent_cse=not d.scan_layers)
-  if d.scan_layers:
+def run_layers(body: Callable, x, per_layer, *, scan: bool = True, remat_policy: str = "none"):
+  """Runs `body(x, layer_inputs) -> (x, out)` over per-layer inputs stacked on a leading
+  axis; returns the last `x` and the outputs stacked the same way. Every block stack (text
+  and DiT) runs through here.
+
+  `scan`: one `lax.scan` (compile time independent of depth), else an unrolled Python loop.
+  `remat_policy` rematerialises each layer (`remat`); common subexpressions are only kept
+  apart in the unrolled loop, as a scan body cannot merge with its neighbours anyway.
+  """
+  body = remat(body, remat_policy, prevent_cse=not scan)
+  if scan:
     return jax.lax.scan(body, x, per_layer)
   outs = []
-  for i in range(d.n_layers):
+  for i in range(jax.tree_util.tree_leaves(per_layer)[0].shape[0]):
     x, out = body(x, jax.tree_util.tree_map(lambda a: a[i], per_layer))
     outs.append(out)
   return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
@@ -149,7 +158,8 @@ def context_stream(bp: dict, x_BxCxD, positions_C, mods_Lx6xD, d: StackDims):
     p, mod = layer
     return _block(p, x, positions_C, mod, attend, d)
 
-  x_BxCxD, (k, v) = _run_layers(body, x_BxCxD.astype(d.dtype), (bp, mods_Lx6xD), d)
+  x_BxCxD, (k, v) = run_layers(body, x_BxCxD.astype(d.dtype), (bp, mods_Lx6xD),
+                               scan=d.scan_layers, remat_policy=d.remat)
   return x_BxCxD, ContextCache(k, v)
 
 
@@ -213,8 +223,8 @@ def extend_cache(bp: dict, cache: ContextCache, x_BxTxD, positions_T, mods_Lx6xD
   if d.n_layers > 1:
     head_mods = None if mods_Lx6xD is None else mods_Lx6xD[:-1]
     per_layer = (_split_last(bp), k_LxBxCxNxH[:-1], v_LxBxCxNxH[:-1], head_mods)
-    x_BxTxD, (k_head, v_head) = _run_layers(
-        body, x_BxTxD, per_layer, dataclasses.replace(d, n_layers=d.n_layers - 1))
+    x_BxTxD, (k_head, v_head) = run_layers(body, x_BxTxD, per_layer, scan=d.scan_layers,
+                                           remat_policy=d.remat)
   _, k, v = _qkv(last, x_BxTxD, positions_T, last_mod, d)
   k_last, v_last = write(k_LxBxCxNxH[-1], k)[None], write(v_LxBxCxNxH[-1], v)[None]
   if d.n_layers == 1:
@@ -235,5 +245,6 @@ def prediction_stream(bp: dict, x_BxSxD, positions_S, last_ctx_S, cache: Context
     return _block(p, x, positions_S, mod, attend, d)
 
   per_layer = (bp, cache.k_LxBxCxNxH, cache.v_LxBxCxNxH, mods_Lx6xD)
-  x_BxSxD, _ = _run_layers(body, x_BxSxD.astype(d.dtype), per_layer, d)
+  x_BxSxD, _ = run_layers(body, x_BxSxD.astype(d.dtype), per_layer, scan=d.scan_layers,
+                          remat_policy=d.remat)
   return x_BxSxD

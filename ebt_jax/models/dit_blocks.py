@@ -15,9 +15,10 @@ conditions on one learned vector and outputs one energy per patch; the DiT condi
 timestep embedding and outputs noise per pixel. Here c is [B', D] with B' = 1 (broadcast
 over the batch, the EBT) or B (the DiT).
 
-Initialisation is the official `initialize_weights`: torch's xavier_uniform_ for every
-Linear (the qkv projection as one [D, 3D] matrix, the patch embedding as a [D, C p^2]
-one), zero biases, and adaLN-zero (modulations and output layer zero).
+Initialisation is the official `initialize_weights`: torch's xavier_uniform_ (jax's
+`glorot_uniform`) for every Linear (the qkv projection as one [D, 3D] matrix, the patch
+embedding as a [D, C p^2] one: `in_axis`/`out_axis` name the axes making up each fan), zero
+biases, and adaLN-zero (modulations and output layer zero).
 
 A patch is flattened in (row, column, channel) order, tokens in row-major patch order,
 the same order the DiT's unpatchify reads its output in; the official convolution weight
@@ -27,16 +28,16 @@ the same order the DiT's unpatchify reads its output in; the official convolutio
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.nn.initializers import glorot_uniform
 
 from ebt_jax.models import layers
-from ebt_jax.models.blocks import remat
-from ebt_jax.models.params import Init, Param, constant, stacked
+from ebt_jax.models.blocks import run_layers
+from ebt_jax.models.params import Param, constant, stacked
 
 LN_EPS = 1e-6
 
@@ -66,12 +67,6 @@ class DiTStackDims:
   @property
   def mlp_hidden(self) -> int:
     return int(self.dim * self.mlp_ratio)
-
-
-def xavier_uniform(fan_in: int, fan_out: int) -> Init:
-  """torch.nn.init.xavier_uniform_: U(+-sqrt(6 / (fan_in + fan_out)))."""
-  bound = math.sqrt(6.0 / (fan_in + fan_out))
-  return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
@@ -109,7 +104,7 @@ def unpatchify(x_BxTxP: jax.Array, p: int, grid_h: int, grid_w: int) -> jax.Arra
 def patch_embed_specs(p: int, channels: int, dim: int) -> dict:
   return {
       "patch_w": Param((p, p, channels, dim), (None, None, None, "embed"),
-                       xavier_uniform(p * p * channels, dim)),
+                       glorot_uniform(in_axis=(0, 1, 2), out_axis=3)),
       "patch_b": Param((dim,), ("embed",), constant(0.0)),
   }
 
@@ -132,13 +127,15 @@ def block_specs(d: DiTStackDims) -> dict:
   zero = constant(0.0)
   return {
       # One [D, 3D] Linear in torch (so one xavier bound), output laid out (3, heads, head_dim).
-      "qkv_w": layer((D, 3, N, H), ("embed", None, "heads", "head_dim"), xavier_uniform(D, 3 * D)),
+      "qkv_w": layer((D, 3, N, H), ("embed", None, "heads", "head_dim"),
+                     glorot_uniform(in_axis=0, out_axis=(1, 2, 3))),
       "qkv_b": layer((3, N, H), (None, "heads", "head_dim"), zero),
-      "out_w": layer((N, H, D), ("heads", "head_dim", "embed"), xavier_uniform(D, D)),
+      "out_w": layer((N, H, D), ("heads", "head_dim", "embed"),
+                     glorot_uniform(in_axis=(0, 1), out_axis=2)),
       "out_b": layer((D,), ("embed",), zero),
-      "fc1_w": layer((D, F), ("embed", "mlp"), xavier_uniform(D, F)),
+      "fc1_w": layer((D, F), ("embed", "mlp"), glorot_uniform()),
       "fc1_b": layer((F,), ("mlp",), zero),
-      "fc2_w": layer((F, D), ("mlp", "embed"), xavier_uniform(F, D)),
+      "fc2_w": layer((F, D), ("mlp", "embed"), glorot_uniform()),
       "fc2_b": layer((D,), ("embed",), zero),
       "mod_w": layer((D, 6 * D), ("embed", "modulation"), zero),   # adaLN-zero
       "mod_b": layer((6 * D,), ("modulation",), zero),
@@ -165,10 +162,6 @@ def modulations(c_BxD: jax.Array, w_DxM: jax.Array, b_M: jax.Array, chunks: int)
   return m_BxM.reshape(c_BxD.shape[0], chunks, -1)
 
 
-def _modulate(x_BxTxD, shift_BxD, scale_BxD):
-  return x_BxTxD * (1 + scale_BxD[:, None, :]) + shift_BxD[:, None, :]
-
-
 def full_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH) -> jax.Array:
   """Bidirectional attention, softmax in float32 or wider (float64 under x64)."""
   wide = layers.wide_dtype(q_BxTxNxH.dtype)
@@ -182,13 +175,13 @@ def _block(p: dict, x_BxTxD, c_BxD, d: DiTStackDims):
   dtype = d.dtype
   cast = lambda a: a.astype(dtype)
   mod = modulations(c_BxD, p["mod_w"], p["mod_b"], 6)
-  h = _modulate(layer_norm(x_BxTxD), mod[:, 0], mod[:, 1])
+  h = layers.modulate(layer_norm(x_BxTxD), mod[:, None, 0], mod[:, None, 1])
   qkv = jnp.einsum("btd,dknh->kbtnh", h, cast(p["qkv_w"])) + cast(p["qkv_b"])[:, None, None]
   qkv = layers.constrain(qkv, (None, *layers.HEADS))
   attn = full_attention(qkv[0], qkv[1], qkv[2])
   attn = jnp.einsum("btnh,nhd->btd", attn, cast(p["out_w"])) + cast(p["out_b"])
   x_BxTxD = x_BxTxD + mod[:, 2][:, None, :] * attn
-  h = _modulate(layer_norm(x_BxTxD), mod[:, 3], mod[:, 4])
+  h = layers.modulate(layer_norm(x_BxTxD), mod[:, None, 3], mod[:, None, 4])
   h = jax.nn.gelu(h @ cast(p["fc1_w"]) + cast(p["fc1_b"]), approximate=True)
   h = layers.constrain(h, layers.FFN) @ cast(p["fc2_w"]) + cast(p["fc2_b"])
   return layers.constrain(x_BxTxD + mod[:, 5][:, None, :] * h, layers.HIDDEN)
@@ -197,18 +190,13 @@ def _block(p: dict, x_BxTxD, c_BxD, d: DiTStackDims):
 def run_blocks(bp: dict, x_BxTxD: jax.Array, c_BxD: jax.Array, d: DiTStackDims) -> jax.Array:
   """The block stack (`lax.scan` over layers unless `d.scan_layers` is False)."""
   c_BxD = c_BxD.astype(d.dtype)
-  body = remat(lambda x, p: (_block(p, x, c_BxD, d), None), d.remat,
-               prevent_cse=not d.scan_layers)
-  x_BxTxD = x_BxTxD.astype(d.dtype)
-  if d.scan_layers:
-    return jax.lax.scan(body, x_BxTxD, bp)[0]
-  for i in range(d.n_layers):
-    x_BxTxD, _ = body(x_BxTxD, jax.tree_util.tree_map(lambda a: a[i], bp))
-  return x_BxTxD
+  body = lambda x, p: (_block(p, x, c_BxD, d), None)
+  return run_layers(body, x_BxTxD.astype(d.dtype), bp, scan=d.scan_layers,
+                    remat_policy=d.remat)[0]
 
 
 def final_norm(params: dict, x_BxTxD: jax.Array, c_BxD: jax.Array) -> jax.Array:
   """The final layer's modulate(LN(x), shift, scale), before its output Linear."""
   c_BxD = c_BxD.astype(x_BxTxD.dtype)
   mod = modulations(c_BxD, params["final_mod_w"], params["final_mod_b"], 2)
-  return _modulate(layer_norm(x_BxTxD), mod[:, 0], mod[:, 1])
+  return layers.modulate(layer_norm(x_BxTxD), mod[:, None, 0], mod[:, None, 1])

@@ -12,21 +12,27 @@ Why not Flax modules: the energy is differentiated twice (the thinking step take
 gradient with respect to the candidate, training differentiates through that step), and
 both derivatives must be taken of pure functions of plain pytrees. An NNX module would
 only be split back into such a pytree before every use, so the model is written as pure
-functions over the dict this file builds, and initialisation follows the official PyTorch
-code directly (torch's xavier-normal, N(0, 1) embeddings, torch's default Linear init).
+functions over the dict this file builds. Initialisation follows the official PyTorch
+code (torch's xavier-normal, N(0, 1) embeddings, torch's default Linear init), each written
+as the `jax.nn.initializers` case it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.nn import initializers
 
-# A leaf initialiser: (key, shape, dtype) -> array.
-Init = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
+# A leaf initialiser: (key, shape, dtype) -> array, as every `jax.nn.initializers` one is.
+Init = initializers.Initializer
+
+# torch.nn.init.normal_ (and nn.Embedding's default N(0, 1)) and constant fills are jax's
+# own `normal(stddev)` and `constant(value)`.
+normal = initializers.normal
+constant = initializers.constant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,34 +48,48 @@ class Param:
       raise ValueError(f"Param shape {self.shape} and axes {self.axes} differ in rank")
 
 
-def normal(std: float) -> Init:
-  """N(0, std^2) (torch.nn.init.normal_; torch.nn.Embedding's default is std=1)."""
-  return lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype)
+_WEIGHT_INIT_MODES = {"xavier": "fan_avg", "he": "fan_in"}
 
 
-def constant(value: float) -> Init:
-  return lambda key, shape, dtype: jnp.full(shape, value, dtype)
+def torch_linear(method: str, gain: float = 1.0, in_axis=-2, out_axis=-1) -> Init:
+  """The official `init_whole_model_weights` for a Linear weight stored [inputs, outputs].
 
-
-def uniform(bound: float) -> Init:
-  """U(-bound, bound)."""
-  return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+  "xavier" is torch's xavier_normal_, a plain (untruncated) normal with variance
+  2 / (fan_in + fan_out); "he" is kaiming_normal_ with the linear gain, variance 1 / fan_in;
+  both times gain^2. That is `variance_scaling(gain^2, fan_avg | fan_in, "normal")`.
+  torch stores a Linear weight as [out, in]; ours is [in, out] (jax's default
+  in_axis=-2, out_axis=-1), and a weight split over several axes names them all, e.g.
+  [D, N, H] with in_axis=0, out_axis=(1, 2) has fan_out N * H, as torch's [N * H, D].
+  """
+  if method not in _WEIGHT_INIT_MODES:
+    raise ValueError(f"model.weight_init: expected 'xavier' or 'he', got {method!r}")
+  return initializers.variance_scaling(gain**2, _WEIGHT_INIT_MODES[method], "normal",
+                                       in_axis=in_axis, out_axis=out_axis)
 
 
 def linear_init(method: str, fan_in: int, fan_out: int, gain: float = 1.0) -> Init:
-  """The official code's `init_whole_model_weights` for a torch Linear(fan_in, fan_out).
+  """`torch_linear` for a torch Linear(fan_in, fan_out) whose fans are given, not read
+  from the parameter's shape (the energy head [D] is torch's Linear(D, 1) weight): drawn as
+  the [fan_in, fan_out] matrix and laid out in the parameter's shape."""
+  matrix = torch_linear(method, gain)
 
-  "xavier" is torch's xavier_normal_ (a plain, untruncated normal with std
-  sqrt(2 / (fan_in + fan_out))); "he" is kaiming_normal_ with the linear gain
-  (std 1 / sqrt(fan_in)); both then scaled by `gain`.
+  def init(key, shape, dtype=jnp.float32):
+    if math.prod(shape) != fan_in * fan_out:
+      raise ValueError(f"a Linear({fan_in}, {fan_out}) weight cannot have shape {shape}")
+    return matrix(key, (fan_in, fan_out), dtype).reshape(shape)
+
+  return init
+
+
+def uniform(bound: float) -> Init:
+  """U(-bound, bound), with the bound given.
+
+  Not a `jax.nn.initializers` one: theirs is `uniform(scale)` on [0, scale), and
+  `variance_scaling(..., "uniform")` reads the bound from the array's own fans, while torch
+  bounds a Linear's bias by its weight's fan_in, which the bias's shape does not carry.
   """
-  if method == "xavier":
-    std = math.sqrt(2.0 / (fan_in + fan_out))
-  elif method == "he":
-    std = 1.0 / math.sqrt(fan_in)
-  else:
-    raise ValueError(f"model.weight_init: expected 'xavier' or 'he', got {method!r}")
-  return normal(gain * std)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
 
 
 def torch_default_linear_init(fan_in: int) -> Init:
