@@ -1,16 +1,17 @@
 """Shardings of the train state and of batches, and global batches from process-local data.
 
-Parameters are sharded by their logical axes (`logical.tree_shardings`). Optimizer state
-leaves that mirror a parameter (Adam's moments of each group) take that parameter's
-sharding, found by the parameter's key path at the end of the state leaf's path and an
-equal shape; every other leaf (step counts, the run key) is replicated, as optax's scalar
-counts must be.
+Parameters are sharded by their logical axes (`logical.tree_shardings`). The copies of
+the parameter tree inside the optimizer state (Adam's moments of each group) take the
+parameters' shardings, found by `optax.tree_map_params`, which knows them from the
+optimizer itself; every other leaf (step counts, the run key) is replicated, as optax's
+scalar counts must be.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ebt_jax.parallel import logical
@@ -22,30 +23,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def mirror_param_shardings(abstract_tree, abstract_params, param_shardings, mesh: Mesh):
-  """Shardings for a tree (e.g. optimizer state) whose leaves may mirror parameters."""
-  by_path = {}
-  for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(abstract_params),
-                                    jax.tree_util.tree_leaves(param_shardings)):
-    by_path[tuple(path)] = (sharding, tuple(leaf.shape))
-  longest = max((len(p) for p in by_path), default=0)
-
-  def pick(path, leaf):
-    for n in range(1, min(longest, len(path)) + 1):
-      found = by_path.get(tuple(path[-n:]))
-      if found is not None and found[1] == tuple(leaf.shape):
-        return found[0]
-    return replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(pick, abstract_tree)
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, param_shardings,
+                        mesh: Mesh):
+  """Shardings of `tx`'s state: its parameter-shaped trees take `param_shardings`, the rest
+  (counts, schedule steps) is replicated."""
+  # A masked group (optax.multi_transform) holds its parameter trees with MaskedNode in
+  # place of the other groups' leaves; it stays a MaskedNode (it has no leaves to shard).
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  return optax.tree_map_params(
+      tx, lambda leaf, sharding: leaf if masked(leaf) else sharding, abstract_opt_state,
+      param_shardings, transform_non_params=lambda _: replicated(mesh), is_leaf=masked)
 
 
-def state_shardings(abstract_state, param_axes, mesh: Mesh, rules=logical.DEFAULT_RULES):
-  """Shardings of a `TrainState` (or any tree with `params` and other fields)."""
+def state_shardings(abstract_state, param_axes, mesh: Mesh, rules=logical.DEFAULT_RULES, *,
+                    tx: optax.GradientTransformation):
+  """Shardings of a `TrainState` (or any tree with `params`, `opt_state` made by `tx`, and
+  other fields, all replicated)."""
   params = logical.tree_shardings(abstract_state.params, param_axes, mesh, rules)
-  rest = mirror_param_shardings(abstract_state._replace(params=None), abstract_state.params,
-                                params, mesh)
-  return rest._replace(params=params)
+  rest = jax.tree_util.tree_map(lambda _: replicated(mesh),
+                                abstract_state._replace(params=None, opt_state=None))
+  return rest._replace(params=params, opt_state=opt_state_shardings(
+      tx, abstract_state.opt_state, params, mesh))
 
 
 def batch_sharding(mesh: Mesh, batch_shape, rules=logical.DEFAULT_RULES) -> NamedSharding:
