@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ml_collections
 
-from ebt_jax.errors import ConfigError
+from ebt_jax.errors import ConfigError, check
 
 DEFAULT_CONFIG = "default"
 
@@ -225,13 +225,13 @@ def _inference_overrides(args, overrides: list[str]):
 
 
 def _cmd_eval(args, overrides):
-  from ebt_jax.config import CONTINUOUS_KINDS
-  from ebt_jax.training import trainer
-  if trainer.load_config(args.workdir).model.kind in CONTINUOUS_KINDS:
+  from ebt_jax import tasks
+  from ebt_jax.training import runs
+  if not tasks.build(runs.load_config(args.workdir)).thinks_over_tokens:
     return _eval_continuous(args, overrides)
   if args.ddim_steps is not None:
     raise ConfigError("--ddim-steps: only for image runs (a DiT, or an image EBT's --baseline)")
-  from ebt_jax.inference import evaluation
+  from ebt_jax.commands import evaluation
   report = evaluation.evaluate_system2(
       args.workdir, thinking_steps=_int_list("--thinking-steps", args.thinking_steps),
       best_of=_int_list("--best-of", args.best_of) or [1], baseline=args.baseline,
@@ -245,8 +245,8 @@ def _cmd_eval(args, overrides):
 
 
 def _eval_continuous(args, overrides):
-  """`ebt eval` of an image EBT, DiT or latent EBT run (inference/image_eval.py)."""
-  from ebt_jax.inference import image_eval
+  """`ebt eval` of an image EBT, DiT or latent EBT run (commands/image_eval.py)."""
+  from ebt_jax.commands import image_eval
   for flag, value in (("--best-of", args.best_of), ("--stop-thresholds", args.stop_thresholds)):
     if value is not None:
       raise ConfigError(f"{flag}: only for text EBT runs")
@@ -262,7 +262,7 @@ def _eval_continuous(args, overrides):
 
 
 def _cmd_think(args, overrides):
-  from ebt_jax.inference import uncertainty
+  from ebt_jax.commands import uncertainty
   report = uncertainty.think_about_text(args.workdir, args.text, seed=args.seed,
                                         overrides=_inference_overrides(args, overrides))
   print(report.table())
@@ -273,27 +273,27 @@ def _cmd_think(args, overrides):
 def _cmd_generate(args, overrides):
   import jax
   import numpy as np
-  from ebt_jax import config as config_lib
   from ebt_jax.data.tokenizers import make_tokenizer
   from ebt_jax.inference import generate
   from ebt_jax.training import runs
-  config, _, params = runs.restore_ebt(args.workdir, _inference_overrides(args, overrides))
+  task, _, params = runs.restore_ebt(args.workdir, _inference_overrides(args, overrides))
+  config = task.config
   sampling = generate.Sampling(args.max_new_tokens, args.temperature, args.top_p)
   tokenizer = make_tokenizer(config.data)
   prompt = np.asarray(tokenizer.encode(args.prompt), np.int32)
-  config_lib.check(len(prompt) >= 1, "--prompt", "at least one token", args.prompt)
+  check(len(prompt) >= 1, "--prompt", "at least one token", args.prompt)
   if len(prompt) + args.max_new_tokens > config.model.context_length:
     print(f"note: {len(prompt)} prompt + {args.max_new_tokens} new tokens exceed the trained "
           f"context of {config.model.context_length}", file=sys.stderr)
   prompts = np.repeat(prompt[None], args.num_samples, axis=0)
-  out = jax.device_get(generate.generate(params, prompts, config, jax.random.key(args.seed),
+  out = jax.device_get(generate.generate(params, prompts, task, jax.random.key(args.seed),
                                          sampling))
   for i, row in enumerate(out.tokens):
     if args.num_samples > 1:
       print(f"--- sample {i + 1}")
     print(tokenizer.decode(row.tolist()))
   if args.show_energies:
-    print(f"per generated token of sample 1: final energy / energy drop / steps")
+    print("per generated token of sample 1: final energy / energy drop / steps")
     for t, token in enumerate(out.tokens[0, len(prompt):]):
       text = tokenizer.decode([int(token)]).encode("unicode_escape").decode("ascii")
       print(f"  {text:<8}{out.final_energy[0, t]:>10.4g}{out.energy_drop[0, t]:>10.4g}"
@@ -301,7 +301,7 @@ def _cmd_generate(args, overrides):
 
 
 def _cmd_sweep_inner(args, overrides):
-  from ebt_jax.inference import sweep
+  from ebt_jax.commands import sweep
   specs = args.optimizers or sweep.DEFAULT_SWEEP
   report = sweep.sweep_inner(args.workdir, _int_list("--steps", args.steps), specs,
                              num_batches=args.batches, batch_size=args.batch_size,
@@ -314,7 +314,7 @@ def _cmd_sweep_inner(args, overrides):
 
 
 def _cmd_bench(args, overrides):
-  from ebt_jax.inference import bench
+  from ebt_jax.tools import bench
   config, _ = load_config_file(args.config)
   apply_overrides(config, overrides)
   result = bench.run_bench(config, repeats=args.repeats, batch_size=args.batch_size,

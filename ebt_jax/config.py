@@ -3,9 +3,10 @@
 Configs are `ml_collections.ConfigDict`s (config-as-code; `ebt train --config F
 --config.model.dim=512` overrides any field). `base_config()` holds every field with its
 default; experiment files start from it and change what they need. `validate` turns a bad
-value into one line naming the field and what was expected, before anything is built.
-The frozen `*Dims` dataclasses that the pure model code closes over are derived here, so
-models never see a ConfigDict.
+value of the fields every kind shares into one line naming the field and what was
+expected, before anything is built; each kind's own checks, and the frozen dims and
+options its pure model code closes over, belong to its task (`ebt_jax.tasks.build` runs
+both). This module imports no model code.
 
 Field names follow the official code where one exists (its name in brackets below);
 `ebt_jax.official_hparams.from_official_hparams` converts an official job script's flags.
@@ -17,21 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from ebt_jax.models.ar_ebt import EBT_TYPES, TextEBTDims
-from ebt_jax.models.bi_ebt import ImageEBTDims
-from ebt_jax.models.blocks import REMAT_POLICIES, StackDims
-from ebt_jax.models.dit import DiTDims
-from ebt_jax.models.dit_blocks import DiTStackDims
-from ebt_jax.models.latent_ebt import LatentEBTDims
-from ebt_jax.models.transformer import TransformerDims
-from ebt_jax.errors import ConfigError, check  # noqa: F401 (re-exported)
+from ebt_jax.errors import check
 from ebt_jax.parallel.logical import DEFAULT_RULES
 
-TEXT_KINDS = ("ebt", "transformer")
-CONTINUOUS_KINDS = ("image_ebt", "dit", "latent_ebt")   # ebt_jax/tasks/kinds.py
-MODEL_KINDS = TEXT_KINDS + CONTINUOUS_KINDS
-IMAGE_KINDS = ("image_ebt", "dit")
-REMAT_CHOICES = ("none", *REMAT_POLICIES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
 
@@ -43,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.kind = "ebt"                 # ebt | transformer (Transformer++ baseline) | image_ebt
                                        # (bidirectional denoiser) | dit (its baseline) |
-                                       # latent_ebt (next frame); see tasks/kinds.py
+                                       # latent_ebt (next frame); see ebt_jax/tasks/
   c.model.ebt_type = "time_embed"      # [ebt_type] default | time_embed | adaln | adaln_zero
   c.model.vocab_size = 256
   c.model.dim = 384                    # [embedding_dim]
@@ -84,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
                                        # in validation too (the official NLP model keeps it)
   c.thinking.langevin_noise_learnable = False  # [langevin_dynamics_noise_learnable] the std is
                                        # trained (default group) once warmup has finished
-  # System 2 recipe (ebt_jax/tasks/text.py, training/replay.py). Validation draws none of
+  # System 2 recipe (ebt_jax/tasks/text.py, tasks/replay.py). Validation draws none of
   # the random step sizes/counts and no replay; it runs the official deterministic steps.
   c.thinking.step_size_random_scale = 1.0  # [randomize_mcmc_step_size_scale] s: training's alpha
                                        # ~ U[alpha/s, alpha*s] per (sample, position)
@@ -105,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.thinking.contrastive_loss_coeff = 0.0005  # [contrastive_loss_coeff]
   c.thinking.contrastive_true_logit = 0.0     # [discrete_contrastive_loss_true_logit_val] 0:
                                        # the true candidate is one-hot; else logits +-this
-  c.thinking.replay_buffer = False     # [mcmc_replay_buffer] (training/replay.py)
+  c.thinking.replay_buffer = False     # [mcmc_replay_buffer] (tasks/replay.py)
   c.thinking.replay_buffer_size = 192  # [mcmc_replay_buffer_size] sequences per buffer
   c.thinking.replay_buffer_sample_fraction = 0.5  # [mcmc_replay_buffer_sample_bs_percent]
                                        # replayed rows appended per buffer: int(fraction x
@@ -209,49 +198,28 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks the model and thinking fields; returns `c` so calls can be chained."""
-  from ebt_jax.thinking import optimizers  # the registry fills on import
-
+  """Checks the fields every kind shares; returns `c` so calls can be chained."""
   m = c.model
-  check(m.kind in MODEL_KINDS, "model.kind", f"one of {MODEL_KINDS}", m.kind)
-  check(m.ebt_type in EBT_TYPES, "model.ebt_type", f"one of {EBT_TYPES}", m.ebt_type)
   for field in ("vocab_size", "dim", "n_layers", "n_heads", "context_length"):
     value = m[field]
     check(isinstance(value, int) and value >= 1, f"model.{field}", "a positive integer", value)
   check(m.vocab_size >= 2, "model.vocab_size", "at least 2", m.vocab_size)
   check(m.dim % m.n_heads == 0, "model.n_heads",
          f"a divisor of model.dim={m.dim}", m.n_heads)
-  if m.kind in IMAGE_KINDS:
-    _validate_images(c)
-  else:
-    check((m.dim // m.n_heads) % 2 == 0, "model.n_heads",
-           f"a count giving an even head size for RoPE (model.dim={m.dim})", m.n_heads)
-  if m.kind == "latent_ebt":
-    check(isinstance(m.latent_dim, int) and m.latent_dim >= 1, "model.latent_dim",
-           "a positive integer", m.latent_dim)
   check(m.ffn_dim_multiplier is None or m.ffn_dim_multiplier > 0,
          "model.ffn_dim_multiplier", "None or a positive number", m.ffn_dim_multiplier)
   check(m.weight_init in ("xavier", "he"), "model.weight_init", "'xavier' or 'he'", m.weight_init)
   check(m.dtype in DTYPES, "model.dtype", f"one of {tuple(DTYPES)}", m.dtype)
   check(m.norm_eps > 0, "model.norm_eps", "a positive number", m.norm_eps)
-  check(m.remat in REMAT_CHOICES, "model.remat", f"one of {REMAT_CHOICES}", m.remat)
 
   t = c.thinking
   check(isinstance(t.num_steps, int) and t.num_steps >= 1, "thinking.num_steps",
          "a positive integer", t.num_steps)
   check(t.step_size > 0, "thinking.step_size", "a positive number", t.step_size)
   check(t.grad_wrt in ("probs", "logits"), "thinking.grad_wrt", "'probs' or 'logits'", t.grad_wrt)
-  if m.kind == "latent_ebt":
-    check(t.initial_condition in ("random_noise", "zeros", "most_recent_embedding"),
-           "thinking.initial_condition", "'random_noise', 'zeros' or 'most_recent_embedding'",
-           t.initial_condition)
-  else:
-    check(t.initial_condition in ("random_noise", "zeros"), "thinking.initial_condition",
-           "'random_noise' or 'zeros'", t.initial_condition)
   check(t.initial_noise_scale >= 0, "thinking.initial_noise_scale", "a number >= 0",
          t.initial_noise_scale)
   check(t.langevin_noise >= 0, "thinking.langevin_noise", "a number >= 0", t.langevin_noise)
-  check(t.remat in REMAT_CHOICES, "thinking.remat", f"one of {REMAT_CHOICES}", t.remat)
   check(t.step_size_random_scale > 0, "thinking.step_size_random_scale", "a positive number",
          t.step_size_random_scale)
   check(isinstance(t.random_steps, int) and t.random_steps >= 0, "thinking.random_steps",
@@ -265,25 +233,6 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "a number >= 0", t.clamp_grad_max_change_after_warmup)
   check(t.absolute_clamp >= 0, "thinking.absolute_clamp", "a number >= 0 (0: off)",
          t.absolute_clamp)
-  check(not t.contrastive_loss or t.contrastive_true_logit != 0 or t.normalize_initial_condition,
-         "thinking.contrastive_true_logit",
-         "a non-zero value when normalize_initial_condition is off (as the official code)",
-         t.contrastive_true_logit)
-  if t.replay_buffer:
-    groups = t.replay_buffer_groups
-    check(isinstance(groups, int) and groups >= 1 and c.train.batch_size % groups == 0,
-           "thinking.replay_buffer_groups",
-           f"a positive divisor of train.batch_size={c.train.batch_size}", groups)
-    check(isinstance(t.replay_buffer_size, int) and t.replay_buffer_size >= 1,
-           "thinking.replay_buffer_size", "a positive integer", t.replay_buffer_size)
-    rows = c.train.batch_size // groups
-    check(int(rows * t.replay_buffer_sample_fraction) >= 1, "thinking.replay_buffer_sample_fraction",
-           f"a fraction giving at least one replayed row of the {rows} rows per buffer",
-           t.replay_buffer_sample_fraction)
-  check(t.inner_optimizer in optimizers.names(), "thinking.inner_optimizer",
-         f"one of {optimizers.names()}", t.inner_optimizer)
-  if m.kind in ("image_ebt", "latent_ebt"):
-    _validate_continuous_thinking(c)
 
   i = c.inference
   check(isinstance(i.thinking_steps, int) and i.thinking_steps >= 0, "inference.thinking_steps",
@@ -323,111 +272,3 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     check(isinstance(tr[field], int) and tr[field] >= 1, f"train.{field}",
            "a positive integer", tr[field])
   return c
-
-
-def _validate_images(c: ml_collections.ConfigDict) -> None:
-  m, d, i = c.model, c.denoise, c.inference
-  for field in ("image_size", "patch_size"):
-    check(isinstance(m[field], int) and m[field] >= 1, f"model.{field}", "a positive integer",
-           m[field])
-  check(m.image_size % m.patch_size == 0, "model.patch_size",
-         f"a divisor of model.image_size={m.image_size}", m.patch_size)
-  check(m.image_channels in (1, 3), "model.image_channels", "1 or 3", m.image_channels)
-  check(m.dim % 4 == 0, "model.dim", "a multiple of 4 (the 2-D sin-cos position table)", m.dim)
-  check(isinstance(m.learn_sigma, bool), "model.learn_sigma", "true or false", m.learn_sigma)
-  check(isinstance(d.diffusion_steps, int) and d.diffusion_steps >= 1, "denoise.diffusion_steps",
-         "a positive integer", d.diffusion_steps)
-  for field in ("noise_level", "ood_noise_level"):
-    level = d[field]
-    check(0 < level <= 1, f"denoise.{field}", "a level in (0, 1]", level)
-    # The stretched linear schedule's largest beta is 0.02 * 1000 / T.
-    check(int(d.diffusion_steps / level) >= 20, f"denoise.{field}",
-           f"a level giving diffusion_steps / level >= 20 timesteps (diffusion_steps="
-           f"{d.diffusion_steps})", level)
-  ddim = tuple(i.ddim_steps) if isinstance(i.ddim_steps, (tuple, list)) else None
-  most = ddim_step_limit(c)
-  check(ddim is not None and all(isinstance(n, int) and 1 <= n <= most for n in ddim),
-         "inference.ddim_steps", f"a tuple of step counts in [1, {most}] (the timesteps below "
-         f"the evaluated noise levels)", i.ddim_steps)
-  check(isinstance(i.recurse_diffusion, int) and i.recurse_diffusion >= 0,
-         "inference.recurse_diffusion", "an integer >= 0", i.recurse_diffusion)
-
-
-def ddim_step_limit(c: ml_collections.ConfigDict) -> int:
-  """The most DDIM steps from both evaluated noise levels: the timesteps up to the one
-  images are noised to, int(level * T) with T = int(diffusion_steps / level) (about
-  diffusion_steps; tasks/image.py `eval_timestep` + 1)."""
-  d = c.denoise
-  return min(int(level * int(d.diffusion_steps / level))
-             for level in (d.noise_level, d.ood_noise_level))
-
-
-def _validate_continuous_thinking(c: ml_collections.ConfigDict) -> None:
-  """The S2 recipe and per-step options are wired for text only (tasks/continuous.py)."""
-  t, kind = c.thinking, c.model.kind
-  why = f"for model.kind={kind!r} (wired for text EBTs only)"
-  check(t.random_steps == 0, "thinking.random_steps", f"0 {why}", t.random_steps)
-  check(t.step_size_random_scale == 1, "thinking.step_size_random_scale", f"1 {why}",
-         t.step_size_random_scale)
-  for field in ("replay_buffer", "contrastive_loss", "langevin_noise_learnable"):
-    check(not t[field], f"thinking.{field}", f"False {why}", t[field])
-  check(t.clamp_grad_max_change_after_warmup == 0, "thinking.clamp_grad_max_change_after_warmup",
-         f"0 {why}", t.clamp_grad_max_change_after_warmup)
-  check(not dict(t.inner_optimizer_kwargs), "thinking.inner_optimizer_kwargs",
-         f"no arguments {why}", dict(t.inner_optimizer_kwargs))
-  check(t.remat == "none", "thinking.remat", f"'none' {why}", t.remat)
-
-
-def dit_stack_dims(c: ml_collections.ConfigDict) -> DiTStackDims:
-  m = c.model
-  return DiTStackDims(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
-                      mlp_ratio=1.0 if m.ffn_dim_multiplier is None else m.ffn_dim_multiplier,
-                      dtype=DTYPES[m.dtype], scan_layers=m.scan_layers, remat=m.remat)
-
-
-def image_ebt_dims(c: ml_collections.ConfigDict) -> ImageEBTDims:
-  m = c.model
-  return ImageEBTDims(dit_stack_dims(c), image_size=m.image_size, patch_size=m.patch_size,
-                      channels=m.image_channels)
-
-
-def dit_dims(c: ml_collections.ConfigDict) -> DiTDims:
-  m = c.model
-  return DiTDims(dit_stack_dims(c), image_size=m.image_size, patch_size=m.patch_size,
-                 channels=m.image_channels, learn_sigma=m.learn_sigma)
-
-
-def latent_ebt_dims(c: ml_collections.ConfigDict) -> LatentEBTDims:
-  m = c.model
-  return LatentEBTDims(stack_dims(c, adaln=m.ebt_type in ("adaln", "adaln_zero")),
-                       latent_dim=m.latent_dim, ebt_type=m.ebt_type,
-                       num_landscapes=c.thinking.num_steps, weight_init=m.weight_init,
-                       weight_init_gain=m.weight_init_gain)
-
-
-def stack_dims(c: ml_collections.ConfigDict, adaln: bool = False) -> StackDims:
-  m = c.model
-  ffn_hidden = m.dim if m.ffn_dim_multiplier is None else int(m.dim * m.ffn_dim_multiplier)
-  return StackDims(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, ffn_hidden=ffn_hidden,
-                   norm_eps=m.norm_eps, rope_theta=m.rope_theta, adaln=adaln,
-                   dtype=DTYPES[m.dtype], scan_layers=m.scan_layers, remat=m.remat)
-
-
-def text_ebt_dims(c: ml_collections.ConfigDict) -> TextEBTDims:
-  m = c.model
-  return TextEBTDims(
-      stack=stack_dims(c, adaln=m.ebt_type in ("adaln", "adaln_zero")),
-      vocab_size=m.vocab_size, ebt_type=m.ebt_type, num_landscapes=c.thinking.num_steps,
-      tied_v2e=m.tied_v2e, weight_init=m.weight_init, weight_init_gain=m.weight_init_gain)
-
-
-def transformer_dims(c: ml_collections.ConfigDict) -> TransformerDims:
-  m = c.model
-  return TransformerDims(stack=stack_dims(c), vocab_size=m.vocab_size,
-                         weight_init=m.weight_init, weight_init_gain=m.weight_init_gain)
-
-
-def from_official_hparams(hparams: dict, **kwargs) -> ml_collections.ConfigDict:
-  """A config from the official code's flat hyperparameters (see `ebt_jax.official_hparams`)."""
-  from ebt_jax import official_hparams
-  return official_hparams.from_official_hparams(hparams, **kwargs)

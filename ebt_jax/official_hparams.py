@@ -28,6 +28,8 @@ from typing import Any, Callable
 import ml_collections
 
 from ebt_jax import config as config_lib
+from ebt_jax import tasks
+from ebt_jax.errors import ConfigError
 
 # The official size presets (width, depth, heads) used by `--model_size`.
 MODEL_SIZES = {
@@ -107,14 +109,14 @@ _UNREAD_BY_TEXT_MODEL = frozenset({"no_langevin_during_eval"})
 def _model_name(value):
   kinds = {"ebt": "ebt", "baseline_transformer": "transformer"}
   if value not in kinds:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"model_name: expected one of {sorted(kinds)} (text models), got {value!r}")
   return kinds[value]
 
 
 def _initial_condition(value):
   if value not in ("random_noise", "zeros"):
-    raise config_lib.ConfigError(f"denoising_initial_condition: expected 'random_noise' or "
+    raise ConfigError(f"denoising_initial_condition: expected 'random_noise' or "
                                  f"'zeros' (what this project implements), got {value!r}")
   return value
 
@@ -123,13 +125,13 @@ def _precision(value):
   dtypes = {"32-true": "float32", "32": "float32", "bf16-mixed": "bfloat16",
             "16-mixed": "float16", "64-true": "float64"}
   if value not in dtypes:
-    raise config_lib.ConfigError(f"float_precision: expected one of {sorted(dtypes)}, got {value!r}")
+    raise ConfigError(f"float_precision: expected one of {sorted(dtypes)}, got {value!r}")
   return dtypes[value]
 
 
 def _modality(value):  # absent means NLP: only text models take a vocab_size
   if value != "NLP":
-    raise config_lib.ConfigError(f"modality: expected 'NLP' (the text EBT), got {value!r}")
+    raise ConfigError(f"modality: expected 'NLP' (the text EBT), got {value!r}")
   return value
 
 
@@ -246,7 +248,7 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
   `ConfigError` naming the flag.
   """
   if "vocab_size" not in hparams:
-    raise config_lib.ConfigError("vocab_size: required (the official code reads it from its "
+    raise ConfigError("vocab_size: required (the official code reads it from its "
                                  "tokenizer, which this project does not download)")
   hparams = {**OFFICIAL_DEFAULTS, **hparams}
   c = config_lib.base_config()
@@ -261,21 +263,21 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
       _set(c, path, convert(value))
     elif name in _MUST_BE_DEFAULT:
       if value not in _MUST_BE_DEFAULT[name]:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"{name}: this project cannot honour {value!r} yet (supported: "
             f"{', '.join(repr(v) for v in _MUST_BE_DEFAULT[name])})")
     elif name in _PLUMBING or name in _ONLY_WITH_DISABLED_FEATURE or name in _BATCH \
         or name in _SIZE or name in _UNREAD_BY_TEXT_MODEL:
       pass
     else:
-      raise config_lib.ConfigError(f"{name}: not an official EBT hyperparameter this project knows")
+      raise ConfigError(f"{name}: not an official EBT hyperparameter this project knows")
 
   if hparams["max_scheduling_steps"] == -1:
     c.optimizer.decay_steps = int(hparams["max_steps"])
   size = hparams["model_size"]
   if size:
     if size not in MODEL_SIZES:
-      raise config_lib.ConfigError(f"model_size: expected one of {sorted(MODEL_SIZES)}, got {size!r}")
+      raise ConfigError(f"model_size: expected one of {sorted(MODEL_SIZES)}, got {size!r}")
     c.model.dim, c.model.n_layers, c.model.n_heads = MODEL_SIZES[size]
   if hparams["override_embedding_dim"] > 0:
     c.model.dim = int(hparams["override_embedding_dim"])
@@ -286,4 +288,5 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
                         int(hparams["accumulate_grad_batches"]) * devices)
   # One replay buffer per GPU, as the official code keeps (its size is per GPU).
   c.thinking.replay_buffer_groups = devices
-  return config_lib.validate(c)
+  tasks.build(c)   # validates
+  return c

@@ -3,15 +3,15 @@ plus causality, batch independence, jit/eager agreement and initialisation."""
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ebt_jax
-from ebt_jax import config as config_lib
+from ebt_jax import tasks
 from ebt_jax.models import ar_ebt
-from ebt_jax.tasks import text
 from conftest import EBT_TYPES, perturb, tiny_config, to_f64
 
 
@@ -90,7 +90,7 @@ def test_split_form_equals_full_masked_form(x64, ebt_type, tied):
   if tied:
     c.model.tied_v2e = True
     params.pop("v2e")
-  dims = config_lib.text_ebt_dims(c)
+  dims = tasks.build(c).dims
 
   @jax.jit
   def both(params, tokens, probs, landscape):
@@ -99,7 +99,7 @@ def test_split_form_equals_full_masked_form(x64, ebt_type, tied):
     return (ar_ebt.prediction_energy(params, cache, probs, landscape, dims),
             _reference_energy(params, tokens, probs, landscape, c))
 
-  for landscape in range(text.num_landscapes(c)):
+  for landscape in range(tasks.build(c).num_landscapes):
     ours, ref = both(params, tokens, probs, landscape)
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
 
@@ -107,7 +107,7 @@ def test_split_form_equals_full_masked_form(x64, ebt_type, tied):
 def test_landscapes_differ_for_step_indexed_variants(x64):
   for ebt_type in ("time_embed", "adaln"):
     c, params, tokens, probs = _setup(ebt_type)
-    dims = config_lib.text_ebt_dims(c)
+    dims = tasks.build(c).dims
     energy = jax.jit(lambda landscape: ar_ebt.energy(params, tokens, probs, landscape, dims))
     assert not np.allclose(energy(0), energy(1))
 
@@ -115,7 +115,7 @@ def test_landscapes_differ_for_step_indexed_variants(x64):
 def test_prediction_subset_matches_full(x64):
   """Thinking about only the last position (generation) gives that position's energy."""
   c, params, tokens, probs = _setup("time_embed")
-  dims = config_lib.text_ebt_dims(c)
+  dims = tasks.build(c).dims
   cache = ar_ebt.encode_context(params, tokens, 1, dims)
   full = ar_ebt.prediction_energy(params, cache, probs, 1, dims)
   last = ar_ebt.prediction_energy(params, cache, probs[:, -1:], 1, dims, pred_index_S=jnp.array([5]))
@@ -127,7 +127,7 @@ def test_causality(x64, ebt_type):
   """Energy and candidate gradient at position i ignore context tokens after i and the
   candidates of other positions."""
   c, params, tokens, probs = _setup(ebt_type)
-  dims = config_lib.text_ebt_dims(c)
+  dims = tasks.build(c).dims
   i = 2
   energy_and_grad = jax.jit(jax.value_and_grad(
       lambda p, t: ar_ebt.energy(params, t, p, 0, dims)[:, i].sum()))
@@ -155,8 +155,8 @@ def test_batch_independence(x64, ebt_type):
 
   @jax.jit
   def first_update(toks, y):
-    caches = text.encode_landscapes(params, toks[:, :-1], c)
-    fn = text.candidate_energy_fn(params, caches, c)
+    task = tasks.build(c)
+    fn = task.candidate_energy_fn(params, task.encode_landscapes(params, toks[:, :-1]))
     p = jax.nn.softmax(y, -1)
     return p - c.thinking.step_size * jax.grad(lambda z: fn(z, 0).sum())(p)
 
@@ -173,10 +173,9 @@ def test_jit_equals_eager():
   f = lambda p: ebt_jax.text_ebt_loss(p, tokens, c, key=jax.random.key(3))
   (l_eager, m_eager), g_eager = jax.value_and_grad(f, has_aux=True)(params)
   (l_jit, m_jit), g_jit = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
-  np.testing.assert_allclose(l_jit, l_eager, rtol=2e-5)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5),
-                         g_jit, g_eager)
-  np.testing.assert_allclose(m_jit["ce_steps"], m_eager["ce_steps"], rtol=2e-5)
+  chex.assert_trees_all_close((l_jit, m_jit["ce_steps"]), (l_eager, m_eager["ce_steps"]),
+                              rtol=2e-5)
+  chex.assert_trees_all_close(g_jit, g_eager, rtol=2e-3, atol=1e-5)
 
 
 def test_initialisation_follows_official():

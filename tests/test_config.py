@@ -7,7 +7,9 @@ import pytest
 
 from ebt_jax import cli
 from ebt_jax import config as config_lib
-from ebt_jax.config import ConfigError, from_official_hparams
+from ebt_jax import tasks
+from ebt_jax.errors import ConfigError
+from ebt_jax.official_hparams import from_official_hparams
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -117,7 +119,7 @@ def test_bad_values_raise_one_line_naming_the_field(path, value, message):
   section, field = path.split(".")
   c[section][field] = value
   with pytest.raises(ConfigError, match=message) as info:
-    config_lib.validate(c)
+    tasks.build(c)   # the shared checks (config.validate), then the kind's own
   assert "\n" not in str(info.value)
 
 
@@ -133,7 +135,7 @@ def test_every_variant_validates_and_names_its_run(name):
   assert set(VARIANT_CONFIGS[name]) <= set(variants)
   for variant in variants:
     config, run_name = cli.load_config_file(f"{name}:{variant}")
-    config_lib.validate(config)
+    tasks.build(config)   # validates
     assert run_name == f"{name}_{variant}"
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ebt_jax.inference import generate
-from ebt_jax.tasks import text
+from ebt_jax import tasks
 from conftest import perturb, tiny_config, to_f64
 
 
@@ -19,18 +19,18 @@ def test_cached_generation_gives_the_tokens_of_naive_generation(ebt_type, best_o
   config.model.dtype = "float64"
   config.inference.best_of = best_of
   config.inference.thinking_steps = 3
-  params = to_f64(perturb(text.init_params(config, jax.random.key(0)), jax.random.key(1), 0.3))
+  params = to_f64(perturb(tasks.init_params(config, jax.random.key(0)), jax.random.key(1), 0.3))
   prompt = jax.random.randint(jax.random.key(2), (2, 3), 1, 11)
   sampling = generate.Sampling(max_new_tokens=6, temperature=temperature, top_p=top_p)
-  cached = generate.generate(params, prompt, config, jax.random.key(3), sampling)
-  naive = generate.generate_naive(params, prompt, config, jax.random.key(3), sampling, bucket=4)
+  cached = generate.generate(params, prompt, tasks.build(config), jax.random.key(3), sampling)
+  naive = generate.generate_naive(params, prompt, tasks.build(config), jax.random.key(3), sampling, bucket=4)
   np.testing.assert_array_equal(cached.tokens, naive.tokens)
   np.testing.assert_array_equal(cached.tokens[:, :3], prompt)
   np.testing.assert_allclose(cached.final_energy, naive.final_energy, rtol=1e-9)
   np.testing.assert_allclose(cached.energy_drop, naive.energy_drop, rtol=1e-9)
   np.testing.assert_array_equal(cached.steps_used, 3)
   if temperature > 0:   # sampling really samples: another key, other tokens
-    other = generate.generate(params, prompt, config, jax.random.key(4), sampling)
+    other = generate.generate(params, prompt, tasks.build(config), jax.random.key(4), sampling)
     assert not np.array_equal(other.tokens, cached.tokens)
 
 

@@ -3,6 +3,7 @@
 import math
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ from ebt_jax.data.images import EmbeddedImages
 from ebt_jax.models import bi_ebt, diffusion, dit, dit_blocks
 from ebt_jax.models.dit_blocks import DiTStackDims
 from ebt_jax.tasks import image
-from ebt_jax.tasks.continuous import ThinkingOptions
+from ebt_jax.tasks.options import ThinkingOptions
 
 
 def directional_check(f, params, key, eps=1e-4, rtol=1e-7):
@@ -63,7 +64,7 @@ def _images(key, shape=(2, 4, 4, 3)):
 @pytest.mark.slow
 def test_second_order_gradient_matches_finite_differences(x64):
   m = _dims(jnp.float64, n_layers=1)
-  t = ThinkingOptions(num_steps=2, step_size=5.0, detach=False)
+  t = ThinkingOptions.create(num_steps=2, step_size=5.0, detach=False)
   params = moved(image.init_params(m, t, jax.random.key(0)), jax.random.key(1))
   clean = _images(jax.random.key(2)).astype(jnp.float64)
   opts = image.DenoiseOptions()
@@ -71,11 +72,11 @@ def test_second_order_gradient_matches_finite_differences(x64):
   g = directional_check(loss, params, jax.random.key(4))
   # alpha's gradient is <dL/dy, -grad_y E>: only there through the thinking step.
   assert float(jnp.abs(g["alpha"])) > 0
-  assert all(np.all(np.isfinite(l)) for l in jax.tree_util.tree_leaves(g))
+  chex.assert_tree_all_finite(g)
 
 
 def test_adaln_zero_init_gives_a_flat_energy_that_still_learns():
-  m, t = _dims(), ThinkingOptions(num_steps=1, step_size=5.0)
+  m, t = _dims(), ThinkingOptions.create(num_steps=1, step_size=5.0)
   params = image.init_params(m, t, jax.random.key(0))
   clean = _images(jax.random.key(1))
   np.testing.assert_array_equal(bi_ebt.energy(params, clean, m), 0.0)
@@ -87,7 +88,7 @@ def test_adaln_zero_init_gives_a_flat_energy_that_still_learns():
 
 def test_patch_energies_are_permutation_equivariant_only_with_their_positions():
   m = _dims(image_size=8, patch_size=2)        # 16 patches
-  params = moved(image.init_params(m, ThinkingOptions(), jax.random.key(0)), jax.random.key(1))
+  params = moved(image.init_params(m, ThinkingOptions.create(), jax.random.key(0)), jax.random.key(1))
   img = _images(jax.random.key(2), (2, 8, 8, 3))
   perm = np.random.default_rng(0).permutation(m.num_patches)
   tokens = jax.jit(lambda x: bi_ebt.token_energies(params, x, m))
@@ -226,7 +227,7 @@ def test_psnr_is_the_official_batch_psnr():
 def test_a_tiny_trained_denoiser_beats_the_noisy_input():
   start = time.time()
   m = _dims(image_size=8, patch_size=2, dim=32, n_layers=1, n_heads=2)
-  t = ThinkingOptions(num_steps=2, step_size=5.0)
+  t = ThinkingOptions.create(num_steps=2, step_size=5.0)
   opts = image.DenoiseOptions(diffusion_steps=100, noise_level=0.1)
   params = image.init_params(m, t, jax.random.key(0))
   source = EmbeddedImages(8, kind="photos", seed=0, max_zoom=4)

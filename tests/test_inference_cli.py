@@ -99,7 +99,7 @@ def test_sweep_inner_runs_every_optimizer(runs, tmp_path, capsys):
   assert cli.main(["sweep-inner", "--workdir", str(ebt), "--steps", "1,2", "--batches", "1",
                    "--json", str(out), "--plot", str(png)]) == 0
   rows = json.loads(out.read_text())["results"]
-  from ebt_jax.inference import sweep
+  from ebt_jax.commands import sweep
   assert {r["optimizer"] for r in rows} == set(sweep.DEFAULT_SWEEP)
   assert all(np.isfinite(r["ce"]) for r in rows)
   by = {(r["optimizer"], r["thinking_steps"]): r["ce"] for r in rows}

@@ -4,13 +4,14 @@ the filled entries or past a query's position leaks into the result."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ebt_jax
-from ebt_jax import config as config_lib
+from ebt_jax import tasks
 from ebt_jax.models import ar_ebt, layers
 from ebt_jax.models.blocks import ContextCache
 from conftest import EBT_TYPES, perturb, tiny_config, to_f64
@@ -28,7 +29,7 @@ def _setup(ebt_type, **model):
   params = to_f64(perturb(ebt_jax.init_params(c, k1), k4))
   tokens = jax.random.randint(k2, (B, S), 0, c.model.vocab_size)
   probs = jax.nn.softmax(jax.random.normal(k3, (B, S, c.model.vocab_size), jnp.float64), -1)
-  dims = config_lib.text_ebt_dims(c)
+  dims = tasks.build(c).dims
   landscape = 1 if dims.uses_step_embedding else 0   # not the default row
   return dims, params, tokens, probs, landscape
 
@@ -77,8 +78,8 @@ _prediction_energy = jax.jit(ar_ebt.prediction_energy, static_argnames="m")
 
 
 def _assert_filled_entries_equal(grown, full, filled):
-  for a, b in zip(grown, full):
-    np.testing.assert_allclose(a[:, :, :filled], b, rtol=1e-10, atol=1e-10)
+  filled_entries = jax.tree_util.tree_map(lambda a: a[:, :, :filled], grown)
+  chex.assert_trees_all_close(filled_entries, full, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("ebt_type", EBT_TYPES)

@@ -179,7 +179,7 @@ def test_import_torch_checkpoint_files(tmp_path):
   # A bare state_dict needs the config; without it the error names --config.
   bare = tmp_path / "weights.pt"
   write_torch_file(bare, collections.OrderedDict(state_dict))
-  with pytest.raises(ebt_jax.config.ConfigError, match="--config:.*bare state_dict"):
+  with pytest.raises(ebt_jax.errors.ConfigError, match="--config:.*bare state_dict"):
     runs.import_torch_checkpoint(bare, tmp_path / "run2")
   out = runs.import_torch_checkpoint(bare, tmp_path / "run2", c)
   chex.assert_trees_all_equal(runs.restore_params(out)[2], params)

@@ -5,6 +5,7 @@ import functools
 import re
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,13 +14,17 @@ from jax.test_util import check_grads
 
 import ebt_jax
 from ebt_jax import config as config_lib
+from ebt_jax import tasks
+from ebt_jax.errors import ConfigError
+from ebt_jax.official_hparams import from_official_hparams
 from ebt_jax.checkpoint.manager import Checkpointer
 from ebt_jax.models import ar_ebt
-from ebt_jax.tasks import text
+from ebt_jax.tasks import options, text
 from ebt_jax.thinking import Schedule, loop, optimizers, think
 from ebt_jax.training import optimizer as optimizer_lib
+from ebt_jax.tasks import replay as replay_lib
 from ebt_jax.training import program as program_lib
-from ebt_jax.training import replay as replay_lib
+from ebt_jax.training import step as step_lib
 from ebt_jax.training import trainer
 from ebt_jax.training.metrics import read_metrics
 from conftest import perturb, run_config, tiny_config, to_f64
@@ -57,9 +62,9 @@ def batch(first_id, rows, config):
 
 def test_replay_buffer_is_fifo_per_group_and_wraps():
   c = buffer_config()                    # 2 groups of 3 slots; 2 fresh rows, 1 replayed each
-  assert replay_lib.shape(c) == (2, 3, 2, 1)
-  buf = replay_lib.init(c)
-  push = jax.jit(functools.partial(replay_lib.push, config=c))
+  assert replay_lib.shape(tasks.build(c)) == (2, 3, 2, 1)
+  buf = replay_lib.init(tasks.build(c))
+  push = jax.jit(functools.partial(replay_lib.push, task=tasks.build(c)))
   tokens, _ = batch(10, 4, c)
   # push takes the combined batch's final logits: fresh rows then the replayed row per group.
   final = jnp.concatenate([batch(10, 2, c)[1], batch(0, 1, c)[1],
@@ -82,7 +87,7 @@ def test_more_fresh_rows_than_slots_keep_the_newest():
   c = buffer_config(batch_size=8, groups=1, size=3)
   tokens, logits = batch(1, 8, c)
   final = jnp.concatenate([logits, jnp.zeros((3, *logits.shape[1:]))])   # + 3 replay rows
-  buf = replay_lib.push(replay_lib.init(c), tokens, final, c)
+  buf = replay_lib.push(replay_lib.init(tasks.build(c)), tokens, final, tasks.build(c))
   assert (int(buf.pointer), int(buf.fill)) == (2, 3)
   # The official list appends 1..8 and pops the oldest: 6, 7, 8 remain (8 at slot 1).
   np.testing.assert_array_equal(buf.tokens[0, :, 0], [7, 8, 6])
@@ -90,13 +95,13 @@ def test_more_fresh_rows_than_slots_keep_the_newest():
 
 def test_replay_draws_only_filled_slots_without_replacement():
   c = buffer_config(batch_size=8, groups=2, size=5, fraction=0.75)   # 3 replayed of 4 rows
-  G, C, b, n = replay_lib.shape(c)
-  buf = replay_lib.init(c)
+  G, C, b, n = replay_lib.shape(tasks.build(c))
+  buf = replay_lib.init(tasks.build(c))
   ids = jnp.arange(1, C + 1)
   buf = buf._replace(tokens=jnp.broadcast_to(ids[None, :, None], buf.tokens.shape).astype(jnp.int32),
                      logits=jnp.broadcast_to(ids[None, :, None, None] + 0.5, buf.logits.shape))
   fresh = jnp.full((8, 3), 99, jnp.int32)
-  draw = jax.jit(lambda buf, key: replay_lib.draw(buf, fresh, key, c))
+  draw = jax.jit(lambda buf, key: replay_lib.draw(buf, fresh, key, tasks.build(c)))
   for fill, valid in ((0, 0), (2, 2), (5, 3)):
     seen = set()
     for seed in range(40):
@@ -123,9 +128,9 @@ def s2_program():
 
 
 def test_train_step_compiles_once_and_langevin_learns_after_warmup(monkeypatch):
-  traces = []
-  schedule = text.step_schedule
-  monkeypatch.setattr(text, "step_schedule", lambda *a, **k: traces.append(1) or schedule(*a, **k))
+  # One trace (so one executable) for every random step count and buffer fill.
+  chex.clear_trace_counter()
+  monkeypatch.setattr(step_lib, "train_step", chex.assert_max_traces(step_lib.train_step, n=1))
   program = s2_program()
   state = program.init_state()
   tokens = program.put_local(np.random.RandomState(0).randint(1, 256, (4, 17)))
@@ -135,14 +140,15 @@ def test_train_step_compiles_once_and_langevin_learns_after_warmup(monkeypatch):
     state, metrics = program.train_step(state, tokens)
     replayed.append(float(metrics["replayed_rows"]))
     steps.append(float(metrics["thinking_steps"]))
-  # One trace and one executable for every random step count and buffer fill.
-  assert len(traces) == 1 and program.train_step._cache_size() == 1
   assert replayed == [0.0, 2.0, 2.0, 2.0, 2.0]   # empty buffer first: no replay rows used
   assert set(steps) <= {2.0, 3.0}
   # Frozen during the 2 warmup updates, learned from then on (official warm_up_finished).
   assert stds[0] == stds[1] == stds[2] == 0.5 and stds[3] != 0.5
   assert optimizer_lib.param_labels(state.params, program.config)["langevin_std"] == "langevin"
   assert (int(state.replay.pointer), int(state.replay.fill)) == (2, 6)
+  # The trace check is live: another batch shape would be a second trace.
+  with pytest.raises(AssertionError, match="traced > 1 times"):
+    program.train_step(state, program.put_local(np.ones((4, 9), np.int32)))
 
 
 def test_replay_buffer_checkpoint_round_trip(tmp_path):
@@ -159,7 +165,7 @@ def test_replay_buffer_checkpoint_round_trip(tmp_path):
   step, restored, _ = ckpt.restore(program.abstract_sharded_state())
   ckpt.close()
   assert step == 3
-  jax.tree_util.tree_map(np.testing.assert_array_equal, restored.replay, state.replay)
+  chex.assert_trees_all_equal(restored.replay, state.replay)
 
 
 @pytest.mark.slow
@@ -178,7 +184,7 @@ def test_s2_resume_with_replay_equals_uninterrupted(tmp_path):
     ckpt.close()
   assert states[0][0] == states[1][0] == 6
   assert int(states[0][1].replay.fill) == 6
-  jax.tree_util.tree_map(np.testing.assert_array_equal, states[0][1], states[1][1])
+  chex.assert_trees_all_equal(states[0][1], states[1][1])
   losses = [{r["step"]: r["train/loss"] for r in read_metrics(tmp_path / run) if "train/loss" in r}
             for run in ("straight", "broken")]
   assert losses[0] == losses[1] and all(np.isfinite(list(losses[0].values())))
@@ -188,7 +194,7 @@ def test_s2_resume_with_replay_equals_uninterrupted(tmp_path):
 def test_random_step_counts_stay_within_bounds(final_only):
   c = tiny_config("time_embed", num_steps=3, random_steps=3, random_steps_min=2,
                   random_steps_final_landscape=final_only)
-  schedules = jax.jit(jax.vmap(lambda k: text.step_schedule(c, k)))
+  schedules = jax.jit(jax.vmap(lambda k: tasks.build(c).step_schedule(k)))
   landscapes, active = schedules(jax.random.split(jax.random.key(0), 400))
   landscapes, active = np.asarray(landscapes), np.asarray(active)
   slots = 3 + 3 if final_only else 3 * 4        # one slot per landscape, R+1 = 4 randomized
@@ -205,7 +211,7 @@ def test_random_step_counts_stay_within_bounds(final_only):
       taken = row_a[row_l == l]
       assert np.all(np.diff(taken.astype(int)) >= 0)
   # Validation: deterministic, the final landscape R+1 times (whatever final_only says).
-  val_landscapes, val_active = text.step_schedule(c)
+  val_landscapes, val_active = tasks.build(c).step_schedule()
   np.testing.assert_array_equal(val_landscapes, [0, 1, 2, 2, 2, 2])
   assert val_active is None
 
@@ -226,13 +232,14 @@ def test_truncation_equals_stop_gradient_on_earlier_steps_with_fixed_alpha():
     # entering the last step stop-gradiented (or not, to show the cut matters).
     init_key, think_key = jax.random.split(key)
     steps_key, alpha_key = jax.random.split(jax.random.fold_in(key, 1))
-    y0 = text.initial_candidate(init_key, (2, 6, c.model.vocab_size), c)
-    landscapes, active = text.step_schedule(c, steps_key)
-    alpha = text.random_step_size(text.step_size(p, c), alpha_key, (2, 6, 1), c)
-    energy = text.candidate_energy_fn(p, text.encode_landscapes(p, tokens[:, :-1], c), c)
+    task = tasks.build(c)
+    y0 = task.initial_candidate(init_key, (2, 6, c.model.vocab_size))
+    landscapes, active = task.step_schedule(steps_key)
+    alpha = task.random_step_size(options.step_size(p, task.thinking), alpha_key, (2, 6, 1))
+    energy = task.candidate_energy_fn(p, task.encode_landscapes(p, tokens[:, :-1]))
     run = functools.partial(think, energy, inner_opt=optimizers.make("gd"), key=think_key,
-                            reparam=text.candidate_reparam(c), detach=False,
-                            grad_clip=text.grad_clip_bound(p, c))
+                            reparam=task.candidate_reparam(), detach=False,
+                            grad_clip=options.grad_clip_bound(p, task.thinking))
     head = run(y0, schedule=Schedule(landscapes[:-1], alpha, active[:-1]))
     y = jax.lax.stop_gradient(head.final) if cut else head.final
     last = run(y, schedule=Schedule(landscapes[-1:], alpha))
@@ -242,8 +249,7 @@ def test_truncation_equals_stop_gradient_on_earlier_steps_with_fixed_alpha():
   g_trunc = jax.jit(jax.value_and_grad(truncated))(params)
   g_ref = jax.jit(jax.value_and_grad(lambda p: reference(p, True)))(params)
   np.testing.assert_allclose(g_trunc[0], g_ref[0], rtol=1e-6)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
-                         g_trunc[1], g_ref[1])
+  chex.assert_trees_all_close(g_trunc[1], g_ref[1], rtol=2e-4, atol=1e-6)
   g_full = jax.jit(jax.grad(lambda p: reference(p, False)))(params)
   assert not np.allclose(g_full["blocks"]["wq"], g_trunc[1]["blocks"]["wq"], rtol=1e-3)
 
@@ -252,10 +258,11 @@ def test_contrastive_loss_on_a_hand_computed_case():
   c = tiny_config("default", contrastive_loss=True)
   params = ebt_jax.init_params(c, jax.random.key(0))
   tokens = jnp.array([[3, 4, 0, 5]])                 # targets 4, 0 (pad), 5
-  caches = text.encode_landscapes(params, tokens[:, :-1], c)
+  task = tasks.build(c)
+  caches = task.encode_landscapes(params, tokens[:, :-1])
   mask = (tokens[:, 1:] != 0).astype(jnp.float32)
-  contrastive = jax.jit(lambda p, fake: text.contrastive_loss(p, caches, tokens[:, 1:], fake,
-                                                              mask, c))
+  contrastive = jax.jit(lambda p, fake: task.contrastive_loss(p, caches, tokens[:, 1:], fake,
+                                                              mask))
   fake = jnp.array([[2.0, 7.0, -1.0]])
   # With a zero energy head every true energy is 0: the official cross-entropy of
   # (-E_true, -E_fake) = (0, -fake) with target 0 is log(1 + exp(-fake)), pad skipped.
@@ -267,7 +274,7 @@ def test_contrastive_loss_on_a_hand_computed_case():
   # landscape, and the loss is the torch cross-entropy over the pair.
   e_true = ar_ebt.prediction_energy(params, jax.tree_util.tree_map(lambda a: a[0], caches),
                                     jax.nn.one_hot(tokens[:, 1:], c.model.vocab_size), 0,
-                                    config_lib.text_ebt_dims(c))
+                                    task.dims)
   logits = -np.stack([np.asarray(e_true), np.asarray(fake)], -1)[0]   # [S, 2]
   ce = -(logits[:, 0] - np.log(np.exp(logits).sum(-1)))
   got = contrastive(params, fake)
@@ -286,8 +293,8 @@ def test_clamps_follow_the_official_definitions():
                   clamp_grad_max_change_after_warmup=2.0, step_size_learnable=False)
   params = {"alpha": jnp.asarray(3.0)}
   # max_change / alpha with the model's alpha, the after-warmup change once warmed up.
-  np.testing.assert_allclose(text.grad_clip_bound(params, c, warmed_up=False), 2.0)
-  np.testing.assert_allclose(text.grad_clip_bound(params, c, warmed_up=jnp.bool_(True)), 2 / 3)
+  np.testing.assert_allclose(options.grad_clip_bound(params, tasks.build(c).thinking, warmed_up=False), 2.0)
+  np.testing.assert_allclose(options.grad_clip_bound(params, tasks.build(c).thinking, warmed_up=jnp.bool_(True)), 2 / 3)
   energy = lambda z, l: jnp.sum(jnp.arange(1.0, 4.0) * z ** 2, -1)   # gradient 2 k z_k
   y0 = jnp.ones((1, 1, 3))
   traj = think(energy, y0, optimizers.make("gd"), Schedule(jnp.zeros(1, jnp.int32),
@@ -378,10 +385,10 @@ def test_ablation_overrides_in_the_cpu_config_docstring_work():
     config_lib.validate(c)
     t = c.thinking
     if "random_steps_min" in override:
-      landscapes, active = jax.vmap(lambda k: text.step_schedule(c, k))(
+      landscapes, active = jax.vmap(lambda k: tasks.build(c).step_schedule(k))(
           jax.random.split(jax.random.key(0), 50))
       assert np.all(np.asarray(active).sum(1) == 3)
-      assert len(text.step_schedule(c)[0]) == 3        # as many as validation takes
+      assert len(tasks.build(c).step_schedule()[0]) == 3        # as many as validation takes
     else:
       assert (t.step_size_random_scale == 1 or t.langevin_noise == 0 or not t.replay_buffer)
 
@@ -408,12 +415,12 @@ S2_SCRIPT = {
 
 
 def test_s2_job_script_converts_to_the_xxs_config():
-  converted = config_lib.from_official_hparams(S2_SCRIPT, num_devices=4)
+  converted = from_official_hparams(S2_SCRIPT, num_devices=4)
   module = {}
   exec((CONFIGS / "ebt_s2.py").read_text(), module)
   ours = module["get_config"]("xxs")
   for section in ("model", "thinking", "optimizer"):
     assert converted[section].to_dict() == ours[section].to_dict(), section
   assert (converted.train.batch_size, converted.train.num_steps) == (256, 1000000)
-  with pytest.raises(config_lib.ConfigError, match="^bogus_flag: not an official"):
-    config_lib.from_official_hparams({**S2_SCRIPT, "bogus_flag": 1})
+  with pytest.raises(ConfigError, match="^bogus_flag: not an official"):
+    from_official_hparams({**S2_SCRIPT, "bogus_flag": 1})

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ebt_jax import tasks
 from ebt_jax.inference import system2
-from ebt_jax.tasks import text
+from ebt_jax.tasks import options, text
 from ebt_jax.thinking import inference, loop
 from conftest import perturb, tiny_config, to_f64
 
@@ -16,21 +17,21 @@ def model(x64):
   """A float64 model: comparisons of differently batched runs stay at rounding level."""
   config = tiny_config("time_embed")
   config.model.dtype = "float64"
-  params = to_f64(perturb(text.init_params(config, jax.random.key(0)), jax.random.key(1)))
+  params = to_f64(perturb(tasks.init_params(config, jax.random.key(0)), jax.random.key(1)))
   tokens = jax.random.randint(jax.random.key(2), (2, 7), 1, 11)
   return config, params, tokens[:, :-1], tokens[:, 1:]
 
 
 def test_landscapes_repeat_the_final_one():
-  np.testing.assert_array_equal(system2.landscapes(tiny_config("time_embed"), 4), [0, 1, 1, 1, 1])
-  np.testing.assert_array_equal(system2.landscapes(tiny_config("default"), 3), [0, 0, 0, 0])
+  np.testing.assert_array_equal(system2.landscapes(tasks.build(tiny_config("time_embed")), 4), [0, 1, 1, 1, 1])
+  np.testing.assert_array_equal(system2.landscapes(tasks.build(tiny_config("default")), 3), [0, 0, 0, 0])
 
 
 def test_best_of_n_equals_n_separate_runs_on_one_shared_context(model):
   config, params, inputs, targets = model
-  caches = text.encode_landscapes(params, inputs, config)
+  caches = tasks.build(config).encode_landscapes(params, inputs)
   y0 = jax.random.normal(jax.random.key(3), (3,) + inputs.shape + (11,))
-  think = jax.jit(lambda y: system2.think(params, caches, y, config, jax.random.key(4), steps=3))
+  think = jax.jit(lambda y: system2.think(params, caches, y, tasks.build(config), jax.random.key(4), steps=3))
   together = think(y0)
   for n in range(3):
     alone = think(y0[n:n + 1])
@@ -42,14 +43,14 @@ def test_best_of_n_equals_n_separate_runs_on_one_shared_context(model):
 
 def test_longer_thinking_matches_a_plain_loop_over_the_landscapes(model):
   config, params, inputs, targets = model
-  caches = text.encode_landscapes(params, inputs, config)
+  caches = tasks.build(config).encode_landscapes(params, inputs)
   y0 = jax.random.normal(jax.random.key(5), (1,) + inputs.shape + (11,))
-  thought = system2.think(params, caches, y0, config, jax.random.key(6), steps=4,
+  thought = system2.think(params, caches, y0, tasks.build(config), jax.random.key(6), steps=4,
                           emit=lambda y: text.token_nll(y, targets))
-  reference = loop.think(text.candidate_energy_fn(params, caches, config), y0[0],
-                         text.inner_optimizer(config),
-                         loop.Schedule(jnp.array([0, 1, 1, 1]), text.step_size(params, config)),
-                         jax.random.key(6), reparam=text.candidate_reparam(config),
+  reference = loop.think(tasks.build(config).candidate_energy_fn(params, caches), y0[0],
+                         options.inner_optimizer(tasks.build(config).thinking),
+                         loop.Schedule(jnp.array([0, 1, 1, 1]), options.step_size(params, tasks.build(config).thinking)),
+                         jax.random.key(6), reparam=tasks.build(config).candidate_reparam(),
                          emit=lambda y: text.token_nll(y, targets))
   np.testing.assert_allclose(thought.outputs[:, 0], reference.outputs, rtol=1e-10)
   np.testing.assert_allclose(thought.energies[:4, 0], reference.energies, rtol=1e-10)
@@ -58,7 +59,7 @@ def test_longer_thinking_matches_a_plain_loop_over_the_landscapes(model):
 
 def test_table_cells_select_among_the_first_n_candidates(model):
   config, params, inputs, targets = model
-  thought = system2.think_tokens(params, inputs, config, jax.random.key(7), steps=3, best_of=4,
+  thought = system2.think_tokens(params, inputs, tasks.build(config), jax.random.key(7), steps=3, best_of=4,
                                  targets_BxS=targets)
   mask = jnp.ones(targets.shape)
   table = system2.table_ce(thought, mask, [1, 3], [1, 2, 4], "min")
@@ -73,9 +74,9 @@ def test_inference_step_size_override_and_validation(model):
   config, params, _, _ = model
   config = tiny_config("time_embed")
   config.inference.step_size_scale = 0.5
-  np.testing.assert_allclose(system2.step_size(params, config), 0.5 * params["alpha"])
+  np.testing.assert_allclose(system2.step_size(params, tasks.build(config)), 0.5 * params["alpha"])
   config.inference.step_size = 7.0
-  np.testing.assert_allclose(system2.step_size(params, config), 3.5)
+  np.testing.assert_allclose(system2.step_size(params, tasks.build(config)), 3.5)
   config.inference.stop_on = "sometimes"
   with pytest.raises(Exception, match="inference.stop_on: expected"):
     from ebt_jax import config as config_lib

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,12 +71,11 @@ def test_scan_equals_python_loop(detach, truncate, unroll):
     return jnp.sum((outs - targets) ** 2) + 0.1 * jnp.sum(energies)
 
   alpha = jnp.asarray(0.7)
-  for got, want in zip(via_think(theta, alpha), via_loop(theta, alpha)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(via_think(theta, alpha), via_loop(theta, alpha), rtol=1e-5,
+                              atol=1e-6)
   g_think = jax.grad(functools.partial(loss, via_think), argnums=(0, 1))(theta, alpha)
   g_loop = jax.grad(functools.partial(loss, via_loop), argnums=(0, 1))(theta, alpha)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                         g_think, g_loop)
+  chex.assert_trees_all_close(g_think, g_loop, rtol=1e-4, atol=1e-5)
 
 
 def test_truncation_cuts_second_order_terms_of_earlier_steps():
@@ -179,8 +179,8 @@ def test_research_code_can_register_an_optimizer_used_by_the_text_loss():
   loss, _ = jax.jit(lambda p: ebt_jax.text_ebt_loss(p, tokens, c, initial_logits=y0))(params)
   # One step from the uniform distribution moves every logit by +-scale*alpha = +-1.
   probs = jnp.full((2, 6, c.model.vocab_size), 1 / c.model.vocab_size)
-  cache = ebt_jax.tasks.text.encode_landscapes(params, tokens[:, :-1], c)
-  energy_fn = ebt_jax.tasks.text.candidate_energy_fn(params, cache, c)
+  cache = ebt_jax.tasks.build(c).encode_landscapes(params, tokens[:, :-1])
+  energy_fn = ebt_jax.tasks.build(c).candidate_energy_fn(params, cache)
   logits = probs - 1.0 * jnp.sign(jax.grad(lambda z: energy_fn(z, 0).sum())(probs))
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1)
   np.testing.assert_allclose(loss, jnp.mean(nll), rtol=1e-5)

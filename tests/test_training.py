@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 
 import ebt_jax
 from ebt_jax.checkpoint.manager import Checkpointer, abstract_like
-from ebt_jax.inference import evaluation
+from ebt_jax.commands import evaluation
 from ebt_jax.training import optimizer as optimizer_lib
 from ebt_jax.training import program as program_lib
 from ebt_jax.training import runs, trainer
@@ -91,7 +92,7 @@ def test_nan_guard_stops_and_keeps_clean_checkpoints(tmp_path):
   assert saved and max(saved) < bad_step
   _, state, _ = ckpt.restore(program_lib.build(c).abstract_sharded_state())
   ckpt.close()
-  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state))
+  chex.assert_tree_all_finite(state)
 
 
 def test_checkpoint_falls_back_past_a_corrupted_latest(tmp_path):
@@ -182,7 +183,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   step_a, a = _final_params(straight, c)
   step_b, b = _final_params(broken, c)
   assert step_a == step_b == 10
-  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  chex.assert_trees_all_equal(a, b)
   assert _losses(straight) == _losses(broken)
   assert sorted(_losses(broken)) == list(range(1, 11))
 
@@ -254,5 +255,5 @@ def test_train_eval_plot_and_resume_in_process(tmp_path, monkeypatch):
   c.train.num_steps = 8
   assert trainer.train(c, tmp_path, progress=False, log=lambda *a: None).start_step == 6
   c.model.dim = 32
-  with pytest.raises(ebt_jax.config.ConfigError, match="model.dim: the run in"):
+  with pytest.raises(ebt_jax.errors.ConfigError, match="model.dim: the run in"):
     trainer.train(c, tmp_path, progress=False, log=lambda *a: None)

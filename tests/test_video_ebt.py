@@ -10,7 +10,7 @@ from ebt_jax.data.images import MovingDigits
 from ebt_jax.models import ar_ebt, latent_ebt
 from ebt_jax.models.blocks import StackDims
 from ebt_jax.tasks import video
-from ebt_jax.tasks.continuous import ThinkingOptions
+from ebt_jax.tasks.options import ThinkingOptions
 from test_image_ebt import directional_check, moved
 
 
@@ -24,7 +24,7 @@ def _dims(ebt_type="time_embed", latent_dim=6, dtype=jnp.float32, num_landscapes
 @pytest.mark.parametrize("ebt_type", ["time_embed", "adaln"])
 def test_second_order_gradient_matches_finite_differences(x64, ebt_type):
   m = _dims(ebt_type, dtype=jnp.float64, n_layers=1)
-  t = ThinkingOptions(num_steps=2, step_size=2.0, detach=False)
+  t = ThinkingOptions.create(num_steps=2, step_size=2.0, detach=False)
   params = moved(video.init_params(m, t, jax.random.key(0)), jax.random.key(1), 0.1)
   latents = jax.random.normal(jax.random.key(2), (2, 4, 6), jnp.float64)
   loss = lambda p: video.next_frame_loss(p, latents, m, t, video.NextFrameOptions(),
@@ -39,7 +39,7 @@ def test_latent_ebt_is_the_text_ebt_with_a_linear_input_map(ebt_type):
   # probabilities through it equal the tied candidate embedding: same energies.
   V = 6
   m = _dims(ebt_type, latent_dim=V)
-  lp = moved(video.init_params(m, ThinkingOptions(), jax.random.key(0)), jax.random.key(1), 0.1)
+  lp = moved(video.init_params(m, ThinkingOptions.create(), jax.random.key(0)), jax.random.key(1), 0.1)
   lp["proj_b"] = jnp.zeros_like(lp["proj_b"])
   tp = {k: v for k, v in lp.items() if k not in ("proj_w", "proj_b")}
   tp["embed"] = lp["proj_w"]
@@ -55,7 +55,7 @@ def test_latent_ebt_is_the_text_ebt_with_a_linear_input_map(ebt_type):
 
 def test_predictions_see_only_past_frames_and_themselves():
   m = _dims("time_embed")
-  params = moved(video.init_params(m, ThinkingOptions(), jax.random.key(0)), jax.random.key(1))
+  params = moved(video.init_params(m, ThinkingOptions.create(), jax.random.key(0)), jax.random.key(1))
   ctx = jax.random.normal(jax.random.key(2), (1, 5, 6))
   cand = jax.random.normal(jax.random.key(3), (1, 5, 6))
   energy = jax.jit(lambda c, y: latent_ebt.energy(params, c, y, 1, m))
@@ -82,15 +82,15 @@ def test_identity_projection_when_widths_match_and_initial_conditions():
   with pytest.raises(ValueError, match="thinking.initial_condition"):
     video.NextFrameOptions("copy")
   with pytest.raises(ValueError, match="model.num_landscapes 1 < thinking.num_steps 2"):
-    video.landscapes(_dims(num_landscapes=1), ThinkingOptions(num_steps=2))
+    video.landscapes(_dims(num_landscapes=1), ThinkingOptions.create(num_steps=2))
 
 
 def test_metrics_follow_the_official_definitions():
-  m, t = _dims(), ThinkingOptions(num_steps=2, step_size=2.0)
+  m, t = _dims(), ThinkingOptions.create(num_steps=2, step_size=2.0)
   params = video.init_params(m, t, jax.random.key(0))
   latents = jax.random.normal(jax.random.key(1), (2, 4, 6))
   run = jax.jit(lambda p, truncate: video.next_frame_objective(
-      p, latents, m, ThinkingOptions(num_steps=2, step_size=2.0, truncate=truncate),
+      p, latents, m, ThinkingOptions.create(num_steps=2, step_size=2.0, truncate=truncate),
       video.NextFrameOptions(), jax.random.key(2)), static_argnums=1)
   out = run(params, False)
   sl1 = out.steps["smooth_l1"]
@@ -107,7 +107,7 @@ def test_metrics_follow_the_official_definitions():
 def test_next_frame_loss_falls_on_moving_digits():
   source = MovingDigits(frames=5, canvas=12, digit_size=6, num_digits=1, latent_dim=16)
   m = _dims("time_embed", latent_dim=16, dim=16, n_layers=1)
-  t = ThinkingOptions(num_steps=2, step_size=20.0)
+  t = ThinkingOptions.create(num_steps=2, step_size=20.0)
   params = video.init_params(m, t, jax.random.key(0))
   tx = optax.adam(3e-3)
 

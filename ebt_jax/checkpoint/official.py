@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from ebt_jax.models.params import shapes_tree
-from ebt_jax.tasks import text
+from ebt_jax import tasks
 
 LIGHTNING_PREFIX = "model."
 
@@ -33,7 +33,7 @@ def _out_proj(w, shape):     # [D, N*H] -> [N, H, D]
 
 def _entries(config) -> dict[str, tuple[tuple, int | None, Callable, Callable]]:
   """official name -> (param path, layer index or None, to_ours, to_official)."""
-  shapes = shapes_tree(text.param_specs(config))
+  shapes = shapes_tree(tasks.build(config).param_specs())
   ident = (lambda w: w, lambda w: w)
   lin = (_linear_in_out, _linear_in_out)
   entries = {"embeddings.weight": (("embed",), None, *ident),
@@ -55,7 +55,7 @@ def _entries(config) -> dict[str, tuple[tuple, int | None, Callable, Callable]]:
       entries[f"{pre}adaLN_modulation.1.weight"] = (("blocks", "mod_w"), i, *lin)
       entries[f"{pre}adaLN_modulation.1.bias"] = (("blocks", "mod_b"), i, *ident)
 
-  if config.model.kind == "transformer":
+  if "out" in shapes:   # the Transformer++ baseline's softmax head
     entries["output.weight"] = (("out",), None, *lin)
     return entries
 
@@ -111,7 +111,7 @@ def import_official(state_dict: Mapping, config, dtype=np.float32) -> dict:
     raise ValueError(f"import_official: state_dict has {len(unexpected)} entries this config "
                      f"does not use, e.g. {unexpected[:3]} (check model.ebt_type, "
                      f"model.n_layers and model.tied_v2e)")
-  shapes = shapes_tree(text.param_specs(config))
+  shapes = shapes_tree(tasks.build(config).param_specs())
   per_leaf: dict[tuple, dict] = {}
   for name, (path, layer, to_ours, _) in entries.items():
     leaf_shape = _get(shapes, path)

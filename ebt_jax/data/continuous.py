@@ -1,8 +1,7 @@
 """The trainer's datasets for the image and video kinds: `make_datasets` for continuous data.
 
-`pipeline.make_datasets` hands these sources here; the result has the text `Datasets`'
-interface (`train_iter`, `eval_batches`, `eval_splits`), so the trainer does not know
-which it reads. Sources (data/images.py), selected by `data.source`:
+The result has the text `Datasets`' interface (`train_iter`, `eval_batches`,
+`eval_splits`), so the trainer does not know which it reads. Sources (data/images.py), selected by `data.source`:
 
 * `embedded_images`: crops of scikit-learn's bundled photos and/or digits (no download);
 * `image_folder` (`data.path`: PNG/JPEG files, center-cropped to `model.image_size`, read
@@ -21,12 +20,10 @@ the source's batch (t, global batch); process p takes its rows p*B .. (p+1)*B - 
 global batch does not depend on the process count. Validation batches are batches 0..n-1
 of the validation source with seed 0: fixed, and the same for any data.seed. Image kinds
 evaluate the same clean images at the training and the out-of-distribution noise level
-(`tasks/kinds.py`), so every image split reads the validation images.
+(`tasks/image.py`), so every image split reads the validation images.
 """
 
 from __future__ import annotations
-
-from typing import Iterator
 
 import jax
 import numpy as np
@@ -34,7 +31,6 @@ import numpy as np
 from ebt_jax.errors import ConfigError, check
 from ebt_jax.data import images
 from ebt_jax.data.iterators import StepBatches
-from ebt_jax.tasks import kinds
 
 IMAGE_SOURCES = ("embedded_images", "image_folder", "image_npy")
 LATENT_SOURCES = ("moving_digits", "latent_npy")
@@ -126,10 +122,10 @@ class StepIterator(StepBatches):
 class ContinuousDatasets:
   """Training and validation sources of images or frame latents (see the module docstring)."""
 
-  def __init__(self, config, train_source, validation_source):
+  def __init__(self, config, train_source, validation_source, eval_splits: tuple[str, ...]):
     self.config = config
     self.seed = config.data.seed
-    self.eval_splits = kinds.eval_splits(config)
+    self.eval_splits = eval_splits
     self._train, self._validation = train_source, validation_source
 
   def train_iter(self, batch_size: int, *, process_index: int | None = None,
@@ -149,15 +145,10 @@ class ContinuousDatasets:
     return [self._validation.batch(i, batch_size) for i in range(num_batches)]
 
 
-def validate(config) -> None:
-  """`data.source` must feed `model.kind` (images or frame latents)."""
-  kind, source = config.model.kind, config.data.source
-  if kind in ("image_ebt", "dit"):
-    check(source in IMAGE_SOURCES, "data.source", f"one of {IMAGE_SOURCES} for model.kind={kind!r}",
-          source)
-  elif kind == "latent_ebt":
-    check(source in LATENT_SOURCES, "data.source",
-          f"one of {LATENT_SOURCES} for model.kind={kind!r}", source)
+def validate(config, sources: tuple[str, ...], model: str) -> None:
+  """`data.source` must be one of `sources`, those that feed `model` (as errors name it)."""
+  source = config.data.source
+  check(source in sources, "data.source", f"one of {sources} for {model}", source)
   if source in ("image_folder", "image_npy", "latent_npy"):
     check(isinstance(config.data.path, str) and config.data.path != "", "data.path",
           f"a path (data.source={source!r})", config.data.path)
@@ -166,7 +157,7 @@ def validate(config) -> None:
           f"one of {images.EMBEDDED_KINDS}", config.data.embedded_kind)
     check(config.data.max_zoom >= 1, "data.max_zoom", "a number >= 1", config.data.max_zoom)
   check(not tuple(config.data.ood_suites), "data.ood_suites",
-        f"none for model.kind={kind!r} (image runs evaluate out of distribution at "
+        f"none for {model} (image runs evaluate out of distribution at "
         f"denoise.ood_noise_level)", config.data.ood_suites)
   if source == "moving_digits":
     md = config.data.moving_digits
@@ -179,13 +170,16 @@ def validate(config) -> None:
           md.max_speed)
 
 
-def make_datasets(config) -> ContinuousDatasets:
-  """The training and validation sources of `config.data.source`; every error is here."""
-  validate(config)
+def make_datasets(config, sources: tuple[str, ...], eval_splits: tuple[str, ...],
+                  model: str) -> ContinuousDatasets:
+  """The training and validation sources of `config.data.source`, which must be one of
+  `sources` (those that feed `model`); `eval_splits` name what evaluation reports (every
+  split reads the validation source). Every error is here."""
+  validate(config, sources, model)
   try:
     array = _read_array(config)
     return ContinuousDatasets(config, _source(config, array, "train", config.data.seed),
-                              _source(config, array, "validation", _EVAL_SEED))
+                              _source(config, array, "validation", _EVAL_SEED), eval_splits)
   except ConfigError:
     raise
   except ValueError as e:   # data/images.py's errors already name the field

@@ -111,7 +111,7 @@ class EmbeddedImages:
     if image_size < 1:
       raise ValueError(f"model.image_size: expected >= 1, got {image_size}")
     _split_id(split)
-    self.image_size, self.kind, self.split, self.seed = image_size, kind, split, seed
+    self.image_size, self.variety, self.split, self.seed = image_size, kind, split, seed
     self.max_zoom = max_zoom
     self._regions = []
     if kind != "digits":
@@ -142,7 +142,7 @@ class EmbeddedImages:
     rng = _rng(self.seed, self.split, step)
     out = []
     for _ in range(batch_size):
-      use_digit = self.kind == "digits" or (self.kind == "mixed" and rng.random() < 0.5)
+      use_digit = self.variety == "digits" or (self.variety == "mixed" and rng.random() < 0.5)
       out.append(self._digit(rng) if use_digit else self._photo_crop(rng))
     return to_unit_range(np.stack(out))
 

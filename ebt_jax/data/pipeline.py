@@ -1,7 +1,7 @@
 """The data pipeline the trainer uses: `make_datasets(config)` -> `Datasets`.
 
-(Text. The image and video kinds' sources are in data/continuous.py, which
-`make_datasets` dispatches to; they share the interface.)
+(Text. The image and video kinds' sources are in data/continuous.py, with the same
+interface; each task picks its own.)
 
 Every split (train, validation, each OOD suite) is one token stream: its documents
 tokenized and concatenated, each followed by the tokenizer's `separator_id` (the NUL byte
@@ -37,10 +37,10 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from ebt_jax.config import CONTINUOUS_KINDS, ConfigError, check
 from ebt_jax.data import continuous, prepare, sources, synthetic
 from ebt_jax.data.iterators import StepBatches
 from ebt_jax.data.tokenizers import make_tokenizer
+from ebt_jax.errors import ConfigError, check
 
 TEXT_SOURCES = ("stdlib", "text", "shards", *synthetic.FAMILIES)
 SOURCES = TEXT_SOURCES + continuous.SOURCES
@@ -78,14 +78,11 @@ def _suite_names(ood_suites) -> tuple[str, ...]:
 
 
 def validate_data_config(config) -> None:
-  """Checks `config.data` (the model and thinking fields are `config.validate`'s)."""
+  """Checks `config.data` for a text model (the model and thinking fields are the task's)."""
   d = config.data
-  check(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
-  if config.model.kind in CONTINUOUS_KINDS or d.source in continuous.SOURCES:
-    check(config.model.kind in CONTINUOUS_KINDS, "data.source",
-          f"one of {TEXT_SOURCES} for model.kind={config.model.kind!r}", d.source)
-    continuous.validate(config)
-    return
+  check(d.source in TEXT_SOURCES, "data.source",
+        f"one of {TEXT_SOURCES} for a text model" if d.source in SOURCES else f"one of {SOURCES}",
+        d.source)
   check(isinstance(d.tokenizer, str) and d.tokenizer != "", "data.tokenizer",
          "'byte' or a tokenizer.json path", d.tokenizer)
   check(0 < d.validation_fraction < 1, "data.validation_fraction", "a number in (0, 1)",
@@ -180,13 +177,11 @@ def _check_lengths(streams: dict, window_length: int, source: str) -> None:
                         f"{split!r} split has only {tokens.size} tokens), got {window_length - 1}")
 
 
-def make_datasets(config) -> Datasets | continuous.ContinuousDatasets:
-  """Reads `config.data` and `config.model.context_length`; every start-up error is here.
-  Images and frame latents (the continuous model kinds) come from data/continuous.py."""
+def make_datasets(config) -> Datasets:
+  """The text datasets: reads `config.data` and `config.model.context_length`; every
+  start-up error is here."""
   validate_data_config(config)
   d = config.data
-  if config.model.kind in CONTINUOUS_KINDS:
-    return continuous.make_datasets(config)
   tokenizer = make_tokenizer(d)
   if config.model.vocab_size < tokenizer.vocab_size:
     raise ConfigError(f"model.vocab_size: expected at least the tokenizer's vocabulary "

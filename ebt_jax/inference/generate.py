@@ -25,12 +25,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from ebt_jax import config as config_lib
+from ebt_jax.errors import check
 from ebt_jax.inference import system2
 from ebt_jax.models import ar_ebt
 from ebt_jax.tasks import text
+from ebt_jax.tasks.text import TextEBT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +40,10 @@ class Sampling:
   top_p: float = 1.0
 
   def __post_init__(self):
-    config_lib.check(self.max_new_tokens >= 1, "--max-new-tokens", "a positive integer",
+    check(self.max_new_tokens >= 1, "--max-new-tokens", "a positive integer",
                      self.max_new_tokens)
-    config_lib.check(self.temperature >= 0, "--temperature", "a number >= 0", self.temperature)
-    config_lib.check(0 < self.top_p <= 1, "--top-p", "a number in (0, 1]", self.top_p)
+    check(self.temperature >= 0, "--temperature", "a number >= 0", self.temperature)
+    check(0 < self.top_p <= 1, "--top-p", "a number in (0, 1]", self.top_p)
 
 
 class Generation(NamedTuple):
@@ -69,19 +69,19 @@ def sample(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_p: flo
 
 
 def position_candidates(key: jax.Array, best_of: int, batch: int, positions_S: jax.Array,
-                        config: ml_collections.ConfigDict) -> jax.Array:
+                        task: TextEBT) -> jax.Array:
   """Initial candidates [N, B, S, V], each position's drawn from `fold_in(key, position)`."""
   draw = lambda p: system2.initial_candidates(jax.random.fold_in(key, p),
-                                              (best_of, batch, config.model.vocab_size), config)
+                                              (best_of, batch, task.vocab_size), task)
   return jnp.moveaxis(jax.vmap(draw)(positions_S), 0, 2)
 
 
-def _next_token(params, caches, pred_index_S, read, t, config, key, sampling: Sampling):
+def _next_token(params, caches, pred_index_S, read, t, task, key, sampling: Sampling):
   """Thinks about the tokens after `pred_index_S` and samples the one at column `read`."""
   init_key, think_key, sample_key = jax.random.split(key, 3)
   batch = caches.k_LxBxCxNxH.shape[2]
-  y0 = position_candidates(init_key, config.inference.best_of, batch, pred_index_S, config)
-  thought = system2.think(params, caches, y0, config, jax.random.fold_in(think_key, t),
+  y0 = position_candidates(init_key, task.config.inference.best_of, batch, pred_index_S, task)
+  thought = system2.think(params, caches, y0, task, jax.random.fold_in(think_key, t),
                           pred_index_S=pred_index_S, trajectory=False)
   token = sample(thought.logits[:, read], jax.random.fold_in(sample_key, t),
                  sampling.temperature, sampling.top_p)
@@ -89,28 +89,20 @@ def _next_token(params, caches, pred_index_S, read, t, config, key, sampling: Sa
   return token, (final, thought.initial_energy[:, read] - final, thought.steps_used[:, read])
 
 
-def generate(params: dict, prompt_BxP: jax.Array, config: ml_collections.ConfigDict,
-             key: jax.Array, sampling: Sampling) -> Generation:
+@functools.partial(jax.jit, static_argnames=("task", "sampling"))
+def generate(params: dict, prompt_BxP: jax.Array, task: TextEBT, key: jax.Array,
+             sampling: Sampling) -> Generation:
   """KV-cached generation of `sampling.max_new_tokens` tokens after each prompt."""
-  return _generate_jit(params, prompt_BxP, key, config=_frozen(config), sampling=sampling)
-
-
-def _frozen(config):
-  return ml_collections.FrozenConfigDict(config)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "sampling"))
-def _generate_jit(params, prompt_BxP, key, *, config, sampling: Sampling) -> Generation:
-  dims = config_lib.text_ebt_dims(config)
+  dims = task.dims
   B, P = prompt_BxP.shape
   capacity = dims.prefix + P + sampling.max_new_tokens
-  landscapes = range(text.num_landscapes(config))
+  landscapes = range(task.num_landscapes)
   caches = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[
       ar_ebt.prefill_context(params, prompt_BxP, l, capacity, dims) for l in landscapes])
 
   def body(caches, t):
     pred_index = P - 1 + t
-    token, stats = _next_token(params, caches, pred_index[None], 0, t, config, key, sampling)
+    token, stats = _next_token(params, caches, pred_index[None], 0, t, task, key, sampling)
     caches = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[
         ar_ebt.extend_context(params, jax.tree_util.tree_map(lambda a: a[l], caches),
                               token[:, None], pred_index + 1, l, dims) for l in landscapes])
@@ -122,14 +114,13 @@ def _generate_jit(params, prompt_BxP, key, *, config, sampling: Sampling) -> Gen
   return Generation(tokens, *(s.T for s in stats))
 
 
-def generate_naive(params: dict, prompt_BxP: jax.Array, config: ml_collections.ConfigDict,
-                   key: jax.Array, sampling: Sampling, bucket: int = 16) -> Generation:
+def generate_naive(params: dict, prompt_BxP: jax.Array, task: TextEBT, key: jax.Array,
+                   sampling: Sampling, bucket: int = 16) -> Generation:
   """The official way: per new token, re-encode the sequence and think at every position.
 
   Sequences are padded to a multiple of `bucket` so a few compiled shapes serve all
   lengths (padding after the last real token cannot change it: attention is causal).
   """
-  config = _frozen(config)
   tokens = jnp.asarray(prompt_BxP, jnp.int32)
   out = []
   for t in range(sampling.max_new_tokens):
@@ -137,15 +128,15 @@ def generate_naive(params: dict, prompt_BxP: jax.Array, config: ml_collections.C
     padded = -(-length // bucket) * bucket
     seq = jnp.pad(tokens, ((0, 0), (0, padded - length)), constant_values=text.PAD_ID)
     token, stats = _naive_step(params, seq, jnp.int32(length - 1), jnp.int32(t), key,
-                               config=config, sampling=sampling)
+                               task=task, sampling=sampling)
     out.append(stats)
     tokens = jnp.concatenate([tokens, token[:, None]], axis=1)
   return Generation(tokens, *(jnp.stack(s, axis=1) for s in zip(*out)))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling"))
-def _naive_step(params, seq_BxS, last, t, key, *, config, sampling):
-  caches = text.encode_landscapes(params, seq_BxS, config)
+@functools.partial(jax.jit, static_argnames=("task", "sampling"))
+def _naive_step(params, seq_BxS, last, t, key, *, task, sampling):
+  caches = task.encode_landscapes(params, seq_BxS)
   # Every position is thought about; the ones after `last` are padding and are not read.
-  return _next_token(params, caches, jnp.arange(seq_BxS.shape[1]), last, t, config, key,
+  return _next_token(params, caches, jnp.arange(seq_BxS.shape[1]), last, t, task, key,
                      sampling)

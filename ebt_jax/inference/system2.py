@@ -1,7 +1,8 @@
 """System 2 thinking for the text EBT: longer thinking, best-of-N, adaptive stopping.
 
-Everything here is driven by `config.inference` (see `ebt_jax/config.py`), so a run's
-own config file, `--config.inference.*` overrides and the CLI flags all say the same thing.
+Everything here is driven by the text EBT task's `config.inference` (see
+`ebt_jax/config.py`), so a run's own config file, `--config.inference.*` overrides and the
+CLI flags all say the same thing.
 
 * Thinking longer: step t runs on landscape min(t, L-1) for a model with L trained
   landscapes (`time_embed`/`adaln`), i.e. extra steps repeat the final landscape as the
@@ -22,9 +23,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from ebt_jax.tasks import text
+from ebt_jax.tasks import options, text
+from ebt_jax.tasks.text import TextEBT
 from ebt_jax.thinking import inference, loop
 
 
@@ -38,89 +39,89 @@ class Thought(NamedTuple):
   outputs: object            # emit() after each step, [K, N, ...]; None without trajectory
 
 
-def num_steps(config: ml_collections.ConfigDict) -> int:
+def num_steps(task: TextEBT) -> int:
   """Inference steps: `inference.thinking_steps`, else as many as validation takes (with
   S2's random step counts, the final landscape's step R+1 times)."""
-  return config.inference.thinking_steps or len(text.step_schedule(config)[0])
+  return task.config.inference.thinking_steps or len(task.step_schedule()[0])
 
 
-def landscapes(config: ml_collections.ConfigDict, steps: int) -> jax.Array:
+def landscapes(task: TextEBT, steps: int) -> jax.Array:
   """Landscape of each inference step, then of the final scoring: [steps + 1]."""
-  last = text.num_landscapes(config) - 1
+  last = task.num_landscapes - 1
   return jnp.minimum(jnp.arange(steps + 1), last).astype(jnp.int32)
 
 
-def step_size(params: dict, config: ml_collections.ConfigDict) -> jax.Array:
-  i = config.inference
-  alpha = jnp.asarray(i.step_size) if i.step_size > 0 else text.step_size(params, config)
+def step_size(params: dict, task: TextEBT) -> jax.Array:
+  i = task.config.inference
+  alpha = jnp.asarray(i.step_size) if i.step_size > 0 else options.step_size(params, task.thinking)
   return alpha * i.step_size_scale
 
 
-def noise_std(params: dict, config: ml_collections.ConfigDict):
-  std = config.inference.langevin_noise
+def noise_std(params: dict, task: TextEBT):
+  std = task.config.inference.langevin_noise
   if std == -1:
-    return text.langevin_std(params, config)
+    return options.langevin_std(params, task.thinking)
   return None if std == 0 else jnp.asarray(std)
 
 
-def step_rules(config: ml_collections.ConfigDict) -> inference.StepRules:
-  i = config.inference
+def step_rules(task: TextEBT) -> inference.StepRules:
+  i = task.config.inference
   return inference.StepRules(noise_first_only=i.langevin_first_step_only,
                              accept_lower=i.accept_lower,
                              stop_on=None if i.stop_on == "none" else i.stop_on,
                              stop_threshold=i.stop_threshold)
 
 
-def initial_candidates(key: jax.Array, shape, config: ml_collections.ConfigDict) -> jax.Array:
+def initial_candidates(key: jax.Array, shape, task: TextEBT) -> jax.Array:
   """N(0, scale^2) logits [N, B, S, V] with the inference noise scale (or zeros)."""
-  scale = config.inference.initial_noise_scale
+  scale = task.config.inference.initial_noise_scale
   if scale == -1:
-    return text.initial_candidate(key, shape, config)
-  return scale * jax.random.normal(key, shape, text.candidate_dtype(config))
+    return task.initial_candidate(key, shape)
+  return scale * jax.random.normal(key, shape, task.candidate_dtype)
 
 
-def think(params: dict, caches, y0_NxBxSxV: jax.Array, config: ml_collections.ConfigDict,
+def think(params: dict, caches, y0_NxBxSxV: jax.Array, task: TextEBT,
           key: jax.Array, *, steps: int | None = None, pred_index_S=None, emit=None,
           trajectory: bool = True) -> Thought:
   """Thinks about N candidates per position against context caches; picks one per position.
 
-  `caches` are `text.encode_landscapes` (or a generation buffer); `pred_index_S` says
+  `caches` are `task.encode_landscapes` (or a generation buffer); `pred_index_S` says
   which token index each candidate column predicts after (default 0..S-1).
   """
-  steps = steps or num_steps(config)
-  energy_fn = text.candidate_energy_fn(params, caches, config, pred_index_S)
+  steps = steps or num_steps(task)
+  energy_fn = task.candidate_energy_fn(params, caches, pred_index_S)
   if y0_NxBxSxV.shape[0] == 1:
     # One candidate: no vmap, whose batched attention costs about 15% of a step on CPU.
     energy_fn = (lambda f: lambda z, landscape: f(z[0], landscape)[None])(energy_fn)
   else:
     energy_fn = jax.vmap(energy_fn, in_axes=(0, None))
-  schedule = loop.Schedule(landscapes(config, steps)[:-1], step_size(params, config))
+  schedule = loop.Schedule(landscapes(task, steps)[:-1], step_size(params, task))
   result = inference.think_per_position(
-      energy_fn, y0_NxBxSxV, text.inner_optimizer(config), schedule, key,
-      reparam=text.candidate_reparam(config), emit=emit, noise_std=noise_std(params, config),
-      rules=step_rules(config), final_landscape=landscapes(config, steps)[-1],
+      energy_fn, y0_NxBxSxV, options.inner_optimizer(task.thinking), schedule, key,
+      reparam=task.candidate_reparam(), emit=emit, noise_std=noise_std(params, task),
+      rules=step_rules(task), final_landscape=landscapes(task, steps)[-1],
       trajectory=trajectory)
   initial_N, final_N = result.energies[0], result.energies[-1]
   (logits, e0, e1, used), choice = inference.best_of(
       (result.final, initial_N, final_N, result.steps_used), initial_N, final_N,
-      config.inference.select)
+      task.config.inference.select)
   return Thought(logits, e0, e1, used, choice, result.energies, result.outputs)
 
 
-def think_tokens(params: dict, inputs_BxS: jax.Array, config: ml_collections.ConfigDict,
+def think_tokens(params: dict, inputs_BxS: jax.Array, task: TextEBT,
                  key: jax.Array, *, steps: int | None = None, best_of: int | None = None,
                  targets_BxS: jax.Array | None = None, trajectory: bool = True) -> Thought:
   """System 2 prediction of the token after every position of `inputs_BxS`.
 
   With `targets_BxS`, `outputs` holds each candidate's next-token NLL after every step.
   """
-  best_of = best_of or config.inference.best_of
+  best_of = best_of or task.config.inference.best_of
   B, S = inputs_BxS.shape
   init_key, think_key = jax.random.split(key)
-  y0 = initial_candidates(init_key, (best_of, B, S, config.model.vocab_size), config)
+  y0 = initial_candidates(init_key, (best_of, B, S, task.vocab_size), task)
   emit = None if targets_BxS is None else (lambda y: text.token_nll(y, targets_BxS))
-  caches = text.encode_landscapes(params, inputs_BxS, config)
-  return think(params, caches, y0, config, think_key, steps=steps, emit=emit,
+  caches = task.encode_landscapes(params, inputs_BxS)
+  return think(params, caches, y0, task, think_key, steps=steps, emit=emit,
                trajectory=trajectory)
 
 

@@ -5,9 +5,8 @@ y <- y - alpha * grad_y E, and every step's candidate is scored against the clea
 with SmoothL1 (beta 1, the official `nn.SmoothL1Loss(beta=1.0)`, a mean over all
 elements). The loss is the mean over steps (S1), or the last step's with `truncate`, times
 `reconstruction_coeff`. Options are a frozen `ThinkingOptions` whose field names are those
-of `config.thinking`, so `ThinkingOptions.from_config(config.thinking)` is the whole
-integration. S2's random step sizes/counts and replay buffer are not wired here (the
-official image model raises for its replay buffer).
+of `config.thinking` (tasks/options.py). S2's random step sizes/counts and replay buffer
+are not wired here (the official image model raises for its replay buffer).
 
 Metrics follow the official `forward_loss_wrapper`s: `loss`, `initial_loss` (first step's
 SmoothL1), `final_step_loss`, `initial_final_pred_energies_gap` (mean energy the first
@@ -16,55 +15,14 @@ step started from minus the last's), plus per-step `mse_steps` and `energy_steps
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from ebt_jax.models.params import Param, constant
-from ebt_jax.thinking import loop, optimizers
-
-MIN_STEP_SIZE = 1e-4       # the official clamp of alpha
-MIN_LANGEVIN_STD = 1e-6    # the official clamp of the Langevin std
-
-
-@dataclasses.dataclass(frozen=True)
-class ThinkingOptions:
-  """The `config.thinking` fields the continuous tasks read (same names and meaning)."""
-
-  num_steps: int = 1                   # [mcmc_num_steps]
-  step_size: float = 3000.0            # [mcmc_step_size] initial alpha (image scripts: 3000)
-  step_size_learnable: bool = True     # [mcmc_step_size_learnable]
-  detach: bool = True                  # not [no_mcmc_detach]
-  truncate: bool = False               # [truncate_mcmc]
-  langevin_noise: float = 0.0          # [langevin_dynamics_noise]
-  clamp_grad: bool = False             # [clamp_futures_grad]
-  clamp_grad_max_change: float = 9.0   # [clamp_futures_grad_max_change]
-  absolute_clamp: float = 0.0          # [absolute_clamp] (not in the official image/video code)
-  reconstruction_coeff: float = 1.0    # [reconstruction_coeff]
-  inner_optimizer: str = "gd"
-  unroll: bool = True
-
-  def __post_init__(self):
-    if self.num_steps < 1:
-      raise ValueError(f"thinking.num_steps: expected >= 1, got {self.num_steps}")
-    if self.step_size <= 0:
-      raise ValueError(f"thinking.step_size: expected > 0, got {self.step_size}")
-
-  @classmethod
-  def from_config(cls, thinking, **overrides) -> "ThinkingOptions":
-    """The same-named fields of a `config.thinking` ConfigDict (or any attribute bag)."""
-    values = {f.name: getattr(thinking, f.name) for f in dataclasses.fields(cls)
-              if hasattr(thinking, f.name)}
-    values.update(overrides)
-    return cls(**values)
-
-
-def param_specs(t: ThinkingOptions) -> dict:
-  """The thinking parameters every EBT task adds to its model's table."""
-  return {"alpha": Param((), (), constant(t.step_size)),
-          "langevin_std": Param((), (), constant(t.langevin_noise))}
+from ebt_jax.tasks import options
+from ebt_jax.tasks.options import Outcome, ThinkingOptions
+from ebt_jax.thinking import loop
 
 
 def smooth_l1(pred: jax.Array, target: jax.Array, beta: float = 1.0) -> jax.Array:
@@ -77,31 +35,6 @@ def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(pred - target))
 
 
-def step_size(params: dict, t: ThinkingOptions) -> jax.Array:
-  alpha = jnp.maximum(params["alpha"], MIN_STEP_SIZE)
-  return alpha if t.step_size_learnable else jax.lax.stop_gradient(alpha)
-
-
-def _grad_clip(params: dict, t: ThinkingOptions):
-  if not t.clamp_grad:
-    return None
-  alpha = params["alpha"] if t.step_size_learnable else jax.lax.stop_gradient(params["alpha"])
-  return t.clamp_grad_max_change / alpha
-
-
-def _langevin_std(params: dict, t: ThinkingOptions):
-  if t.langevin_noise == 0:
-    return None
-  return jax.lax.stop_gradient(jnp.maximum(params["langevin_std"], MIN_LANGEVIN_STD))
-
-
-class Outcome(NamedTuple):
-  loss: jax.Array
-  metrics: dict
-  final: jax.Array           # the candidate after the last step
-  steps: dict                # per-step emitted values, each [K]
-
-
 def think(params: dict, energy_fn: Callable, y0: jax.Array, landscape_K: jax.Array,
           t: ThinkingOptions, key: jax.Array, emit: Callable, *,
           num_steps: int | None = None) -> loop.Trajectory:
@@ -112,12 +45,12 @@ def think(params: dict, energy_fn: Callable, y0: jax.Array, landscape_K: jax.Arr
     landscape_K = jnp.concatenate(
         [landscape_K, jnp.full((max(0, num_steps - len(landscape_K)),), landscape_K[-1])]
     )[:num_steps]
-  opt = optimizers.make(t.inner_optimizer)
-  return loop.think(energy_fn, y0, opt, loop.Schedule(landscape_K, step_size(params, t)), key,
+  return loop.think(energy_fn, y0, options.inner_optimizer(t),
+                    loop.Schedule(landscape_K, options.step_size(params, t)), key,
                     emit=emit, detach=t.detach, truncate=t.truncate,
-                    pre_noise_std=_langevin_std(params, t), unroll=t.unroll,
-                    grad_clip=_grad_clip(params, t),
-                    value_clip=t.absolute_clamp if t.absolute_clamp != 0 else None)
+                    pre_noise_std=options.langevin_std(params, t), unroll=t.unroll,
+                    grad_clip=options.grad_clip_bound(params, t),
+                    value_clip=t.absolute_clamp_value)
 
 
 def s1_objective(params: dict, energy_fn: Callable, y0: jax.Array, target: jax.Array,

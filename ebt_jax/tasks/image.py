@@ -26,14 +26,24 @@ the whole batch (`per_image=True` averages per-image PSNRs instead).
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
+from ebt_jax import config as config_lib
+from ebt_jax.data import continuous as continuous_data
+from ebt_jax.errors import check
 from ebt_jax.models import bi_ebt, diffusion, dit
-from ebt_jax.models.params import axes_tree, init_tree
-from ebt_jax.tasks import continuous
+from ebt_jax.models.dit_blocks import DiTStackDims
+from ebt_jax.models.params import axes_tree
+from ebt_jax.tasks import base, continuous, flops, options
 from ebt_jax.tasks.continuous import Outcome, ThinkingOptions
+
+OOD_KEY_SALT = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +118,11 @@ def psnr(pred: jax.Array, clean: jax.Array, per_image: bool = False) -> jax.Arra
 # --- the EBT -----------------------------------------------------------------------------
 
 def param_specs(m: bi_ebt.ImageEBTDims, t: ThinkingOptions) -> dict:
-  return {**bi_ebt.param_specs(m), **continuous.param_specs(t)}
+  return {**bi_ebt.param_specs(m), **options.param_specs(t)}
 
 
 def init_params(m: bi_ebt.ImageEBTDims, t: ThinkingOptions, key: jax.Array) -> dict:
-  specs = param_specs(m, t)
-  return jax.jit(lambda k: init_tree(specs, k))(key)
+  return base.init_from_specs(param_specs(m, t), key)
 
 
 def param_axes(m: bi_ebt.ImageEBTDims, t: ThinkingOptions) -> dict:
@@ -176,8 +185,7 @@ def ebt_denoise_eval(params: dict, clean: jax.Array, m: bi_ebt.ImageEBTDims,
 # --- the DiT baseline --------------------------------------------------------------------
 
 def dit_init_params(m: dit.DiTDims, key: jax.Array) -> dict:
-  specs = dit.param_specs(m)
-  return jax.jit(lambda k: init_tree(specs, k))(key)
+  return base.init_from_specs(dit.param_specs(m), key)
 
 
 def dit_loss(params: dict, clean: jax.Array, m: dit.DiTDims, opts: DenoiseOptions,
@@ -217,3 +225,263 @@ def dit_denoise_eval(params: dict, clean: jax.Array, m: dit.DiTDims, opts: Denoi
   steps = eval_timestep(opts, level) + 1 if num_steps is None else num_steps
   return {"psnr": psnr(den, clean), "pixel_mse": pixel_mse(den, clean),
           "psnr_noisy": psnr(noisy, clean), "nfe": steps * (recursions + 1), "denoised": den}
+
+
+def psnr_of_mse(mse) -> float:
+  """PSNR in dB of a pixel MSE on the [0, 255] scale (inf for 0)."""
+  mse = float(mse)
+  return float("inf") if mse <= 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+# --- the tasks ---------------------------------------------------------------------------
+#
+# Evaluation (`eval_batch`) returns mean-squared errors, not PSNR, so that batches average
+# correctly: the PSNR of a split is that of its mean pixel MSE, the official PSNR of all its
+# images as one batch. Each batch is evaluated at `denoise.noise_level` (split
+# `validation`) and `denoise.ood_noise_level` (split `ood_noise_<level>`) from the same
+# clean images; the EBT over thinking steps 1..N (N = inference.thinking_steps, or
+# thinking.num_steps), the DiT at every DDIM step count of `inference.ddim_steps` (empty:
+# every timestep). The in-distribution noise is drawn from the batch's key exactly as
+# `ebt_denoise_eval` / `dit_denoise_eval` draw it, so an EBT and a DiT evaluated with the
+# same key see the same noisy images.
+
+def dit_stack_dims(c: ml_collections.ConfigDict) -> DiTStackDims:
+  m = c.model
+  return DiTStackDims(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
+                      mlp_ratio=1.0 if m.ffn_dim_multiplier is None else m.ffn_dim_multiplier,
+                      dtype=config_lib.DTYPES[m.dtype], scan_layers=m.scan_layers, remat=m.remat)
+
+
+def ddim_step_limit(c: ml_collections.ConfigDict) -> int:
+  """The most DDIM steps from both evaluated noise levels: the timesteps up to the one
+  images are noised to, int(level * T) with T = int(diffusion_steps / level) (about
+  diffusion_steps; `eval_timestep` + 1)."""
+  d = c.denoise
+  return min(int(level * int(d.diffusion_steps / level))
+             for level in (d.noise_level, d.ood_noise_level))
+
+
+def validate_continuous_thinking(c: ml_collections.ConfigDict, describe: str) -> None:
+  """The S2 recipe and per-step options are wired for text only (tasks/continuous.py)."""
+  t = c.thinking
+  why = f"for {describe} (wired for text EBTs only)"
+  check(t.random_steps == 0, "thinking.random_steps", f"0 {why}", t.random_steps)
+  check(t.step_size_random_scale == 1, "thinking.step_size_random_scale", f"1 {why}",
+        t.step_size_random_scale)
+  for field in ("replay_buffer", "contrastive_loss", "langevin_noise_learnable"):
+    check(not t[field], f"thinking.{field}", f"False {why}", t[field])
+  check(t.clamp_grad_max_change_after_warmup == 0, "thinking.clamp_grad_max_change_after_warmup",
+        f"0 {why}", t.clamp_grad_max_change_after_warmup)
+  check(t.remat == "none", "thinking.remat", f"'none' {why}", t.remat)
+
+
+def with_step_size(params: dict, config: ml_collections.ConfigDict) -> dict:
+  """Params with alpha replaced (inference.step_size > 0) or scaled (inference.step_size_scale)."""
+  i = config.inference
+  if "alpha" not in params or (i.step_size == 0 and i.step_size_scale == 1):
+    return params
+  alpha = jnp.asarray(i.step_size, params["alpha"].dtype) if i.step_size > 0 else params["alpha"]
+  return {**params, "alpha": alpha * i.step_size_scale}
+
+
+class ImageTask(base.Task):
+  """What the image kinds share: clean images [B, H, W, C] in [-1, 1], the image sources,
+  and evaluation at the training and the out-of-distribution noise level."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    d = config.denoise
+    self.denoise = DenoiseOptions(diffusion_steps=d.diffusion_steps, noise_level=d.noise_level,
+                                  randomize_noise_level=d.randomize_noise_level,
+                                  ood_noise_level=d.ood_noise_level)
+
+  @classmethod
+  def validate(cls, c):
+    super().validate(c)
+    m, d, i = c.model, c.denoise, c.inference
+    for field in ("image_size", "patch_size"):
+      check(isinstance(m[field], int) and m[field] >= 1, f"model.{field}", "a positive integer",
+            m[field])
+    check(m.image_size % m.patch_size == 0, "model.patch_size",
+          f"a divisor of model.image_size={m.image_size}", m.patch_size)
+    check(m.image_channels in (1, 3), "model.image_channels", "1 or 3", m.image_channels)
+    check(m.dim % 4 == 0, "model.dim", "a multiple of 4 (the 2-D sin-cos position table)", m.dim)
+    check(isinstance(m.learn_sigma, bool), "model.learn_sigma", "true or false", m.learn_sigma)
+    check(isinstance(d.diffusion_steps, int) and d.diffusion_steps >= 1,
+          "denoise.diffusion_steps", "a positive integer", d.diffusion_steps)
+    for field in ("noise_level", "ood_noise_level"):
+      level = d[field]
+      check(0 < level <= 1, f"denoise.{field}", "a level in (0, 1]", level)
+      # The stretched linear schedule's largest beta is 0.02 * 1000 / T.
+      check(int(d.diffusion_steps / level) >= 20, f"denoise.{field}",
+            f"a level giving diffusion_steps / level >= 20 timesteps (diffusion_steps="
+            f"{d.diffusion_steps})", level)
+    ddim = tuple(i.ddim_steps) if isinstance(i.ddim_steps, (tuple, list)) else None
+    most = ddim_step_limit(c)
+    check(ddim is not None and all(isinstance(n, int) and 1 <= n <= most for n in ddim),
+          "inference.ddim_steps", f"a tuple of step counts in [1, {most}] (the timesteps below "
+          f"the evaluated noise levels)", i.ddim_steps)
+    check(isinstance(i.recurse_diffusion, int) and i.recurse_diffusion >= 0,
+          "inference.recurse_diffusion", "an integer >= 0", i.recurse_diffusion)
+
+  def batch_spec(self, batch_size: int) -> jax.ShapeDtypeStruct:
+    m = self.config.model
+    return jax.ShapeDtypeStruct((batch_size, m.image_size, m.image_size, m.image_channels),
+                                jnp.float32)
+
+  def tokens_per_example(self) -> int:
+    m = self.config.model
+    return (m.image_size // m.patch_size) ** 2
+
+  @property
+  def ood_split(self) -> str:
+    return f"ood_noise_{self.denoise.ood_noise_level:g}"
+
+  @property
+  def eval_splits(self) -> tuple[str, ...]:
+    return ("validation", self.ood_split)
+
+  @property
+  def split_levels(self) -> dict[str, float]:
+    """Noise level of each split."""
+    return {"validation": self.denoise.noise_level, self.ood_split: self.denoise.ood_noise_level}
+
+  @staticmethod
+  def split_key(key: jax.Array, split_index: int) -> jax.Array:
+    """The key a split's batch is evaluated with (validation: the batch's key itself)."""
+    return key if split_index == 0 else jax.random.fold_in(key, OOD_KEY_SALT + split_index)
+
+  def make_datasets(self):
+    return continuous_data.make_datasets(self.config, continuous_data.IMAGE_SOURCES,
+                                         self.eval_splits, self.describe())
+
+  def evaluate(self, params, datasets, fn, put, *, num_batches: int) -> dict[str, dict]:
+    """{split: metrics}, every metric the mean over `num_batches` validation batches, with
+    PSNR from the mean pixel MSE (the PSNR of all the images as one batch)."""
+    batches = datasets.eval_batches("validation", self.config.train.batch_size, num_batches)
+    key = self.eval_key()
+    results = base.mean_batches([jax.device_get(fn(params, put(b), jax.random.fold_in(key, i)))
+                                 for i, b in enumerate(batches)])
+    for r in results.values():
+      r["psnr_noisy"] = psnr_of_mse(r["pixel_mse_noisy"])
+      self.add_psnr(r)
+    return results
+
+  def add_psnr(self, r: dict) -> None:
+    raise NotImplementedError
+
+
+class ImageEBT(ImageTask):
+  """The bidirectional image EBT that denoises by thinking on the image itself."""
+
+  name = "image_ebt"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.model
+    self.dims = bi_ebt.ImageEBTDims(dit_stack_dims(config), image_size=m.image_size,
+                                    patch_size=m.patch_size, channels=m.image_channels)
+    self.thinking = ThinkingOptions.from_config(config.thinking)
+
+  @classmethod
+  def validate(cls, c):
+    super().validate(c)
+    validate_continuous_thinking(c, cls.describe())
+
+  def param_specs(self) -> dict:
+    return param_specs(self.dims, self.thinking)
+
+  def loss(self, params, clean, key, *, train: bool, warmed_up=True):
+    chex.assert_rank(clean, 4)
+    return image_ebt_loss(params, clean, self.dims, self.thinking, self.denoise, key)
+
+  def flops(self, batch_size: int) -> float:
+    """6x a forward per thinking step over the bidirectional (full-attention) stack."""
+    m, t = self.config.model, self.thinking
+    return flops.thinking_multiplier(t.num_steps, t.truncate) * flops.dit_forward(
+        self.dims.stack, batch_size, image_size=m.image_size, patch_size=m.patch_size,
+        channels=m.image_channels, out_per_token=1, per_sample_condition=False)
+
+  @property
+  def eval_steps(self) -> int:
+    """Thinking steps evaluated: inference.thinking_steps, or the trained thinking.num_steps."""
+    return self.config.inference.thinking_steps or self.thinking.num_steps
+
+  def eval_batch(self, params, clean, key, *, num_steps: int | None = None,
+                 images: bool = False) -> dict:
+    """{split: per-step pixel MSE and energy, the noisy input's MSE} of one batch."""
+    out = {}
+    for i, (split, level) in enumerate(self.split_levels.items()):
+      r = ebt_denoise_eval(params, clean, self.dims, self.thinking, self.denoise,
+                           self.split_key(key, i), level=level,
+                           num_steps=num_steps or self.eval_steps)
+      out[split] = {"pixel_mse_steps": r["pixel_mse_steps"],
+                    "pixel_mse_noisy": r["pixel_mse_noisy"], "energy_steps": r["energy_steps"]}
+      if images:
+        out[split].update(noisy=r["noisy"], denoised=r["denoised"])
+    return out
+
+  def add_psnr(self, r: dict) -> None:
+    r["psnr_steps"] = np.array([psnr_of_mse(m) for m in r["pixel_mse_steps"]])
+    r["psnr"] = float(r["psnr_steps"][-1])
+
+
+class DiT(ImageTask):
+  """The DiT baseline, denoising by DDIM."""
+
+  name = "dit"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.model
+    self.dims = dit.DiTDims(dit_stack_dims(config), image_size=m.image_size,
+                            patch_size=m.patch_size, channels=m.image_channels,
+                            learn_sigma=m.learn_sigma)
+
+  def param_specs(self) -> dict:
+    return dit.param_specs(self.dims)
+
+  def loss(self, params, clean, key, *, train: bool, warmed_up=True):
+    chex.assert_rank(clean, 4)
+    return dit_loss(params, clean, self.dims, self.denoise, key)
+
+  def train_metrics(self, params) -> dict:
+    return {}
+
+  def flops(self, batch_size: int) -> float:
+    """A forward and backward pass (3x the forward, the timestep MLP left out)."""
+    m = self.config.model
+    out = m.patch_size ** 2 * m.image_channels * (2 if m.learn_sigma else 1)
+    return 3 * flops.dit_forward(self.dims.stack, batch_size, image_size=m.image_size,
+                                 patch_size=m.patch_size, channels=m.image_channels,
+                                 out_per_token=out, per_sample_condition=True)
+
+  @property
+  def ddim_counts(self) -> tuple[int, ...]:
+    """The evaluated DDIM step counts (network evaluations), ascending; by default every
+    timestep (at both noise levels)."""
+    counts = tuple(self.config.inference.ddim_steps)
+    return tuple(sorted(set(counts))) if counts else (ddim_step_limit(self.config),)
+
+  def eval_batch(self, params, clean, key, *, counts: tuple[int, ...] | None = None,
+                 images: bool = False) -> dict:
+    """{split: pixel MSE per DDIM step count, the noisy input's MSE} of one batch."""
+    inf, out = self.config.inference, {}
+    for i, (split, level) in enumerate(self.split_levels.items()):
+      # The noise `ebt_denoise_eval` draws from the same key.
+      noise_key = jax.random.split(self.split_key(key, i))[0]
+      noisy, _ = add_noise(clean, noise_key, self.denoise, level)
+      mses, last = [], None
+      for n in counts or self.ddim_counts:
+        last = dit_denoise(params, noisy, self.dims, self.denoise, level, n,
+                           inf.recurse_diffusion, inf.clip_denoised)
+        mses.append(pixel_mse(last, clean))
+      out[split] = {"pixel_mse": jnp.stack(mses), "pixel_mse_noisy": pixel_mse(noisy, clean)}
+      if images:
+        out[split].update(noisy=noisy, denoised=last)
+    return out
+
+  def add_psnr(self, r: dict) -> None:
+    r["ddim_steps"] = list(self.ddim_counts)
+    r["psnr_ddim"] = np.array([psnr_of_mse(m) for m in np.atleast_1d(r["pixel_mse"])])
+    r["psnr"] = float(r["psnr_ddim"][-1])

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from ebt_jax.data import continuous as continuous_data
+from ebt_jax.errors import check
 from ebt_jax.models import latent_ebt
-from ebt_jax.models.params import axes_tree, init_tree
-from ebt_jax.tasks import continuous
+from ebt_jax.models.params import axes_tree
+from ebt_jax.tasks import base, continuous, flops, image, options, text
 from ebt_jax.tasks.continuous import Outcome, ThinkingOptions
 
 INITIAL_CONDITIONS = ("random_noise", "zeros", "most_recent_embedding")
@@ -39,12 +43,11 @@ class NextFrameOptions:
 
 
 def param_specs(m: latent_ebt.LatentEBTDims, t: ThinkingOptions) -> dict:
-  return {**latent_ebt.param_specs(m), **continuous.param_specs(t)}
+  return {**latent_ebt.param_specs(m), **options.param_specs(t)}
 
 
 def init_params(m: latent_ebt.LatentEBTDims, t: ThinkingOptions, key: jax.Array) -> dict:
-  specs = param_specs(m, t)
-  return jax.jit(lambda k: init_tree(specs, k))(key)
+  return base.init_from_specs(param_specs(m, t), key)
 
 
 def param_axes(m: latent_ebt.LatentEBTDims, t: ThinkingOptions) -> dict:
@@ -121,3 +124,76 @@ def next_frame_eval(params: dict, latents_BxTxL: jax.Array, m: latent_ebt.Latent
   energies = traj.energies.reshape(traj.energies.shape[0], -1)
   return {"smooth_l1_steps": traj.outputs["smooth_l1"], "mse_steps": traj.outputs["mse"],
           "energy_steps": jnp.mean(energies, axis=1), "final": traj.final}
+
+
+class NextFrame(base.Task):
+  """Next-frame prediction with the autoregressive latent EBT: batches of frame latents
+  [B, S+1, L]."""
+
+  name = "latent_ebt"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.model
+    self.dims = latent_ebt.LatentEBTDims(
+        text.stack_dims(config, adaln=m.ebt_type in ("adaln", "adaln_zero")),
+        latent_dim=m.latent_dim, ebt_type=m.ebt_type, num_landscapes=config.thinking.num_steps,
+        weight_init=m.weight_init, weight_init_gain=m.weight_init_gain)
+    self.thinking = ThinkingOptions.from_config(config.thinking)
+    self.next_frame = NextFrameOptions(initial_condition=config.thinking.initial_condition)
+
+  @classmethod
+  def validate(cls, c):
+    super().validate(c)
+    text.validate_rope_stack(c)
+    check(isinstance(c.model.latent_dim, int) and c.model.latent_dim >= 1, "model.latent_dim",
+          "a positive integer", c.model.latent_dim)
+    check(c.thinking.initial_condition in INITIAL_CONDITIONS, "thinking.initial_condition",
+          f"one of {INITIAL_CONDITIONS}", c.thinking.initial_condition)
+    image.validate_continuous_thinking(c, cls.describe())
+
+  def param_specs(self) -> dict:
+    return param_specs(self.dims, self.thinking)
+
+  def loss(self, params, latents, key, *, train: bool, warmed_up=True):
+    chex.assert_rank(latents, 3)
+    return next_frame_loss(params, latents, self.dims, self.thinking, self.next_frame, key)
+
+  def flops(self, batch_size: int) -> float:
+    """The text EBT's count with the down projection (L -> D, when L != D) in place of the
+    vocabulary maps, one frame per token."""
+    m, t = self.config.model, self.thinking
+    project = 2 * m.latent_dim * m.dim if m.latent_dim != m.dim else 0
+    return flops.ar_ebt_step(self.dims.stack, batch_size, m.context_length, m.ebt_type,
+                             per_token_in=project, per_token_out=2 * m.dim, steps=t.num_steps,
+                             truncate=t.truncate,
+                             landscapes=1 if m.ebt_type == "default" else t.num_steps)
+
+  @property
+  def eval_steps(self) -> int:
+    """Thinking steps evaluated: inference.thinking_steps, or the trained thinking.num_steps."""
+    return self.config.inference.thinking_steps or self.thinking.num_steps
+
+  def eval_batch(self, params, latents, key, *, num_steps: int | None = None) -> dict:
+    """{"validation": per-step SmoothL1, MSE and energy} of one batch of frame latents."""
+    r = next_frame_eval(params, latents, self.dims, self.thinking, self.next_frame, key,
+                        num_steps=num_steps or self.eval_steps)
+    return {"validation": {k: r[k] for k in ("smooth_l1_steps", "mse_steps", "energy_steps")}}
+
+  def evaluate(self, params, datasets, fn, put, *, num_batches: int) -> dict[str, dict]:
+    """{"validation": smooth_l1_steps / mse_steps / energy_steps [N]}, means over batches."""
+    batches = datasets.eval_batches("validation", self.config.train.batch_size, num_batches)
+    key = self.eval_key()
+    return base.mean_batches([jax.device_get(fn(params, put(b), jax.random.fold_in(key, i)))
+                              for i, b in enumerate(batches)])
+
+  def batch_spec(self, batch_size: int) -> jax.ShapeDtypeStruct:
+    m = self.config.model
+    return jax.ShapeDtypeStruct((batch_size, m.context_length + 1, m.latent_dim), jnp.float32)
+
+  def tokens_per_example(self) -> int:
+    return self.config.model.context_length
+
+  def make_datasets(self):
+    return continuous_data.make_datasets(self.config, continuous_data.LATENT_SOURCES,
+                                         ("validation",), self.describe())

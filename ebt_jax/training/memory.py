@@ -16,12 +16,8 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from ebt_jax import config as config_lib
-from ebt_jax.tasks import kinds
-from ebt_jax.training import flops as flops_lib
 from ebt_jax.training import program as program_lib
 
 GiB = 2**30
@@ -68,9 +64,8 @@ class MemoryReport:
 
 def compile_report(config: ml_collections.ConfigDict) -> MemoryReport:
   program = program_lib.build(config)
-  dtype = jnp.int32 if config.model.kind in config_lib.TEXT_KINDS else jnp.float32
-  batch = jax.ShapeDtypeStruct(kinds.batch_shape(config), dtype,
-                               sharding=program.batch_sharding)
+  spec = program.task.batch_spec(config.train.batch_size)
+  batch = jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=program.batch_sharding)
   t0 = time.perf_counter()
   with program.context():
     compiled = program.train_step.lower(program.abstract_sharded_state(), batch).compile()
@@ -83,4 +78,4 @@ def compile_report(config: ml_collections.ConfigDict) -> MemoryReport:
       mesh=dict(program.mesh.shape), argument_bytes=stats.argument_size_in_bytes,
       output_bytes=stats.output_size_in_bytes, alias_bytes=stats.alias_size_in_bytes,
       temp_bytes=stats.temp_size_in_bytes, device_limit_bytes=limit, compile_s=compile_s,
-      model_flops_per_step=flops_lib.train_step_flops(config, config.train.batch_size))
+      model_flops_per_step=program.task.flops(config.train.batch_size))

@@ -23,23 +23,27 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from ebt_jax import config as config_lib
+from ebt_jax import tasks
+from ebt_jax.errors import ConfigError, check
 from ebt_jax.parallel import logical, mesh as mesh_lib, sharding
-from ebt_jax.tasks import kinds, text
+from ebt_jax.tasks.base import Task
 from ebt_jax.training import optimizer as optimizer_lib
-from ebt_jax.training import replay as replay_lib
 from ebt_jax.training import step as step_lib
 
 
 @dataclasses.dataclass
 class Program:
-  config: ml_collections.ConfigDict
+  task: Task
   mesh: Mesh
   rules: tuple
   tx: object
   abstract_state: step_lib.TrainState
   state_shardings: step_lib.TrainState
   batch_sharding: jax.sharding.NamedSharding
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.task.config
 
   def context(self):
     return logical.use_mesh(self.mesh, self.rules)
@@ -56,18 +60,18 @@ class Program:
 
   def init_state(self) -> step_lib.TrainState:
     with self.context():
-      return jax.jit(lambda: step_lib.init_state(self.config, self.tx),
+      return jax.jit(lambda: step_lib.init_state(self.task, self.tx),
                      out_shardings=self.state_shardings)()
 
   @functools.cached_property
   def train_step(self):
-    return jax.jit(functools.partial(step_lib.train_step, config=self.config, tx=self.tx),
+    return jax.jit(functools.partial(step_lib.train_step, task=self.task, tx=self.tx),
                    in_shardings=(self.state_shardings, self.batch_sharding),
                    out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
 
   @functools.cached_property
   def eval_step(self):
-    return jax.jit(functools.partial(step_lib.eval_step, config=self.config),
+    return jax.jit(self.task.eval_batch,
                    in_shardings=(self.state_shardings.params, self.batch_sharding,
                                  self.replicated),
                    out_shardings=self.replicated)
@@ -86,23 +90,23 @@ class Program:
 
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Program:
-  config_lib.validate(config)
+  task = tasks.build(config)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
   processes = jax.process_count()
   batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if processes > 1 and batch_ways % processes:
-    raise config_lib.ConfigError(f"mesh: data x fsdp = {batch_ways} must be a multiple of the "
+    raise ConfigError(f"mesh: data x fsdp = {batch_ways} must be a multiple of the "
                                  f"{processes} processes (each feeds its own batch rows)")
-  config_lib.check(config.train.batch_size % batch_ways == 0, "train.batch_size",
-                   f"a multiple of mesh data x fsdp = {batch_ways}", config.train.batch_size)
+  check(config.train.batch_size % batch_ways == 0, "train.batch_size",
+        f"a multiple of mesh data x fsdp = {batch_ways}", config.train.batch_size)
   rules = tuple(tuple(r) for r in config.mesh.rules)
-  abstract_params = jax.eval_shape(lambda: text.init_params(config, jax.random.key(0)))
+  abstract_params = jax.eval_shape(lambda: task.init_params(jax.random.key(0)))
   tx = optimizer_lib.make_optimizer(config, abstract_params)
-  abstract_state = jax.eval_shape(lambda: step_lib.init_state(config, tx))
-  shardings = sharding.state_shardings(abstract_state, text.param_axes(config), mesh, rules)
+  abstract_state = jax.eval_shape(lambda: step_lib.init_state(task, tx))
+  shardings = sharding.state_shardings(abstract_state, task.param_axes(), mesh, rules, tx=tx)
   if abstract_state.replay is not None:
     shardings = shardings._replace(replay=logical.tree_shardings(
-        abstract_state.replay, replay_lib.LOGICAL_AXES, mesh, rules))
-  batch_shape = kinds.batch_shape(config)
-  return Program(config, mesh, rules, tx, abstract_state, shardings,
+        abstract_state.replay, task.carry_axes(), mesh, rules))
+  batch_shape = task.batch_spec(config.train.batch_size).shape
+  return Program(task, mesh, rules, tx, abstract_state, shardings,
                  sharding.batch_sharding(mesh, batch_shape, rules))

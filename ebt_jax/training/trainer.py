@@ -9,7 +9,6 @@ steps and on SIGTERM/SIGINT, resume from the newest readable checkpoint of the w
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import time
 from pathlib import Path
@@ -18,20 +17,12 @@ import jax
 import ml_collections
 from tqdm.auto import tqdm
 
-from ebt_jax import config as config_lib
 from ebt_jax.checkpoint.manager import Checkpointer
-from ebt_jax.data.pipeline import make_datasets
-from ebt_jax.tasks import kinds
 from ebt_jax.training import evaluate as eval_lib
 from ebt_jax.training import flops as flops_lib
 from ebt_jax.training import metrics as metrics_lib
 from ebt_jax.training import program as program_lib
-
-CONFIG_FILE = "config.json"
-# Fields that may change when a run is resumed (layout, memory and schedule length, not
-# what is learned); anything else must match the checkpoints.
-RESUMABLE_CHANGES = ("train.", "mesh.", "data.ood_suites", "optimizer.decay_steps",
-                     "model.remat", "model.scan_layers", "thinking.remat", "thinking.unroll")
+from ebt_jax.training import runs
 
 
 class TrainingError(RuntimeError):
@@ -71,41 +62,6 @@ class Summary:
     return "\n".join(lines)
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  path = workdir / CONFIG_FILE
-  saved = json.loads(config.to_json_best_effort())
-  if path.exists():
-    previous = _flatten(json.loads(path.read_text()))
-    for key, value in _flatten(saved).items():
-      if key in previous and previous[key] != value and not key.startswith(RESUMABLE_CHANGES):
-        raise config_lib.ConfigError(
-            f"{key}: the run in {workdir} was started with {previous[key]!r}, not {value!r} "
-            f"(use a new --workdir, or the same value to resume)")
-  if jax.process_index() == 0:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(saved, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
-def load_config(workdir) -> ml_collections.ConfigDict:
-  path = Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise config_lib.ConfigError(f"--workdir: {workdir} holds no {CONFIG_FILE} (not a run directory)")
-  base = config_lib.base_config()
-  base.update_from_flattened_dict(_flatten(json.loads(path.read_text())))
-  return base
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict) and v:
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-  return out
-
-
 class _StopRequest:
   """SIGTERM/SIGINT set a flag the loop checks after each step (save, then exit)."""
 
@@ -136,11 +92,11 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
           log=print) -> Summary:
   program = program_lib.build(config)   # validates the config and the mesh
   tr = config.train
-  datasets = make_datasets(config)   # checks data paths and lengths before anything is written
+  datasets = program.task.make_datasets()   # checks data paths and lengths before anything is written
   train_iter = datasets.train_iter(tr.batch_size // jax.process_count())
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  save_config(config, workdir)
+  runs.save_config(config, workdir)
   say = log if jax.process_index() == 0 else (lambda *a: None)
 
   checkpointer = Checkpointer(workdir / "checkpoints", keep=tr.keep_checkpoints)
@@ -157,7 +113,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
     say(f"Resuming {workdir} from step {start}.")
 
   writer = metrics_lib.MetricWriter(workdir, tensorboard=tr.tensorboard)
-  reporter = _Reporter(config, writer, tqdm(
+  reporter = _Reporter(program.task, writer, tqdm(
       total=tr.num_steps, initial=start, unit="step", dynamic_ncols=True,
       disable=not progress or jax.process_index() != 0))
   t_start = time.perf_counter()
@@ -176,8 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
           reporter.report(*pending)
           pending = None
           if evaluate_now:
-            results = eval_lib.evaluate(state.params, config, datasets, program.eval_step,
-                                        program.put_global, num_batches=tr.eval_batches)
+            results = program.task.evaluate(state.params, datasets, program.eval_step,
+                                            program.put_global, num_batches=tr.eval_batches)
             writer.write(step, eval_lib.as_scalars(results))
           if save_now:
             checkpointer.save(step, state, train_iter.get_state())
@@ -206,11 +162,12 @@ class _Reporter:
   Throughput counts the time between consecutive reports, leaving out the first step
   (compilation) and whatever `restart_window` marks (evaluation, checkpointing)."""
 
-  def __init__(self, config, writer, bar):
+  def __init__(self, task, writer, bar):
+    config = task.config
     self.tr, self.writer, self.bar = config.train, writer, bar
     # Transformer tokens: text tokens, image patches, or frames of a latent sequence.
-    self.tokens_per_step = config.train.batch_size * kinds.tokens_per_example(config)
-    self.flops_per_step = flops_lib.train_step_flops(config, config.train.batch_size)
+    self.tokens_per_step = config.train.batch_size * task.tokens_per_example()
+    self.flops_per_step = task.flops(config.train.batch_size)
     self.peak = flops_lib.device_peak_flops(config)
     self.last_loss = None
     self._prev = None                     # (time, step) of the previous report

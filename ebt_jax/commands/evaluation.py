@@ -23,8 +23,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from ebt_jax import config as config_lib
-from ebt_jax.data.pipeline import make_datasets
+from ebt_jax import tasks
+from ebt_jax.errors import ConfigError, check
 from ebt_jax.inference import system2
 from ebt_jax.tasks import text
 from ebt_jax.training import evaluate as eval_lib
@@ -95,21 +95,22 @@ class System2Report:
     return out
 
 
-def cells_ce(params, tokens, key, *, config, steps_list, best_of_list):
+def cells_ce(params, tokens, key, *, task, steps_list, best_of_list):
   """(CE [len(steps_list), len(best_of_list)] of a batch [B, S+1], CE after every step up
   to max(steps_list) with best of 1), from one trajectory."""
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  thought = system2.think_tokens(params, inputs, config, key, steps=max(steps_list),
+  thought = system2.think_tokens(params, inputs, task, key, steps=max(steps_list),
                                  best_of=max(best_of_list), targets_BxS=targets)
   mask = (targets != text.PAD_ID).astype(np.float32)
   every_step = range(1, max(steps_list) + 1)
-  return (system2.table_ce(thought, mask, steps_list, best_of_list, config.inference.select),
-          system2.table_ce(thought, mask, every_step, [1], config.inference.select)[:, 0])
+  select = task.config.inference.select
+  return (system2.table_ce(thought, mask, steps_list, best_of_list, select),
+          system2.table_ce(thought, mask, every_step, [1], select)[:, 0])
 
 
-def _adaptive(params, tokens, key, *, config, steps):
+def _adaptive(params, tokens, key, *, task, steps):
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  thought = system2.think_tokens(params, inputs, config, key, steps=steps, best_of=1,
+  thought = system2.think_tokens(params, inputs, task, key, steps=steps, best_of=1,
                                  trajectory=False)
   mask = (targets != text.PAD_ID).astype(np.float32)
   return (text.masked_mean(text.token_nll(thought.logits, targets), mask),
@@ -131,19 +132,20 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
 
   `overrides(config)` may edit the restored config's `inference` section (CLI flags).
   """
-  config, step, params = runs.restore_ebt(workdir, overrides)
-  steps_list = sorted(set(thinking_steps or range(1, system2.num_steps(config) + 1)))
+  task, step, params = runs.restore_ebt(workdir, overrides)
+  config = task.config
+  steps_list = sorted(set(thinking_steps or range(1, system2.num_steps(task) + 1)))
   best_of = sorted(set(best_of))
   for name, values in (("--thinking-steps", steps_list), ("--best-of", best_of)):
-    config_lib.check(all(isinstance(v, int) and v >= 1 for v in values), name,
+    check(all(isinstance(v, int) and v >= 1 for v in values), name,
                      "positive integers", values)
   num_batches = num_batches or config.train.eval_batches
   batch_size = batch_size or config.train.batch_size
   program = runs.program_here(config)
-  datasets = make_datasets(config)
+  datasets = task.make_datasets()
   base = _baseline_params(baseline, config) if baseline else None
-  key = jax.random.fold_in(jax.random.key(config.seed), eval_lib.EVAL_KEY_SALT)
-  cells_fn = jax.jit(functools.partial(cells_ce, config=config, steps_list=tuple(steps_list),
+  key = task.eval_key()
+  cells_fn = jax.jit(functools.partial(cells_ce, task=task, steps_list=tuple(steps_list),
                                        best_of_list=tuple(best_of)))
   adaptive_fns = {}
   for threshold in stop_thresholds:
@@ -152,7 +154,7 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
     if c.inference.stop_on == "none":
       c.inference.stop_on = "energy"
     adaptive_fns[threshold] = (c.inference.stop_on, jax.jit(
-        functools.partial(_adaptive, config=c, steps=max(steps_list))))
+        functools.partial(_adaptive, task=tasks.build(c), steps=max(steps_list))))
   ce, fixed_ce, base_ce, adaptive_rows = {}, {}, {}, []
   with program.context():
     for split in datasets.eval_splits:
@@ -185,12 +187,12 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
 
 def _baseline_params(workdir, config: ml_collections.ConfigDict) -> dict:
   """The baseline's parameters and CE function; it must read the same tokens."""
-  base_config, step, params = runs.restore_params(workdir)
-  if base_config.model.kind != "transformer":
-    raise config_lib.ConfigError(f"--baseline: {workdir} holds a {base_config.model.kind!r} "
-                                 f"model, expected a Transformer++ run")
+  base, step, params = runs.restore_task(workdir)
+  if not isinstance(base, text.Transformer):
+    raise ConfigError(f"--baseline: {workdir} holds a {base.describe()} model, expected a "
+                      f"Transformer++ run")
   for field in ("vocab_size", "context_length"):
-    config_lib.check(base_config.model[field] == config.model[field], f"--baseline model.{field}",
-                     f"{config.model[field]} as in the EBT run", base_config.model[field])
-  fn = jax.jit(lambda p, tokens: text.transformer_loss(p, tokens, base_config)[0])
+    check(base.config.model[field] == config.model[field], f"--baseline model.{field}",
+          f"{config.model[field]} as in the EBT run", base.config.model[field])
+  fn = jax.jit(lambda p, tokens: base.loss(p, tokens)[0])
   return {"params": params, "fn": fn, "step": step}

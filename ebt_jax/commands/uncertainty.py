@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import numpy as np  # noqa: E402
 
-from ebt_jax import config as config_lib  # noqa: E402
+from ebt_jax.errors import check  # noqa: E402
 from ebt_jax.data.tokenizers import make_tokenizer  # noqa: E402
 from ebt_jax.inference import system2  # noqa: E402
 from ebt_jax.training import evaluate as eval_lib  # noqa: E402
@@ -85,13 +85,14 @@ def _printable(text: str) -> str:
 
 def think_about_text(workdir, text: str, *, overrides=None, seed: int = 0) -> TokenEnergies:
   """Thinks about the next token after every position of `text` with a run's model."""
-  config, _, params = runs.restore_ebt(workdir, overrides)
+  task, _, params = runs.restore_ebt(workdir, overrides)
+  config = task.config
   tokenizer = make_tokenizer(config.data)
   ids = np.asarray(tokenizer.encode(text), np.int32)
-  config_lib.check(len(ids) >= 1, "--text", "a text of at least one token", text)
+  check(len(ids) >= 1, "--text", "a text of at least one token", text)
   dropped = max(0, len(ids) - config.model.context_length)
   ids = ids[dropped:]
-  thought = jax.jit(lambda p, x, k: system2.think_tokens(p, x, config, k))(
+  thought = jax.jit(lambda p, x, k: system2.think_tokens(p, x, task, k))(
       params, ids[None], jax.random.key(seed))
   thought = jax.device_get(thought)
   choice = thought.choice[0]

@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ebt_jax.errors import check
 from ebt_jax.models.layers import CANDIDATE
 from ebt_jax.parallel.logical import constrain
-from ebt_jax.tasks import text
 
 
 class ReplayBuffer(NamedTuple):
@@ -54,31 +54,46 @@ class ReplayBatch(NamedTuple):
   row_mask: jax.Array        # [G*(b+n)]: 0 for replayed rows past the filled count
 
 
-def shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
-  """(groups G, capacity C per group, fresh rows b per group, replayed rows n per group)."""
-  t = config.thinking
+def validate(c: ml_collections.ConfigDict) -> None:
+  """The replay buffer's config fields against the batch it is fed from."""
+  t = c.thinking
   groups = t.replay_buffer_groups
-  fresh = config.train.batch_size // groups
+  check(isinstance(groups, int) and groups >= 1 and c.train.batch_size % groups == 0,
+        "thinking.replay_buffer_groups",
+        f"a positive divisor of train.batch_size={c.train.batch_size}", groups)
+  check(isinstance(t.replay_buffer_size, int) and t.replay_buffer_size >= 1,
+        "thinking.replay_buffer_size", "a positive integer", t.replay_buffer_size)
+  rows = c.train.batch_size // groups
+  check(int(rows * t.replay_buffer_sample_fraction) >= 1, "thinking.replay_buffer_sample_fraction",
+        f"a fraction giving at least one replayed row of the {rows} rows per buffer",
+        t.replay_buffer_sample_fraction)
+
+
+# `task` below is the text EBT's task (tasks/text.py `TextEBT`): its frozen thinking
+# options, its config's batch size and shapes, and its initial candidates.
+
+def shape(task) -> tuple[int, int, int, int]:
+  """(groups G, capacity C per group, fresh rows b per group, replayed rows n per group)."""
+  t = task.thinking
+  groups = t.replay_buffer_groups
+  fresh = task.config.train.batch_size // groups
   # The official min(sample_size, len(buffer)) never exceeds the capacity.
   replayed = min(int(fresh * t.replay_buffer_sample_fraction), t.replay_buffer_size)
   return groups, t.replay_buffer_size, fresh, replayed
 
 
-def init(config: ml_collections.ConfigDict) -> ReplayBuffer | None:
-  """An empty buffer, or None when `thinking.replay_buffer` is off (or for the baseline)."""
-  if not config.thinking.replay_buffer or config.model.kind != "ebt":
-    return None
-  G, C, _, _ = shape(config)
-  S, V = config.model.context_length, config.model.vocab_size
+def init(task) -> ReplayBuffer:
+  """An empty buffer."""
+  G, C, _, _ = shape(task)
+  S, V = task.config.model.context_length, task.vocab_size
   return ReplayBuffer(jnp.zeros((G, C, S + 1), jnp.int32),
-                      jnp.zeros((G, C, S, V), text.candidate_dtype(config)),
+                      jnp.zeros((G, C, S, V), task.candidate_dtype),
                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array,
-         config: ml_collections.ConfigDict) -> ReplayBatch:
+def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array, task) -> ReplayBatch:
   """The batch with replayed rows appended to each group's rows (official `get_batch`)."""
-  G, C, b, n = shape(config)
+  G, C, b, n = shape(task)
   sample_key, noise_key = jax.random.split(key)
 
   def pick(k):
@@ -90,7 +105,7 @@ def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array,
   tokens = jnp.concatenate([tokens_BxT.reshape(G, b, -1), take(buffer.tokens, slots_GxN)], 1)
   rows = G * (b + n)
   S, V = buffer.logits.shape[2:]
-  noise = text.initial_candidate(noise_key, (G, b + n, S, V), config)
+  noise = task.initial_candidate(noise_key, (G, b + n, S, V))
   initial = noise.at[:, b:].set(take(buffer.logits, slots_GxN))
   valid_N = (jnp.arange(n) < buffer.fill).astype(jnp.float32)
   row_mask = jnp.concatenate([jnp.ones((G, b)), jnp.broadcast_to(valid_N, (G, n))], 1)
@@ -100,10 +115,10 @@ def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array,
 
 
 def push(buffer: ReplayBuffer, tokens_BxT: jax.Array, final_logits: jax.Array,
-         config: ml_collections.ConfigDict) -> ReplayBuffer:
+         task) -> ReplayBuffer:
   """The buffer with the batch's fresh rows and their final candidates added, FIFO
   (official `update`). `final_logits` are the combined batch's [G*(b+n), S, V]."""
-  G, C, b, n = shape(config)
+  G, C, b, n = shape(task)
   # Of more fresh rows than slots only the last C survive the official pop(0); writing
   # just those keeps the scatter free of duplicate indices.
   kept = min(b, C)

@@ -26,9 +26,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-from ebt_jax import config as config_lib  # noqa: E402
-from ebt_jax.data.pipeline import make_datasets  # noqa: E402
-from ebt_jax.inference import evaluation  # noqa: E402
+from ebt_jax.errors import ConfigError, check  # noqa: E402
+from ebt_jax import tasks  # noqa: E402
+from ebt_jax.commands import evaluation  # noqa: E402
 from ebt_jax.thinking import optimizers  # noqa: E402
 from ebt_jax.training import evaluate as eval_lib  # noqa: E402
 from ebt_jax.training import runs  # noqa: E402
@@ -52,14 +52,14 @@ def parse_optimizer(spec: str) -> tuple[str, dict]:
   try:
     kwargs = json.loads(raw) if raw else {}
   except json.JSONDecodeError as e:
-    raise config_lib.ConfigError(f"--optimizers: {spec!r}: kwargs are not JSON ({e})") from None
-  config_lib.check(name in optimizers.names(), "--optimizers", f"names from {optimizers.names()}",
+    raise ConfigError(f"--optimizers: {spec!r}: kwargs are not JSON ({e})") from None
+  check(name in optimizers.names(), "--optimizers", f"names from {optimizers.names()}",
                    name)
-  config_lib.check(isinstance(kwargs, dict), "--optimizers", "name:{json object}", spec)
+  check(isinstance(kwargs, dict), "--optimizers", "name:{json object}", spec)
   try:
     optimizers.make(name, **kwargs)
   except ValueError as e:
-    raise config_lib.ConfigError(f"--optimizers: {e}") from None
+    raise ConfigError(f"--optimizers: {e}") from None
   return name, kwargs
 
 
@@ -107,24 +107,25 @@ class SweepReport:
 
 def sweep_inner(workdir, steps, specs=DEFAULT_SWEEP, *, num_batches=None, batch_size=None,
                 overrides=None, log=print) -> SweepReport:
-  config, step, params = runs.restore_ebt(workdir, overrides)
+  task, step, params = runs.restore_ebt(workdir, overrides)
+  config = task.config
   parsed = [parse_optimizer(s) for s in specs]
   steps = sorted(set(steps))
   num_batches = num_batches or config.train.eval_batches
   batch_size = batch_size or config.train.batch_size
   program = runs.program_here(config)
-  key = jax.random.fold_in(jax.random.key(config.seed), eval_lib.EVAL_KEY_SALT)
+  key = task.eval_key()
   ce = {}
   with program.context():
     batches = [program.put_global(b) for b in
-               make_datasets(config).eval_batches("validation", batch_size, num_batches)]
+               task.make_datasets().eval_batches("validation", batch_size, num_batches)]
     for spec, (name, kwargs) in zip(specs, parsed):
       log(f"thinking with {spec}")
       c = ml_collections.ConfigDict(config.to_dict())
       c.thinking.inner_optimizer = name
       c.thinking.inner_optimizer_kwargs = ml_collections.ConfigDict(kwargs)
-      fn = jax.jit(lambda p, b, k, c=c: evaluation.cells_ce(
-          p, b, k, config=c, steps_list=tuple(steps), best_of_list=(1,))[0][:, 0])
+      fn = jax.jit(lambda p, b, k, t=tasks.build(c): evaluation.cells_ce(
+          p, b, k, task=t, steps_list=tuple(steps), best_of_list=(1,))[0][:, 0])
       ce[spec] = np.mean([jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
                           for i, b in enumerate(batches)], axis=0)
   return SweepReport(str(workdir), step, steps, ce)

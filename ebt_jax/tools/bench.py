@@ -28,10 +28,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebt_jax import config as config_lib
+from ebt_jax import tasks
+from ebt_jax.errors import check
 from ebt_jax.inference import generate, system2
 from ebt_jax.models import ar_ebt
-from ebt_jax.tasks import text
+from ebt_jax.tasks import options
+from ebt_jax.tasks.text import TextEBT
 from ebt_jax.thinking import inference, loop
 from ebt_jax.training import flops as flops_lib
 from ebt_jax.training import program as program_lib
@@ -66,16 +68,15 @@ def _time(fn, args, repeats: int, threads_state: bool = False) -> Timing:
   return Timing(compile_s, statistics.median(times), used)
 
 
-def _think_fns(config: ml_collections.ConfigDict, steps: int):
+def _think_fns(task: TextEBT, steps: int):
   """(cached, naive) inference thinking of `steps` steps on a batch; both -> final logits."""
-  dims = config_lib.text_ebt_dims(config)
-  opt = text.inner_optimizer(config)
-  reparam = text.candidate_reparam(config)
-  lands = system2.landscapes(config, steps)
+  opt = options.inner_optimizer(task.thinking)
+  reparam = task.candidate_reparam()
+  lands = system2.landscapes(task, steps)
 
   def cached(params, inputs, y0, key):
-    caches = text.encode_landscapes(params, inputs, config)
-    return system2.think(params, caches, y0[None], config, key, steps=steps,
+    caches = task.encode_landscapes(params, inputs)
+    return system2.think(params, caches, y0[None], task, key, steps=steps,
                          trajectory=False).logits
 
   def naive(params, inputs, y0, key):
@@ -84,9 +85,9 @@ def _think_fns(config: ml_collections.ConfigDict, steps: int):
       # loop-invariant context encoding out of the loop by itself (it does for a
       # `default` model), and this would time the cached way, not the official one.
       tokens, z = jax.lax.optimization_barrier((inputs, z))
-      return ar_ebt.energy(params, tokens, text.candidate_probs(z, config), landscape, dims)
+      return ar_ebt.energy(params, tokens, task.candidate_probs(z), landscape, task.dims)
 
-    schedule = loop.Schedule(lands[:-1], system2.step_size(params, config))
+    schedule = loop.Schedule(lands[:-1], system2.step_size(params, task))
     return inference.think_per_position(energy_fn, y0, opt, schedule, key, reparam=reparam,
                                         final_landscape=lands[-1], trajectory=False).final
 
@@ -104,14 +105,13 @@ def _peak_bytes(timings) -> tuple[int | None, str]:
 def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len: int | None = None,
               new_tokens: int | None = None, batch_size: int | None = None,
               think_steps: int | None = None, log=print) -> dict:
-  config_lib.validate(config)
-  config_lib.check(config.model.kind == "ebt", "model.kind", "'ebt' (bench times an EBT)",
-                   config.model.kind)
+  task = tasks.build(config)
+  check(isinstance(task, TextEBT), "--config", "a text EBT (bench times one)", task.describe())
   S, V = config.model.context_length, config.model.vocab_size
   B = batch_size or config.train.batch_size
   prompt_len = prompt_len or S // 2
   new_tokens = new_tokens or S - prompt_len
-  steps = think_steps or system2.num_steps(config)
+  steps = think_steps or system2.num_steps(task)
   rng = np.random.default_rng(config.seed)
   key = jax.random.key(config.seed)
   out = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
@@ -128,14 +128,14 @@ def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len
              train_tokens_per_s=train_tokens / train.median_s)
   peak = flops_lib.device_peak_flops(config)
   if peak:
-    flops = flops_lib.train_step_flops(config, config.train.batch_size)
+    flops = task.flops(config.train.batch_size)
     out["train_mfu"] = flops / train.median_s / peak
 
   log(f"[2/3] thinking: {steps} steps on a batch of {B} x {S}, cached context vs re-encoded")
-  params = text.init_params(config, key)
+  params = task.init_params(key)
   inputs = jnp.asarray(rng.integers(1, V, (B, S), np.int32))
-  y0 = text.initial_candidate(jax.random.fold_in(key, 1), (B, S, V), config)
-  cached_fn, naive_fn = _think_fns(config, steps)
+  y0 = task.initial_candidate(jax.random.fold_in(key, 1), (B, S, V))
+  cached_fn, naive_fn = _think_fns(task, steps)
   think_args = (params, inputs, y0, jax.random.fold_in(key, 2))
   think = _time(cached_fn, think_args, repeats)
   think_naive = _time(naive_fn, think_args, repeats)
@@ -147,12 +147,12 @@ def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len
   prompt = jnp.asarray(rng.integers(1, V, (B, prompt_len), np.int32))
   sampling = generate.Sampling(max_new_tokens=new_tokens)
   gen_args = (params, prompt, jax.random.fold_in(key, 3))
-  gen = _time(_bound_generate(config, sampling), gen_args, repeats)
-  generate.generate_naive(params, prompt, config, key, sampling)     # compiles every bucket
+  gen = _time(_bound_generate(task, sampling), gen_args, repeats)
+  generate.generate_naive(params, prompt, task, key, sampling)     # compiles every bucket
   naive_times = []
   for _ in range(max(1, repeats // 2)):
     t0 = time.perf_counter()
-    jax.block_until_ready(generate.generate_naive(params, prompt, config, key, sampling).tokens)
+    jax.block_until_ready(generate.generate_naive(params, prompt, task, key, sampling).tokens)
     naive_times.append(time.perf_counter() - t0)
   naive_s = statistics.median(naive_times)
   out.update(generate_tokens_per_s=B * new_tokens / gen.median_s,
@@ -164,9 +164,8 @@ def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len
   return out
 
 
-def _bound_generate(config, sampling):
-  frozen = ml_collections.FrozenConfigDict(config)
-  return jax.jit(lambda p, prompt, k: generate.generate(p, prompt, frozen, k, sampling).tokens)
+def _bound_generate(task: TextEBT, sampling):
+  return jax.jit(lambda p, prompt, k: generate.generate(p, prompt, task, k, sampling).tokens)
 
 
 def table(result: dict) -> str:

@@ -1,6 +1,6 @@
 """This project against the official PyTorch EBT code, in one process: parity and speed.
 
-    python -m ebt_jax.inference.official_side_by_side --official-repo PATH/TO/EBT [--parity] [--bench]
+    python -m ebt_jax.tools.official_side_by_side --official-repo PATH/TO/EBT [--parity] [--bench]
 
 Needs `torch` and a checkout of the official repository (github.com/alexiglad/EBT); neither
 is a dependency of the project. The official NLP model imports Lightning, torchvision,
@@ -225,7 +225,7 @@ def bench(repo: str, repeats: int = 5, rounds: int = 3) -> dict:
   compile_s = []
   for _ in range(rounds):
     for side in ("torch", "jax"):
-      out = subprocess.run([sys.executable, "-m", "ebt_jax.inference.official_side_by_side",
+      out = subprocess.run([sys.executable, "-m", "ebt_jax.tools.official_side_by_side",
                             "--official-repo", repo,
                             "--time-side", side, "--repeats", str(repeats)],
                            check=True, capture_output=True, text=True).stdout

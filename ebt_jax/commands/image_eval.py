@@ -30,11 +30,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from ebt_jax import config as config_lib
+from ebt_jax import tasks
 from ebt_jax.data import images
-from ebt_jax.data.pipeline import make_datasets
-from ebt_jax.tasks import kinds
-from ebt_jax.training import evaluate as eval_lib
+from ebt_jax.errors import check
+from ebt_jax.tasks.image import DiT, ImageEBT, ImageTask, psnr_of_mse, with_step_size
+from ebt_jax.tasks.video import NextFrame
 from ebt_jax.training import runs
 
 PNG_COLUMNS = 8
@@ -52,7 +52,7 @@ _TEXT_ONLY = (("best_of", 1, "--best-of"), ("select", "min", "--select"),
 class ContinuousReport:
   workdir: str
   step: int
-  kind: str
+  model: str                        # the task's name (the JSON's "kind")
   num_images: int
   results: list[dict]               # rows of the JSON "results"
   baseline: dict | None = None      # {"workdir", "checkpoint_step", "results"}
@@ -60,7 +60,7 @@ class ContinuousReport:
   copy_last: dict | None = None     # latent EBT: SmoothL1 / MSE of copying the last frame
 
   def as_json(self) -> dict:
-    out = {"workdir": self.workdir, "checkpoint_step": self.step, "kind": self.kind,
+    out = {"workdir": self.workdir, "checkpoint_step": self.step, "kind": self.model,
            "num_examples": self.num_images, "results": self.results}
     if self.baseline:
       out["baseline"] = self.baseline
@@ -71,7 +71,7 @@ class ContinuousReport:
     return out
 
   def table(self) -> str:
-    if self.kind == "latent_ebt":
+    if self.copy_last is not None:   # next-frame rows (no PSNR)
       return self._latent_table()
     datasets = list(dict.fromkeys(r["dataset"] for r in self.results))
     levels = {r["dataset"]: r["noise_level"] for r in self.results}
@@ -122,19 +122,11 @@ class ContinuousReport:
     return "\n".join(lines)
 
 
-def _check_text_only_options(config: ml_collections.ConfigDict) -> None:
+def _check_text_only_options(task) -> None:
   for field, neutral, flag in _TEXT_ONLY:
-    value = config.inference[field]
-    config_lib.check(value == neutral, flag, f"the default ({neutral!r}) for "
-                     f"model.kind={config.model.kind!r} (text EBTs only)", value)
-
-
-def _restore(workdir, overrides):
-  config, step, params = runs.restore_params(workdir)
-  if overrides:
-    overrides(config)
-  config_lib.validate(config)
-  return config, step, params
+    value = task.config.inference[field]
+    check(value == neutral, flag, f"the default ({neutral!r}) for {task.describe()} (text EBTs "
+          f"only)", value)
 
 
 def _mean(per_batch: list[dict], split: str, name: str):
@@ -159,109 +151,109 @@ def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=
   `thinking_steps` (default 1..inference.thinking_steps or thinking.num_steps) and
   `ddim_steps` (default inference.ddim_steps, or every timestep) pick the rows.
   """
-  config, step, params = _restore(workdir, overrides)
-  kind = config.model.kind
-  config_lib.check(kind in kinds.KINDS, "--workdir", f"a run of one of {kinds.KINDS}", kind)
-  _check_text_only_options(config)
+  task, step, params = runs.restore_task(workdir, overrides)
+  config = task.config
+  check(isinstance(task, (ImageTask, NextFrame)), "--workdir",
+        "a run of an image EBT, a DiT or a latent EBT", task.describe())
+  _check_text_only_options(task)
   if baseline is not None:
-    config_lib.check(kind == "image_ebt", "--baseline", "given with an image EBT workdir only",
-                     baseline)
-  if kind == "dit":
-    config_lib.check(not thinking_steps, "--thinking-steps", "none for a DiT run (use "
-                     "--ddim-steps)", thinking_steps)
+    check(isinstance(task, ImageEBT), "--baseline", "given with an image EBT workdir only",
+          baseline)
+  if isinstance(task, DiT):
+    check(not thinking_steps, "--thinking-steps", "none for a DiT run (use --ddim-steps)",
+          thinking_steps)
   else:
-    steps = sorted(set(thinking_steps or range(1, kinds.eval_steps(config) + 1)))
-    config_lib.check(all(isinstance(k, int) and k >= 1 for k in steps), "--thinking-steps",
-                     "positive integers", steps)
-    params = kinds.with_step_size(params, config)
+    steps = sorted(set(thinking_steps or range(1, task.eval_steps + 1)))
+    check(all(isinstance(k, int) and k >= 1 for k in steps), "--thinking-steps",
+          "positive integers", steps)
+    params = with_step_size(params, config)
   num_batches = num_batches or config.train.eval_batches
   batch_size = batch_size or config.train.batch_size
   program = runs.program_here(config)
-  datasets = make_datasets(config)
-  key = jax.random.fold_in(jax.random.key(config.seed), eval_lib.EVAL_KEY_SALT)
+  datasets = task.make_datasets()
+  key = task.eval_key()
   log(f"evaluating {workdir}: {num_batches} batches of {batch_size}")
   with program.context():
     batches = [program.put_global(b)
                for b in datasets.eval_batches("validation", batch_size, num_batches)]
-    if kind == "latent_ebt":
-      return _latent_report(workdir, step, config, params, batches, key, steps)
-    if kind == "dit":
-      counts = _ddim_counts(config, ddim_steps)
-      rows, per_batch = _dit_rows(config, params, batches, key, counts)
-      report = ContinuousReport(str(workdir), step, kind, num_batches * batch_size, rows)
+    if isinstance(task, NextFrame):
+      return _latent_report(workdir, step, task, params, batches, key, steps)
+    if isinstance(task, DiT):
+      counts = _ddim_counts(task, ddim_steps)
+      rows, per_batch = _dit_rows(task, params, batches, key, counts)
+      report = ContinuousReport(str(workdir), step, task.name, num_batches * batch_size, rows)
       denoised = {f"DiT, {counts[-1]} NFE": per_batch[0]}
     else:
-      rows, per_batch = _ebt_rows(config, params, batches, key, steps)
-      report = ContinuousReport(str(workdir), step, kind, num_batches * batch_size, rows)
+      rows, per_batch = _ebt_rows(task, params, batches, key, steps)
+      report = ContinuousReport(str(workdir), step, task.name, num_batches * batch_size, rows)
       denoised = {f"EBT, {max(steps)} steps": per_batch[0]}
       if baseline is not None:
-        base_config, base_step, base_params = _restore(baseline, overrides)
-        _check_baseline(base_config, config, baseline)
-        counts = _ddim_counts(base_config, ddim_steps)
+        base, base_step, base_params = runs.restore_task(baseline, overrides)
+        _check_baseline(base, task, baseline)
+        counts = _ddim_counts(base, ddim_steps)
         log(f"evaluating the baseline {baseline}: DDIM with {', '.join(map(str, counts))} steps")
-        base_rows, base_batches = _dit_rows(base_config, base_params, batches, key, counts)
+        base_rows, base_batches = _dit_rows(base, base_params, batches, key, counts)
         report.baseline = {"workdir": str(baseline), "checkpoint_step": base_step,
-                           "kind": "dit", "results": base_rows}
+                           "kind": base.name, "results": base_rows}
         denoised[f"DiT, {counts[-1]} NFE"] = base_batches[0]
   if write_png:
-    report.png = str(_write_png(Path(workdir), config, jax.device_get(batches[0]), denoised))
+    report.png = str(_write_png(Path(workdir), task, jax.device_get(batches[0]), denoised))
   return report
 
 
-def _ddim_counts(config, ddim_steps) -> tuple[int, ...]:
+def _ddim_counts(task: DiT, ddim_steps) -> tuple[int, ...]:
   if ddim_steps:
-    c = ml_collections.ConfigDict(config.to_dict())
+    c = ml_collections.ConfigDict(task.config.to_dict())
     c.inference.ddim_steps = tuple(ddim_steps)
-    config_lib.validate(c)
-    return kinds.ddim_counts(c)
-  return kinds.ddim_counts(config)
+    return tasks.build(c).ddim_counts   # validates the counts
+  return task.ddim_counts
 
 
-def _check_baseline(base: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                    workdir) -> None:
-  config_lib.check(base.model.kind == "dit", "--baseline", f"a DiT run directory "
-                   f"({workdir} holds model.kind={base.model.kind!r})", str(workdir))
+def _check_baseline(base, task: ImageEBT, workdir) -> None:
+  check(isinstance(base, DiT), "--baseline", f"a DiT run directory ({workdir} holds a "
+        f"{base.describe()} model)", str(workdir))
   for field in ("model.image_size", "model.image_channels", "denoise.diffusion_steps",
                 "denoise.noise_level", "denoise.ood_noise_level"):
     section, name = field.split(".")
-    config_lib.check(base[section][name] == config[section][name], f"--baseline {field}",
-                     f"{config[section][name]!r} as in the EBT run", base[section][name])
+    ours, theirs = task.config[section][name], base.config[section][name]
+    check(theirs == ours, f"--baseline {field}", f"{ours!r} as in the EBT run", theirs)
 
 
-def _ebt_rows(config, params, batches, key, steps):
-  fn = jax.jit(functools.partial(kinds.image_ebt_eval, config=config, num_steps=max(steps),
-                                 images=True))
-  per_batch = [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
-               for i, b in enumerate(batches)]
+def _evaluated(fn, params, batches, key) -> list[dict]:
+  return [jax.device_get(fn(params, b, jax.random.fold_in(key, i))) for i, b in enumerate(batches)]
+
+
+def _ebt_rows(task: ImageEBT, params, batches, key, steps):
+  fn = jax.jit(functools.partial(task.eval_batch, num_steps=max(steps), images=True))
+  per_batch = _evaluated(fn, params, batches, key)
   rows = []
-  for split, level in kinds.split_levels(config).items():
+  for split, level in task.split_levels.items():
     mse_steps = _mean(per_batch, split, "pixel_mse_steps")
     energy = _mean(per_batch, split, "energy_steps")
-    noisy = kinds.psnr_of_mse(_mean(per_batch, split, "pixel_mse_noisy"))
+    noisy = psnr_of_mse(_mean(per_batch, split, "pixel_mse_noisy"))
     for k in steps:
       rows.append({"dataset": split, "noise_level": level, "thinking_steps": k,
-                   "psnr": kinds.psnr_of_mse(mse_steps[k - 1]), "psnr_noisy": noisy,
+                   "psnr": psnr_of_mse(mse_steps[k - 1]), "psnr_noisy": noisy,
                    "pixel_mse": float(mse_steps[k - 1]), "energy": float(energy[k - 1])})
   return rows, per_batch
 
 
-def _dit_rows(config, params, batches, key, counts):
-  fn = jax.jit(functools.partial(kinds.dit_eval, config=config, counts=counts, images=True))
-  per_batch = [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
-               for i, b in enumerate(batches)]
-  recursions = config.inference.recurse_diffusion
+def _dit_rows(task: DiT, params, batches, key, counts):
+  fn = jax.jit(functools.partial(task.eval_batch, counts=counts, images=True))
+  per_batch = _evaluated(fn, params, batches, key)
+  recursions = task.config.inference.recurse_diffusion
   rows = []
-  for split, level in kinds.split_levels(config).items():
+  for split, level in task.split_levels.items():
     mse = _mean(per_batch, split, "pixel_mse")
-    noisy = kinds.psnr_of_mse(_mean(per_batch, split, "pixel_mse_noisy"))
+    noisy = psnr_of_mse(_mean(per_batch, split, "pixel_mse_noisy"))
     for n, m in zip(counts, mse):
       rows.append({"dataset": split, "noise_level": level, "ddim_steps": n,
                    "recursions": recursions, "nfe": n * (recursions + 1),
-                   "psnr": kinds.psnr_of_mse(m), "psnr_noisy": noisy, "pixel_mse": float(m)})
+                   "psnr": psnr_of_mse(m), "psnr_noisy": noisy, "pixel_mse": float(m)})
   return rows, per_batch
 
 
-def _write_png(workdir: Path, config, clean: np.ndarray, denoised: dict) -> Path:
+def _write_png(workdir: Path, task: ImageTask, clean: np.ndarray, denoised: dict) -> Path:
   """Rows: clean; then per noise level the noisy images and each model's output
   (`denoised`: {row label: a batch's eval output}), labelled on the left."""
   import matplotlib
@@ -269,7 +261,7 @@ def _write_png(workdir: Path, config, clean: np.ndarray, denoised: dict) -> Path
   import matplotlib.pyplot as plt
 
   rows, labels = [clean], ["clean"]
-  for split, level in kinds.split_levels(config).items():
+  for split, level in task.split_levels.items():
     first = next(iter(denoised.values()))
     rows.append(first[split]["noisy"])
     labels.append(f"noisy ({level:g})")
@@ -294,10 +286,10 @@ def _write_png(workdir: Path, config, clean: np.ndarray, denoised: dict) -> Path
   return out
 
 
-def _latent_report(workdir, step, config, params, batches, key, steps) -> ContinuousReport:
-  fn = jax.jit(functools.partial(kinds.latent_ebt_eval, config=config, num_steps=max(steps)))
-  per_batch = [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
-               for i, b in enumerate(batches)]
+def _latent_report(workdir, step, task: NextFrame, params, batches, key,
+                   steps) -> ContinuousReport:
+  fn = jax.jit(functools.partial(task.eval_batch, num_steps=max(steps)))
+  per_batch = _evaluated(fn, params, batches, key)
   means = {name: _mean(per_batch, "validation", name)
            for name in ("smooth_l1_steps", "mse_steps", "energy_steps")}
   rows = [{"dataset": "validation", "thinking_steps": k,
@@ -310,4 +302,4 @@ def _latent_report(workdir, step, config, params, batches, key, steps) -> Contin
                                       for d in diff])),
           "mse": float(np.mean([np.mean(d * d) for d in diff]))}
   n = sum(len(b) for b in host)
-  return ContinuousReport(str(workdir), step, "latent_ebt", n, rows, copy_last=copy)
+  return ContinuousReport(str(workdir), step, task.name, n, rows, copy_last=copy)
