@@ -1,11 +1,23 @@
 """Shared tiny configs: every test model is small enough to compile in a few seconds."""
 
 import os
+import tempfile
 
-# Tests spend most of their time in XLA's LLVM back end compiling tiny second-order
-# programs; its cheapest optimisation level compiles them about a third faster. HLO-level
-# optimisation (fusion, layout, algebraic simplification) is unaffected.
+# Tests spend most of their time in XLA compiling tiny second-order programs; the LLVM back
+# end's cheapest optimisation level compiles them about a third faster. HLO-level
+# optimisation (fusion, layout, algebraic simplification) is unaffected. (The CPU back
+# end's older loop emitters, --xla_cpu_use_fusion_emitters=false, would compile another
+# third faster but change float32 results past the tolerances of the remat and S2 tests:
+# not the numerics users run.) Subprocesses (the CLI and multi-device tests) inherit it.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# Many tests compile the same programs again (a resumed run, the CLI after the library, each
+# process of a multi-process run): a compilation cache shared by this run's processes (and
+# pytest-xdist's workers) compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "ebt_jax_test_xla_cache",
+    os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax
 import jax.numpy as jnp

@@ -1,9 +1,10 @@
 """Runs inside a subprocess with forced host devices (tests/test_parallel.py starts it).
 
-    python tests/parallel_worker.py meshes       # losses/params per mesh vs one device
-    python tests/parallel_worker.py restore DIR  # save on (2,2,2), restore on other meshes
+    python tests/parallel_worker.py DIR   # losses/params per mesh; (2,2,2)'s state saved in
+                                          # DIR and restored onto other meshes
 
-Prints one JSON line of results for the test to check.
+Prints one JSON line of results, {"meshes": ..., "restore": ...}, for the tests to check:
+one process serves both, so the (2,2,2) program compiles once and JAX starts once.
 """
 
 import json
@@ -43,30 +44,30 @@ def run(c, devices, batches):
 
 
 def meshes():
-  batches = None
-  results = {}
+  """(results per mesh shape, the (2,2,2) run's state and data iterator)."""
+  results, saved = {}, None
+  c = worker_config(1, 1, 1)
+  it = make_datasets(c).train_iter(8, process_index=0, process_count=1)
+  batches = [next(it) for _ in range(3)]
   for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2), (1, 1, 8)]:
     c = worker_config(*shape)
-    if batches is None:
-      it = make_datasets(c).train_iter(8, process_index=0, process_count=1)
-      batches = [next(it) for _ in range(3)]
     devices = jax.devices()[: int(np.prod(shape))]
     program, state, losses = run(c, devices, batches)
+    if shape == (2, 2, 2):
+      saved = state
     params = jax.device_get(state.params)
     wq_spec = str(program.state_shardings.params["blocks"]["wq"].spec)
     results[str(shape)] = {"losses": losses, "wq_spec": wq_spec,
                            "params": {jax.tree_util.keystr(k): np.asarray(v).ravel()[:50].tolist()
                                       + [float(np.sum(v))]
                                       for k, v in jax.tree_util.tree_leaves_with_path(params)}}
-  print(json.dumps(results))
+  return results, saved, it
 
 
-def restore(directory):
-  c = worker_config(2, 2, 2)
-  it = make_datasets(c).train_iter(8, process_index=0, process_count=1)
-  program, state, _ = run(c, jax.devices(), [next(it) for _ in range(2)])
+def restore(directory, state, it):
+  """Saves `state` (step 3 of the (2,2,2) run) and restores it onto other meshes."""
   ckpt = Checkpointer(directory)
-  ckpt.save(2, state, it.get_state())
+  ckpt.save(3, state, it.get_state())
   ckpt.wait()
   saved = jax.device_get(state.params)
   out = {}
@@ -81,8 +82,9 @@ def restore(directory):
     out[str(shape)] = {"step": step, "equal": same, "spec": str(wq.sharding.spec),
                        "devices": len(wq.sharding.device_set), "data_state": data_state}
   ckpt.close()
-  print(json.dumps(out))
+  return out
 
 
 if __name__ == "__main__":
-  {"meshes": meshes, "restore": lambda: restore(sys.argv[2])}[sys.argv[1]]()
+  mesh_results, state, it = meshes()
+  print(json.dumps({"meshes": mesh_results, "restore": restore(sys.argv[1], state, it)}))

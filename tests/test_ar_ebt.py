@@ -165,6 +165,7 @@ def test_batch_independence(x64, ebt_type):
   assert not np.allclose(same[1:], other[1:])
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   c = tiny_config("adaln")
   c.model.n_layers = 1  # eager second-order autodiff dispatches thousands of small ops

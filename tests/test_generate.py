@@ -10,6 +10,7 @@ from ebt_jax import tasks
 from conftest import perturb, tiny_config, to_f64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ebt_type,best_of,temperature,top_p", [
     ("time_embed", 2, 0.0, 1.0), ("default", 1, 1.0, 0.9), ("adaln", 3, 0.7, 1.0)])
 def test_cached_generation_gives_the_tokens_of_naive_generation(ebt_type, best_of, temperature,

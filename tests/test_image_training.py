@@ -17,6 +17,9 @@ from ebt_jax.training.metrics import read_metrics
 
 quiet = lambda *a: None
 
+# Every test here trains or restores tiny runs (tens of seconds in all): CI runs them.
+pytestmark = pytest.mark.slow
+
 
 def image_config(kind="image_ebt", **train):
   """8 x 8 crops in 4 patches, one block of width 16: compiles in a few seconds."""

@@ -9,6 +9,9 @@ from ebt_jax import cli
 from ebt_jax.training import trainer
 from conftest import run_config
 
+# Every test here trains or restores tiny runs (tens of seconds in all): CI runs them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -66,7 +69,8 @@ def test_generate_continues_the_prompt(runs, capsys):
 def test_bench_prints_and_writes_the_figures(tmp_path, capsys):
   out = tmp_path / "bench.json"
   assert cli.main(["bench", "--config", "tiny_cpu", "--repeats", "1", "--new-tokens", "4",
-                   "--config.train.batch_size=2", "--json", str(out)]) == 0
+                   "--config.train.batch_size=2", "--config.model.n_layers=1",
+                   "--json", str(out)]) == 0
   result = json.loads(out.read_text())
   for key in ("train_tokens_per_s", "think_step_ms", "generate_tokens_per_s",
               "generate_naive_tokens_per_s", "think_step_naive_ms", "peak_memory_bytes"):

@@ -25,6 +25,7 @@ def loss_and_grads(model_remat, thinking_remat):
   return jax.jit(jax.value_and_grad(f))(params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_remat,thinking_remat", [("full", "none"), ("dots", "full"),
                                                         ("none", "dots")])
 def test_remat_changes_nothing_but_memory(model_remat, thinking_remat):
@@ -53,6 +54,7 @@ def test_compile_report_sees_what_remat_saves():
   assert dataclasses.replace(plain, device_limit_bytes=plain.peak_bytes).fits
 
 
+@pytest.mark.slow
 def test_compile_report_command():
   out = subprocess.run([sys.executable, "-m", "ebt_jax.cli", "compile-report", "--config",
                         "tiny_cpu", "--config.train.batch_size=4"], capture_output=True,

@@ -216,6 +216,7 @@ def test_random_step_counts_stay_within_bounds(final_only):
   assert val_active is None
 
 
+@pytest.mark.slow
 def test_truncation_equals_stop_gradient_on_earlier_steps_with_fixed_alpha():
   c = tiny_config("time_embed", num_steps=2, random_steps=2, random_steps_min=1,
                   random_steps_final_landscape=True, step_size_random_scale=3.0,
@@ -347,6 +348,7 @@ def test_every_inner_optimizer_is_twice_differentiable_through_the_s2_loop(name,
     check_grads(loss, (theta,), order=2, modes=["rev"], eps=1e-5, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_with_a_momentum_inner_optimizer_is_second_order(x64):
   c = tiny_config("time_embed", inner_optimizer="momentum", detach=False, num_steps=2,
                   random_steps=1, step_size_random_scale=2.0)

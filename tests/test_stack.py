@@ -21,6 +21,7 @@ def test_run_layers_scan_equals_loop_and_stacks_outputs():
   chex.assert_shape(outs_loop, (3,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan,remat", [(False, "none"), (True, "full"), (False, "dots")])
 def test_dit_stack_forms_agree(x64, scan, remat):
   d = dit_blocks.DiTStackDims(dim=16, n_layers=3, n_heads=2, mlp_ratio=2.0, dtype=jnp.float64)
@@ -36,6 +37,7 @@ def test_dit_stack_forms_agree(x64, scan, remat):
                               rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan,remat", [(False, "none"), (True, "dots")])
 def test_text_stack_forms_agree(x64, scan, remat):
   d = blocks.StackDims(dim=16, n_layers=3, n_heads=2, ffn_hidden=24, adaln=True,

@@ -207,6 +207,7 @@ def test_sigterm_saves_then_resumes(tmp_path):
   assert len(saved) == 1 and 3 <= saved[0] < 400
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_configs_in_one_line(tmp_path):
   cases = [
       (["--config.model.n_heads=5"], "model.n_heads: expected a divisor of model.dim=16"),
@@ -229,6 +230,7 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path):
   assert missing.returncode == 2 and "--config: no file 'no_such_config'" in missing.stderr
 
 
+@pytest.mark.slow
 def test_train_eval_plot_and_resume_in_process(tmp_path, monkeypatch):
   c = run_config(num_steps=6, checkpoint_every=3, eval_every=3, tensorboard=True)
   monkeypatch.chdir(tmp_path.parent)   # a relative workdir, as `ebt train` gets by default
