@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
 from jax.test_util import check_grads
 
 import ebt_jax
@@ -46,11 +47,9 @@ def reference_loop(theta, y0, landscapes, alpha, *, reparam, detach, truncate):
   return jnp.stack(outs), jnp.stack(energies)
 
 
-@pytest.mark.parametrize("detach,truncate", [(True, False), (False, False), (False, True),
-                                             (True, True)])
-@pytest.mark.parametrize("unroll", [1, True])
-def test_scan_equals_python_loop(detach, truncate, unroll):
-  theta = toy_theta(jax.random.key(0))
+def _scan_and_loop(detach, truncate, unroll):
+  """(loss through `think`, loss through the Python loop) of (theta, alpha), each also
+  returning the trajectory's outputs and energies."""
   y0 = jax.random.normal(jax.random.key(1), (2, 3, 5))
   landscapes = (0, 1, 2)
   reparam = functools.partial(jax.nn.softmax, axis=-1)
@@ -68,14 +67,39 @@ def test_scan_equals_python_loop(detach, truncate, unroll):
 
   def loss(fn, theta, alpha):
     outs, energies = fn(theta, alpha)
-    return jnp.sum((outs - targets) ** 2) + 0.1 * jnp.sum(energies)
+    return jnp.sum((outs - targets) ** 2) + 0.1 * jnp.sum(energies), (outs, energies)
 
-  alpha = jnp.asarray(0.7)
-  chex.assert_trees_all_close(via_think(theta, alpha), via_loop(theta, alpha), rtol=1e-5,
-                              atol=1e-6)
-  g_think = jax.grad(functools.partial(loss, via_think), argnums=(0, 1))(theta, alpha)
-  g_loop = jax.grad(functools.partial(loss, via_loop), argnums=(0, 1))(theta, alpha)
+  return functools.partial(loss, via_think), functools.partial(loss, via_loop)
+
+
+def _value_and_grads(loss_fn):
+  return jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+
+@pytest.mark.parametrize("detach,truncate", [(True, False), (False, False), (False, True),
+                                             (True, True)])
+@pytest.mark.parametrize("unroll", [1, True])
+def test_scan_equals_python_loop(detach, truncate, unroll):
+  scan_loss, loop_loss = _scan_and_loop(detach, truncate, unroll)
+  theta, alpha = toy_theta(jax.random.key(0)), jnp.asarray(0.7)
+  (_, traj_think), g_think = _value_and_grads(scan_loss)(theta, alpha)
+  (_, traj_loop), g_loop = _value_and_grads(loop_loss)(theta, alpha)
+  chex.assert_trees_all_close(traj_think, traj_loop, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(g_think, g_loop, rtol=1e-4, atol=1e-5)
+
+
+class ThinkJitAndEagerTest(chex.TestCase):
+  """The scan compiled and run op by op: both equal the Python loop, values and gradients."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((False, False), (False, True))
+  def test_scan_equals_python_loop(self, detach, truncate):
+    scan_loss, loop_loss = _scan_and_loop(detach, truncate, unroll=1)
+    theta, alpha = toy_theta(jax.random.key(0)), jnp.asarray(0.7)
+    (value, traj), grads = self.variant(_value_and_grads(scan_loss))(theta, alpha)
+    (want_value, want_traj), want_grads = _value_and_grads(loop_loss)(theta, alpha)
+    chex.assert_trees_all_close((value, traj), (want_value, want_traj), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grads, want_grads, rtol=1e-4, atol=1e-5)
 
 
 def test_truncation_cuts_second_order_terms_of_earlier_steps():
