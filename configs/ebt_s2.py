@@ -53,7 +53,7 @@ tokenizer and a text corpus are files you provide (nothing is downloaded):
         --config.data.source=shards --config.data.path=data/pile_shards \\
         --config.data.tokenizer=tokenizer.json
 
-`ebt_jax.config.from_official_hparams` of the script's flags gives the `xxs` variant
+`ebt_jax.from_official_hparams` of the script's flags gives the `xxs` variant
 (tests/test_s2.py checks it). The Table 2 ablations above apply to every variant.
 """
 
