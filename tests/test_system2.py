@@ -83,3 +83,29 @@ def test_inference_step_size_override_and_validation(model):
     config_lib.validate(config)
   with pytest.raises(ValueError, match="inference.select"):
     inference.selection_scores(jnp.zeros(2), jnp.zeros(2), "best")
+
+
+@pytest.mark.parametrize("clamps", [dict(clamp_grad=True, clamp_grad_max_change=0.05),
+                                    dict(absolute_clamp=0.3),
+                                    dict(clamp_grad=True, clamp_grad_max_change=9.0,
+                                         clamp_grad_max_change_after_warmup=0.05)])
+def test_inference_thinks_with_the_trained_clamps(x64, clamps):
+  """System 2 thinking of a model trained with clamps equals its evaluation objective (the
+  official inference clamps too), and the clamps really change the result."""
+  from ebt_jax.commands import evaluation
+  config = tiny_config("time_embed", **clamps)
+  config.model.dtype = "float64"
+  params = to_f64(perturb(tasks.init_params(config, jax.random.key(0)), jax.random.key(1)))
+  params["alpha"] = jnp.asarray(40.0)   # large steps, so both clamps bite
+  tokens = jax.random.randint(jax.random.key(2), (2, 7), 1, 11)
+  task, key = tasks.build(config), jax.random.key(3)
+  cells, every_step = evaluation.cells_ce(params, tokens, key, task=task, steps_list=(1, 2),
+                                          best_of_list=(1,))
+  want = task.eval_batch(params, tokens, key)["ce_steps"]
+  np.testing.assert_allclose(every_step, want, rtol=1e-10)
+  np.testing.assert_allclose(cells[:, 0], want, rtol=1e-10)
+  unclamped = config.copy_and_resolve_references()
+  unclamped.thinking.update(clamp_grad=False, absolute_clamp=0.0)
+  free = evaluation.cells_ce(params, tokens, key, task=tasks.build(unclamped),
+                             steps_list=(1, 2), best_of_list=(1,))[1]
+  assert np.max(np.abs(free - every_step)) > 1e-3

@@ -12,6 +12,8 @@ CLI flags all say the same thing.
 * Best-of-N: the N candidates of a position share one context encoding. The energy is
   `vmap`ped over the candidate axis with the cache closed over, so the keys/values are
   read by all N, never copied N times.
+* Clamps: a model trained with `clamp_grad` or `absolute_clamp` thinks with them here too
+  (the gradient bound uses the inference alpha, as the official advanced inference does).
 * The energy "after k steps" is the energy the next step starts from (landscape
   min(k, L-1)); after the last step it is scored on that step's successor landscape, the
   final one once the trained landscapes are used up (the official final `get_energy`).
@@ -57,6 +59,19 @@ def step_size(params: dict, task: TextEBT) -> jax.Array:
   return alpha * i.step_size_scale
 
 
+def grad_clip(params: dict, task: TextEBT):
+  """The official inference's `clamp_futures_grad`: max_change / alpha with the alpha the
+  steps take (an override replaces the model's, as in the official code), and the
+  after-warmup max change where the run set one (inference follows training). None when
+  the model was trained without the clamp."""
+  t, i = task.thinking, task.config.inference
+  if not t.clamp_grad:
+    return None
+  alpha = jnp.asarray(i.step_size) if i.step_size > 0 else params["alpha"]
+  max_change = t.clamp_grad_max_change_after_warmup or t.clamp_grad_max_change
+  return max_change / (alpha * i.step_size_scale)
+
+
 def noise_std(params: dict, task: TextEBT):
   std = task.config.inference.langevin_noise
   if std == -1:
@@ -100,7 +115,8 @@ def think(params: dict, caches, y0_NxBxSxV: jax.Array, task: TextEBT,
       energy_fn, y0_NxBxSxV, options.inner_optimizer(task.thinking), schedule, key,
       reparam=task.candidate_reparam(), emit=emit, noise_std=noise_std(params, task),
       rules=step_rules(task), final_landscape=landscapes(task, steps)[-1],
-      trajectory=trajectory)
+      trajectory=trajectory, grad_clip=grad_clip(params, task),
+      value_clip=task.thinking.absolute_clamp_value)
   initial_N, final_N = result.energies[0], result.energies[-1]
   (logits, e0, e1, used), choice = inference.best_of(
       (result.final, initial_N, final_N, result.steps_used), initial_N, final_N,

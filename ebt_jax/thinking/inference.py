@@ -77,12 +77,15 @@ def think_per_position(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptim
                        schedule: Schedule, key: jax.Array, *,
                        reparam: Callable | None = None, emit: Callable | None = None,
                        noise_std=None, rules: StepRules = StepRules(), final_landscape=None,
-                       event_ndim: int = 1, trajectory: bool = True) -> InferenceResult:
+                       event_ndim: int = 1, trajectory: bool = True, grad_clip=None,
+                       value_clip: float | None = None) -> InferenceResult:
   """Inference thinking with per-position control; no gradient flows to the parameters.
 
   `energy_fn(z, landscape)` returns one energy per position: z.shape[:-event_ndim].
   `final_landscape` (default: the last step's) scores the final candidate. `noise_std`
-  (None: no noise) may be a traced scalar, such as a learned Langevin std.
+  (None: no noise) may be a traced scalar, such as a learned Langevin std. `grad_clip` and
+  `value_clip` are `loop.think`'s (the official `clamp_futures_grad` and `absolute_clamp`):
+  the gradient clamped before the update, the updated candidate after it.
   """
   reparam = reparam or (lambda y: y)
   emit = emit or (lambda y: y)
@@ -113,8 +116,12 @@ def think_per_position(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptim
       grad_norm = jnp.sqrt(jnp.sum(jnp.square(grad), axis=event_axes))
       active = active & (grad_norm >= rules.stop_threshold)
     z = reparam(cand)
+    if grad_clip is not None:
+      grad = jnp.clip(grad, -grad_clip, grad_clip)
     new, new_state = inner_opt.update(grad, opt_state, z, schedule.step_size,
                                       jax.random.fold_in(step_key, 1))
+    if value_clip is not None:
+      new = jnp.clip(new, -value_clip, value_clip)
     if rules.accept_lower:
       proposed_energy = energy_fn(reparam(new), landscape)
       new = _where_positions(proposed_energy < energy, new, cand)
