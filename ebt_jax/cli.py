@@ -23,6 +23,7 @@ import ml_collections
 from ebt_jax.errors import ConfigError, check
 
 DEFAULT_CONFIG = "default"
+DEFAULT_NEW_TOKENS = 64    # `ebt generate`'s most new tokens by default (fewer if the context ends)
 
 
 def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
@@ -41,28 +42,20 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   if not Path(spec).exists() and ":" in spec:
     file, arg = spec.split(":", 1)
   arg = arg or None
-  try:
-    bundled_dir = importlib.resources.files("ebt_jax.configs")
-  except ModuleNotFoundError:  # a checkout that is not installed: register its configs/ so
-    folder = Path(__file__).parent.parent / "configs"  # config files can import shared parts
-    package_spec = importlib.util.spec_from_file_location(
-        "ebt_jax.configs", folder / "__init__.py", submodule_search_locations=[str(folder)])
-    package = importlib.util.module_from_spec(package_spec)
-    sys.modules["ebt_jax.configs"] = sys.modules["ebt_jax"].configs = package
-    package_spec.loader.exec_module(package)
-    bundled_dir = folder
+  bundled_dir = _bundled_dir()
   path = Path(file)
   if not path.exists():
     bundled = bundled_dir / f"{file.removesuffix('.py')}.py"
     if not bundled.is_file():
-      raise ConfigError(f"--config: no file {file!r} and no bundled config of that name")
+      raise ConfigError(f"--config: no file {file!r} and no bundled config of that name "
+                        f"(bundled: {', '.join(bundled_config_names())})")
     path = Path(str(bundled))
   module_spec = importlib.util.spec_from_file_location(f"ebt_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
   except Exception as e:
-    raise ConfigError(f"--config: {path} failed to load ({type(e).__name__}: {e})") from None
+    raise ConfigError(f"--config: {path} failed to load ({_one_line(e)})") from None
   get_config = getattr(module, "get_config", None)
   if get_config is None:
     raise ConfigError(f"--config: {path} defines no get_config()")
@@ -74,9 +67,68 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   except ConfigError as e:
     raise ConfigError(f"--config {spec}: {e}") from None
   except Exception as e:
-    raise ConfigError(f"--config {spec}: get_config() failed ({type(e).__name__}: {e})") from None
+    raise ConfigError(f"--config {spec}: get_config() failed ({_one_line(e)})") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"--config {spec}: get_config() returned a {type(config).__name__}, "
+                      "expected an ml_collections.ConfigDict (start from "
+                      "ebt_jax.config.base_config())")
   name = path.stem if arg is None else f"{path.stem}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', arg)}"
   return config, name
+
+
+def _bundled_dir():
+  """The folder of the bundled configs (`configs/`, installed as `ebt_jax.configs`)."""
+  try:
+    return importlib.resources.files("ebt_jax.configs")
+  except ModuleNotFoundError:  # a checkout that is not installed: register its configs/ so
+    folder = Path(__file__).parent.parent / "configs"  # config files can import shared parts
+    package_spec = importlib.util.spec_from_file_location(
+        "ebt_jax.configs", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    package = importlib.util.module_from_spec(package_spec)
+    sys.modules["ebt_jax.configs"] = sys.modules["ebt_jax"].configs = package
+    package_spec.loader.exec_module(package)
+    return folder
+
+
+def bundled_config_names() -> list[str]:
+  """Names of the bundled configs, for `--config NAME` (sorted)."""
+  return sorted(p.name.removesuffix(".py") for p in _bundled_dir().iterdir()
+                if p.name.endswith(".py") and not p.name.startswith("_"))
+
+
+def _one_line(e: BaseException) -> str:
+  """`Type: message` of an exception, its message cut to its first line."""
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _parse_sequence(raw: str, target):
+  """A tuple/list field's value: a Python literal (`('a', 'b')`, `(1, 2)`, `[1]`), or a
+  comma-separated list (`a,b` -> ('a', 'b'); items that parse as numbers become ints or
+  floats; one item without a comma gives a one-element tuple; an empty value, ())."""
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = None
+    if raw.strip()[:1] in "([{" and raw.strip():
+      raise ValueError("expected a Python literal like ('a', 'b') or a comma-separated "
+                       "list like a,b") from None
+  else:
+    if isinstance(value, (tuple, list)):
+      return target(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+      return target([value])
+    raise ValueError(f"expected a sequence, got a {type(value).__name__}")
+
+  def item(text: str):
+    for kind in (int, float):
+      try:
+        return kind(text)
+      except ValueError:
+        pass
+    return text
+
+  return target(item(v.strip()) for v in raw.split(",") if v.strip())
 
 
 def _parse_value(raw: str, current, field_type):
@@ -91,8 +143,13 @@ def _parse_value(raw: str, current, field_type):
     raise ValueError("expected true or false")
   if target in (int, float):
     return target(raw)
-  if target in (tuple, list, dict):
-    return target(ast.literal_eval(raw))
+  if target in (tuple, list):
+    return _parse_sequence(raw, target)
+  if target is dict:
+    try:
+      return dict(ast.literal_eval(raw))
+    except (ValueError, TypeError, SyntaxError):
+      raise ValueError("expected a Python dict literal like {'a': 1}") from None
   return raw
 
 
@@ -100,7 +157,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
   """Applies `--config.a.b=value` (or `--config.a.b value`) overrides in order.
 
   Values are read by the field's type: `true`/`false` (also 1/0, yes/no) for booleans,
-  Python literals for tuples, `none`/`null` for None in any non-string field.
+  Python literals or comma-separated lists for tuples (`--config.data.ood_suites=a,b`,
+  `--config.inference.ddim_steps=(1, 5)`), `none`/`null` for None in any non-string field.
 
   Hand-written rather than `ml_collections.config_flags` (checked with ml_collections
   1.1), which cannot do what this must:
@@ -278,26 +336,40 @@ def _cmd_generate(args, overrides):
   from ebt_jax.training import runs
   task, _, params = runs.restore_ebt(args.workdir, _inference_overrides(args, overrides))
   config = task.config
-  sampling = generate.Sampling(args.max_new_tokens, args.temperature, args.top_p)
   tokenizer = make_tokenizer(config.data)
   prompt = np.asarray(tokenizer.encode(args.prompt), np.int32)
   check(len(prompt) >= 1, "--prompt", "at least one token", args.prompt)
-  if len(prompt) + args.max_new_tokens > config.model.context_length:
-    print(f"note: {len(prompt)} prompt + {args.max_new_tokens} new tokens exceed the trained "
-          f"context of {config.model.context_length}", file=sys.stderr)
+  context, max_new = config.model.context_length, args.max_new_tokens
+  if max_new is None:   # by default, what fits the trained context after the prompt
+    if len(prompt) >= context:
+      raise ConfigError(f"--prompt: its {len(prompt)} tokens fill the trained context of "
+                        f"{context}; shorten it, or pass --max-new-tokens to generate past "
+                        "the context anyway")
+    max_new = min(DEFAULT_NEW_TOKENS, context - len(prompt))
+  elif len(prompt) + max_new > context:
+    print(f"note: {len(prompt)} prompt + {max_new} new tokens exceed the trained "
+          f"context of {context}", file=sys.stderr)
+  sampling = generate.Sampling(max_new, args.temperature, args.top_p)
   prompts = np.repeat(prompt[None], args.num_samples, axis=0)
   out = jax.device_get(generate.generate(params, prompts, task, jax.random.key(args.seed),
                                          sampling))
   for i, row in enumerate(out.tokens):
     if args.num_samples > 1:
       print(f"--- sample {i + 1}")
-    print(tokenizer.decode(row.tolist()))
+    print(escape_control(tokenizer.decode(row.tolist())))
   if args.show_energies:
     print("per generated token of sample 1: final energy / energy drop / steps")
     for t, token in enumerate(out.tokens[0, len(prompt):]):
       text = tokenizer.decode([int(token)]).encode("unicode_escape").decode("ascii")
       print(f"  {text:<8}{out.final_energy[0, t]:>10.4g}{out.energy_drop[0, t]:>10.4g}"
             f"{int(out.steps_used[0, t]):>6}")
+
+
+def escape_control(text: str) -> str:
+  """`text` with every non-printable character escaped (`\\x07`, `\\r`, `\\u200b`) except
+  newlines and tabs, so generated control bytes cannot act on the terminal."""
+  return "".join(c if c.isprintable() or c in "\n\t"
+                 else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _cmd_sweep_inner(args, overrides):
@@ -336,12 +408,18 @@ def _cmd_prepare(args, overrides):
 
 
 def _cmd_import_torch(args, overrides):
+  from ebt_jax.checkpoint.torch_file import TorchFileError
   from ebt_jax.training import runs
   config = None
   if args.config:
     config, _ = load_config_file(args.config)
     apply_overrides(config, overrides)
-  out = runs.import_torch_checkpoint(args.checkpoint, args.out, config)
+  try:
+    out = runs.import_torch_checkpoint(args.checkpoint, args.out, config)
+  except (ConfigError, TorchFileError) as e:
+    if str(args.checkpoint) in str(e):
+      raise
+    raise type(e)(f"{args.checkpoint}: {e}") from None
   print(f"Imported {args.checkpoint} into {out}; evaluate with: ebt eval --workdir {out}")
 
 
@@ -358,13 +436,41 @@ def _cmd_plot(args, overrides):
     print(f"Wrote {path}")
 
 
+def config_epilog() -> str:
+  """The `--help` text of the commands that take `--config`: the spec forms, the bundled
+  names and the override syntax."""
+  return (
+      "--config takes a config file (a .py defining get_config()) or the name of a bundled\n"
+      f"config: {', '.join(bundled_config_names())}.\n"
+      "A file with variants takes one after a colon, NAME:VARIANT or PATH:VARIANT\n"
+      "(--config denoise:paper, --config configs/ebt_s1.py:small).\n\n"
+      "Any config field can be overridden, in order, with --config.SECTION.FIELD=VALUE (or\n"
+      "--config.SECTION.FIELD VALUE), e.g.\n"
+      "  --config.model.dim=64 --config.train.num_steps=100 --config.thinking.detach=false\n"
+      "  --config.data.ood_suites=dyck_depth_8,arithmetic_digits_5   (tuples: a,b or ('a', 'b'))\n"
+      "  --config.optimizer.decay_steps=none                         (None)\n"
+      "Fields and defaults: ebt_jax/config.py.")
+
+
+INFERENCE_EPILOG = (
+    "A trained run's config changes only in its inference section: the flags above, or\n"
+    "--config.inference.FIELD=VALUE (e.g. --config.inference.thinking_steps=4); see\n"
+    "config.inference in ebt_jax/config.py.")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="ebt", description="Energy-Based Transformers in JAX.")
   parser.add_argument("--version", action="version", version=_version())
   sub = parser.add_subparsers(dest="command", required=True)
+  epilog = config_epilog()
+  with_config = dict(epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+  thinking = dict(epilog=INFERENCE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  config_help = (f"config file or bundled name, NAME:VARIANT for a variant (default: the "
+                 f"bundled {DEFAULT_CONFIG!r}; the names and the override syntax are below)")
 
-  p = sub.add_parser("train", help="train (or resume) a model; --config.a.b=value overrides")
-  p.add_argument("--config", default=DEFAULT_CONFIG, help="config file or bundled name")
+  p = sub.add_parser("train", help="train (or resume) a model; --config.a.b=value overrides",
+                     **with_config)
+  p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
   p.add_argument("--workdir", help="run directory (default runs/<config name>)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs not "
@@ -375,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("eval", help="System 2 table of a run's latest checkpoint: perplexity per "
                      "dataset for every (thinking steps, best-of-N) cell; for image runs PSNR "
-                     "per thinking step (EBT) or DDIM step count (DiT) and a PNG")
+                     "per thinking step (EBT) or DDIM step count (DiT) and a PNG", **thinking)
   p.add_argument("--workdir", required=True)
   p.add_argument("--thinking-steps", help="comma-separated step counts, e.g. 1,2,4,8 "
                  "(default 1..inference.thinking_steps)")
@@ -395,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(fn=_cmd_eval)
 
   p = sub.add_parser("think", help="per-token energies of a text over thinking steps (how sure "
-                     "the model is of each prediction) and a heat-map PNG")
+                     "the model is of each prediction) and a heat-map PNG", **thinking)
   p.add_argument("--workdir", required=True)
   p.add_argument("--text", required=True)
   p.add_argument("--out", help="heat-map PNG (default WORKDIR/plots/think.png)")
@@ -403,10 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
   _add_inference_flags(p)
   p.set_defaults(fn=_cmd_think)
 
-  p = sub.add_parser("generate", help="generate text with KV-cached thinking per new token")
+  p = sub.add_parser("generate", help="generate text with KV-cached thinking per new token",
+                     **thinking)
   p.add_argument("--workdir", required=True)
   p.add_argument("--prompt", required=True)
-  p.add_argument("--max-new-tokens", type=int, default=64)
+  p.add_argument("--max-new-tokens", type=int, default=None,
+                 help=f"tokens to generate (default: {DEFAULT_NEW_TOKENS}, or fewer to stay "
+                 "within the trained context after the prompt)")
   p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
   p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
   p.add_argument("--num-samples", type=int, default=1)
@@ -417,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(fn=_cmd_generate)
 
   p = sub.add_parser("sweep-inner", help="perplexity against thinking steps of a trained "
-                     "model under every inner optimizer (table, JSON, PNG)")
+                     "model under every inner optimizer (table, JSON, PNG)", **thinking)
   p.add_argument("--workdir", required=True)
   p.add_argument("--steps", default="1,2,4,8", help="comma-separated thinking step counts")
   p.add_argument("--optimizers", nargs="+", help="entries 'name' or 'name:{json kwargs}' "
@@ -430,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(fn=_cmd_sweep_inner)
 
   p = sub.add_parser("bench", help="time a training step, a thinking step and generation "
-                     "against the naive way (re-encoding, no KV cache)")
-  p.add_argument("--config", default=DEFAULT_CONFIG)
+                     "against the naive way (re-encoding, no KV cache)", **with_config)
+  p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
   p.add_argument("--json", help="also write the figures to this JSON file")
   p.add_argument("--repeats", type=int, default=5, help="timed runs per workload (median)")
   p.add_argument("--batch-size", type=int, help="thinking/generation batch (default "
@@ -442,20 +551,22 @@ def build_parser() -> argparse.ArgumentParser:
                  "inference.thinking_steps); the cache pays off past the trained landscapes")
   p.set_defaults(fn=_cmd_bench)
 
-  p = sub.add_parser("prepare", help="tokenize a text source into token shards")
-  p.add_argument("--config", default=DEFAULT_CONFIG)
+  p = sub.add_parser("prepare", help="tokenize a text source into token shards", **with_config)
+  p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
   p.add_argument("--out", required=True, help="output directory for the shards")
   p.set_defaults(fn=_cmd_prepare)
 
-  p = sub.add_parser("import-torch", help="import an official PyTorch checkpoint into a run dir")
+  p = sub.add_parser("import-torch", help="import an official PyTorch checkpoint into a run dir",
+                     **with_config)
   p.add_argument("checkpoint", help="a Lightning .ckpt or a .pt state_dict")
-  p.add_argument("--config", help="config of the model (default: from the .ckpt's hparams)")
+  p.add_argument("--config", help="config of the model, a file or bundled name, optionally "
+                 "NAME:VARIANT (default: from the .ckpt's hparams)")
   p.add_argument("--out", required=True, help="run directory to create")
   p.set_defaults(fn=_cmd_import_torch)
 
   p = sub.add_parser("compile-report", help="compile a config's train step for these devices "
-                     "and print its memory per device, without running it")
-  p.add_argument("--config", default=DEFAULT_CONFIG)
+                     "and print its memory per device, without running it", **with_config)
+  p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
   p.set_defaults(fn=_cmd_compile_report)
 
   p = sub.add_parser("plot", help="PNG plots of a run's curves and thinking")

@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
+from ebt_jax.errors import ConfigError
 from ebt_jax.models.params import shapes_tree
 from ebt_jax import tasks
 
@@ -97,7 +98,7 @@ def import_official(state_dict: Mapping, config, dtype=np.float32) -> dict:
   """The project's params from an official NLP EBT (or baseline) state_dict.
 
   Accepts torch tensors or arrays, with or without Lightning's leading `model.` prefix.
-  Missing, unexpected or mis-shaped entries raise ValueError naming them.
+  Missing, unexpected or mis-shaped entries raise `ConfigError` (a ValueError) naming them.
   """
   sd = {(k[len(LIGHTNING_PREFIX):] if k.startswith(LIGHTNING_PREFIX) else k): v
         for k, v in state_dict.items()}
@@ -105,10 +106,10 @@ def import_official(state_dict: Mapping, config, dtype=np.float32) -> dict:
   missing = sorted(set(entries) - set(sd))
   unexpected = sorted(set(sd) - set(entries))
   if missing:
-    raise ValueError(f"import_official: state_dict lacks {len(missing)} entries the config "
+    raise ConfigError(f"import_official: state_dict lacks {len(missing)} entries the config "
                      f"needs, e.g. {missing[:3]}")
   if unexpected:
-    raise ValueError(f"import_official: state_dict has {len(unexpected)} entries this config "
+    raise ConfigError(f"import_official: state_dict has {len(unexpected)} entries this config "
                      f"does not use, e.g. {unexpected[:3]} (check model.ebt_type, "
                      f"model.n_layers and model.tied_v2e)")
   shapes = shapes_tree(tasks.build(config).param_specs())
@@ -116,7 +117,12 @@ def import_official(state_dict: Mapping, config, dtype=np.float32) -> dict:
   for name, (path, layer, to_ours, _) in entries.items():
     leaf_shape = _get(shapes, path)
     want = leaf_shape[1:] if layer is not None else leaf_shape
-    value = _to_ours_checked(name, _to_numpy(sd[name]).astype(dtype), to_ours, tuple(want))
+    try:
+      array = _to_numpy(sd[name]).astype(dtype)
+    except (TypeError, ValueError):
+      raise ConfigError(f"import_official: {name} is not a tensor (a "
+                        f"{type(sd[name]).__name__})") from None
+    value = _to_ours_checked(name, array, to_ours, tuple(want))
     per_leaf.setdefault(path, {})[layer] = value
   params: dict = {}
   for path, values in per_leaf.items():
@@ -131,7 +137,7 @@ def _to_ours_checked(name, array, to_ours, want_shape):
   except ValueError:
     out = None
   if out is None or tuple(out.shape) != want_shape:
-    raise ValueError(f"import_official: {name} has shape {tuple(array.shape)}, which does not "
+    raise ConfigError(f"import_official: {name} has shape {tuple(array.shape)}, which does not "
                      f"map onto the expected parameter shape {want_shape}")
   return out
 

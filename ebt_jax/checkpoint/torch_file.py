@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import ml_dtypes
@@ -52,6 +53,18 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
+  if not isinstance(storage, np.ndarray):
+    raise TorchFileError(f"a tensor rebuild names no storage (got {type(storage).__name__})")
+  try:
+    offset, size, stride = int(offset), tuple(int(n) for n in size), tuple(int(s) for s in stride)
+  except (TypeError, ValueError):
+    raise TorchFileError("a tensor has a malformed offset, size or stride") from None
+  # Bounds: the farthest element must lie inside the storage (as_strided does not check).
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+  if (len(size) != len(stride) or offset < 0 or min(size, default=0) < 0
+      or min(stride, default=0) < 0 or last >= len(storage)):
+    raise TorchFileError(f"a tensor of size {size}, stride {stride} at offset {offset} does not "
+                         f"fit its storage of {len(storage)} elements")
   if not size:
     return np.array(storage[offset])
   itemsize = storage.dtype.itemsize
@@ -83,11 +96,35 @@ class _Unpickler(pickle.Unpickler):
     return _Stub
 
   def persistent_load(self, pid):
+    # torch.save writes ("storage", <torch.XStorage>, key, location, numel) for every storage.
+    if not (isinstance(pid, tuple) and len(pid) == 5):
+      raise TorchFileError(f"malformed persistent id {_short_repr(pid)} (expected a "
+                           "('storage', type, key, location, numel) tuple)")
     kind, storage_type, key, _location, numel = pid
     if kind != "storage":
-      raise TorchFileError(f"unsupported persistent id {kind!r}")
-    raw = self._archive.read(f"{self._prefix}/data/{key}")
+      raise TorchFileError(f"unsupported persistent id {_short_repr(kind)}")
+    if not isinstance(storage_type, _StorageType):
+      raise TorchFileError(f"malformed persistent id: {_short_repr(storage_type)} is not a torch "
+                           "storage type")
+    if not isinstance(key, str) or not isinstance(numel, int) or isinstance(numel, bool) \
+        or numel < 0:
+      raise TorchFileError(f"malformed persistent id: storage key {_short_repr(key)}, element "
+                           f"count {_short_repr(numel)}")
+    name = f"{self._prefix}/data/{key}"
+    try:
+      raw = self._archive.read(name)
+    except KeyError:
+      raise TorchFileError(f"the archive has no storage {name!r}") from None
+    itemsize = np.dtype(storage_type.dtype).itemsize
+    if len(raw) < numel * itemsize:
+      raise TorchFileError(f"storage {name!r} holds {len(raw)} bytes, fewer than its "
+                           f"{numel} elements need")
     return np.frombuffer(raw, dtype=storage_type.dtype, count=numel)
+
+
+def _short_repr(value, limit: int = 60) -> str:
+  text = repr(value).replace("\n", " ")
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_torch_file(path) -> object:
@@ -105,14 +142,25 @@ def load_torch_file(path) -> object:
     with archive.open(pickles[0]) as f:
       try:
         return _Unpickler(f, archive, prefix).load()
-      except (pickle.UnpicklingError, KeyError, EOFError) as e:
-        raise TorchFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+      except TorchFileError as e:
+        raise TorchFileError(f"{path}: {e}") from None
+      # Whatever else a malformed stream raises (a stub or a rebuilder called with the wrong
+      # arguments, a truncated or corrupt archive member) is a file this reader cannot use.
+      except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, AttributeError,
+              IndexError, OverflowError, MemoryError, RecursionError, zipfile.BadZipFile,
+              zlib.error) as e:
+        detail = (str(e).strip().splitlines() or [""])[0]
+        raise TorchFileError(f"{path}: unreadable ({type(e).__name__}: {detail})") from None
 
 
 def state_dict_and_hparams(obj) -> tuple[dict, dict | None]:
   """(state_dict, hyperparameters or None) of a Lightning checkpoint or a bare state_dict."""
   if isinstance(obj, dict) and "state_dict" in obj:
     hparams = obj.get("hyper_parameters")
+    if not (isinstance(obj["state_dict"], dict)
+            and (hparams is None or isinstance(hparams, dict))):
+      raise TorchFileError("the checkpoint's 'state_dict' and 'hyper_parameters' must be "
+                           "dictionaries")
     return dict(obj["state_dict"]), (dict(hparams) if hparams is not None else None)
   if isinstance(obj, dict) and all(isinstance(v, np.ndarray) for v in obj.values()):
     return dict(obj), None

@@ -63,7 +63,7 @@ class System2Report:
         header += f"{'Transformer++':>15}"
       lines += ["", header]
       for i, k in enumerate(self.thinking_steps):
-        line = f"  {str(k) + ' steps':<20}" + "".join(
+        line = f"  {str(k) + (' step' if k == 1 else ' steps'):<20}" + "".join(
             f"{eval_lib.perplexity(c):>11.5g}" for c in ce[i])
         if self.baseline:
           line += f"{eval_lib.perplexity(self.baseline['ce'][dataset]):>15.5g}"
@@ -159,7 +159,7 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
   with program.context():
     for split in datasets.eval_splits:
       log(f"evaluating {split}: {num_batches} batches of {batch_size}, up to "
-          f"{max(steps_list)} steps x best of {max(best_of)}")
+          f"{max(steps_list)} step{'s' * (max(steps_list) != 1)} x best of {max(best_of)}")
       batches = [program.put_global(b)
                  for b in datasets.eval_batches(split, batch_size, num_batches)]
       per_batch = [jax.device_get(cells_fn(params, b, jax.random.fold_in(key, i)))

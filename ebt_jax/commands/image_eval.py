@@ -186,12 +186,13 @@ def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=
     else:
       rows, per_batch = _ebt_rows(task, params, batches, key, steps)
       report = ContinuousReport(str(workdir), step, task.name, num_batches * batch_size, rows)
-      denoised = {f"EBT, {max(steps)} steps": per_batch[0]}
+      denoised = {f"EBT, {max(steps)} step{'s' * (max(steps) != 1)}": per_batch[0]}
       if baseline is not None:
         base, base_step, base_params = runs.restore_task(baseline, overrides)
         _check_baseline(base, task, baseline)
         counts = _ddim_counts(base, ddim_steps)
-        log(f"evaluating the baseline {baseline}: DDIM with {', '.join(map(str, counts))} steps")
+        log(f"evaluating the baseline {baseline}: DDIM with {', '.join(map(str, counts))} "
+            f"step{'s' * (tuple(counts) != (1,))}")
         base_rows, base_batches = _dit_rows(base, base_params, batches, key, counts)
         report.baseline = {"workdir": str(baseline), "checkpoint_step": base_step,
                            "kind": base.name, "results": base_rows}

@@ -75,7 +75,8 @@ class SweepReport:
     width = max(len(label(s)) for s in self.ce) + 2
     lines = [f"Validation perplexity by inner optimizer and thinking steps "
              f"({self.workdir}, checkpoint {self.step})",
-             f"{'optimizer':<{width}}" + "".join(f"{str(k) + ' steps':>12}" for k in self.steps)]
+             f"{'optimizer':<{width}}" + "".join(
+                 f"{str(k) + (' step' if k == 1 else ' steps'):>12}" for k in self.steps)]
     for spec, ce in self.ce.items():
       lines.append(f"{label(spec):<{width}}" + "".join(f"{eval_lib.perplexity(c):>12.5g}"
                                                         for c in ce))

@@ -6,6 +6,12 @@ position of the text this reports the final energy of the chosen candidate, its 
 (initial minus final), the thinking steps used and the probability the final candidate
 gives the actual next token; the PNG heat map shows the energy after every thinking step
 (rows) of every token (columns).
+
+A `time_embed`/`adaln` model thinks in a different energy landscape at each trained step
+(the context is encoded once per landscape). Energies of different landscapes are not on
+one scale, so a prediction's energy may rise where the landscape changes although the
+step lowered it within its own landscape: expected, and marked in the heat map and the
+table.
 """
 
 from __future__ import annotations
@@ -35,6 +41,15 @@ class TokenEnergies:
   next_token_prob: np.ndarray    # [S-1] final probability of the actual next token
   predicted: list[str]           # [S] the final candidate's most likely token
   dropped: int = 0               # leading tokens cut to fit the model's context
+  landscapes: np.ndarray | None = None  # [K+1] energy landscape each row was measured in
+
+  @property
+  def landscape_changes(self) -> list[int]:
+    """Rows k (steps taken) measured in another landscape than row k - 1."""
+    if self.landscapes is None:
+      return []
+    lands = np.asarray(self.landscapes)
+    return [int(k) for k in np.flatnonzero(lands[1:] != lands[:-1]) + 1]
 
   @property
   def final_energy(self) -> np.ndarray:
@@ -58,13 +73,25 @@ class TokenEnergies:
     if len(self.next_token_prob):
       ce = -float(np.mean(np.log(np.maximum(self.next_token_prob, 1e-30))))
       lines.append(f"perplexity of the text after thinking: {eval_lib.perplexity(ce):.4g}")
+    if self.landscape_changes:
+      after = ", ".join(str(k) for k in self.landscape_changes)
+      lines.append(f"energy landscape changes after {after} step"
+                   f"{'s' if after != '1' else ''} (each trained thinking step has its own "
+                   "landscape): an energy may rise there, which is expected")
     return "\n".join(lines)
 
   def heatmap(self, path) -> Path:
+    """Left: the heat map, energy after k steps (rows) of each token's prediction (columns).
+    Right: each prediction's energy against steps taken (grey), their mean (black). Dashed
+    lines mark where the energy landscape changes, with a caption that a rise there is
+    expected."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     K1, S = self.energies.shape
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * S + 2), 0.45 * K1 + 2))
+    changes = self.landscape_changes
+    fig, (ax, curve) = plt.subplots(
+        1, 2, figsize=(max(6.0, 0.32 * S + 2) + 3.2, 0.45 * K1 + 2.6 + 0.3 * bool(changes)),
+        gridspec_kw={"width_ratios": [max(6.0, 0.32 * S + 2), 3.2]})
     image = ax.imshow(self.energies, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xticks(range(S), self.tokens, fontsize=7, family="monospace")
     ax.set_yticks(range(K1), [f"{k}" for k in range(K1)])
@@ -72,7 +99,23 @@ class TokenEnergies:
     ax.set_ylabel("thinking steps taken")
     ax.set_title("Energy of each prediction over thinking")
     fig.colorbar(image, ax=ax, label="energy")
-    fig.tight_layout()
+    steps = np.arange(K1)
+    curve.plot(steps, self.energies, color="0.75", linewidth=0.6)
+    curve.plot(steps, self.energies.mean(axis=1), color="black", marker="o", label="mean")
+    curve.set_xticks(steps)
+    curve.set_xlabel("thinking steps taken")
+    curve.set_ylabel("energy")
+    curve.set_title("Energy over thinking steps")
+    for i, k in enumerate(changes):   # between the rows (steps) of two landscapes
+      label = "energy landscape changes" if i == 0 else None
+      ax.axhline(k - 0.5, color="white", linestyle="--", linewidth=1.2, label=label)
+      curve.axvline(k - 0.5, color="tab:red", linestyle="--", linewidth=1.2, label=label)
+    curve.legend(fontsize=7)
+    if changes:
+      fig.text(0.01, 0.01, "Dashed lines: the energy landscape changes (each trained thinking "
+               "step has its own landscape).\nEnergies of two landscapes are not on one "
+               "scale, so an energy may rise there: this is expected.", fontsize=8)
+    fig.tight_layout(rect=(0, 0.1 if changes else 0, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -99,7 +142,9 @@ def think_about_text(workdir, text: str, *, overrides=None, seed: int = 0) -> To
   energies = np.take_along_axis(thought.energies[:, :, 0], choice[None, None], axis=1)[:, 0]
   probs = np.asarray(jax.nn.softmax(thought.logits[0], axis=-1))
   tokens = [_printable(tokenizer.decode([int(i)])) for i in ids]
+  steps = energies.shape[0] - 1
   return TokenEnergies(
+      landscapes=np.asarray(system2.landscapes(task, steps)),
       tokens=tokens, energies=energies, steps_used=thought.steps_used[0],
       next_token_prob=probs[np.arange(len(ids) - 1), ids[1:]],
       predicted=[_printable(tokenizer.decode([int(i)])) for i in probs.argmax(-1)],

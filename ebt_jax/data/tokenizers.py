@@ -72,7 +72,12 @@ class HFTokenizer:
       raise ConfigError(f"data.tokenizer: {path!r} needs the optional `tokenizers` package; "
                         'pip install "ebt_jax[tokenizers]"') from None
     self.path = path
-    self._tok = tokenizers.Tokenizer.from_file(path)
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # the Rust library raises a bare Exception for bad JSON
+      detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise ConfigError(f"data.tokenizer: {path} is not a valid tokenizer.json "
+                        f"({detail})") from None
     self.vocab_size = self._tok.get_vocab_size()
     with open(path, "rb") as f:
       self._sha256 = hashlib.sha256(f.read()).hexdigest()
