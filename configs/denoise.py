@@ -1,13 +1,16 @@
-"""Image denoising with the bidirectional EBT; variants `cpu` (the default) and `paper`.
+"""Image denoising with the bidirectional EBT; variants `cpu` (the default), `s2_cpu` and
+`paper`.
 
 Its DiT baseline is configs/dit.py, which takes the same variants and shares this file's
 images, noise, transformer size, data and schedule (`TASK`, `TASK_SIZES`).
 
-`cpu`: sized for a 2-core CPU.
+`cpu`: sized for a 2-core CPU; `s2_cpu`: the same with the official S2 recipe
+(job_scripts/img/pretrain_denoising/ebt_s2.sh: random step counts and sizes, truncation).
 
     ebt train --config configs/denoise.py:cpu --workdir runs/denoise_cpu
     ebt train --config configs/dit.py:cpu --workdir runs/dit_cpu
     ebt eval --workdir runs/denoise_cpu --baseline runs/dit_cpu --thinking-steps 1,2,4
+    ebt train --config configs/denoise.py:s2_cpu --workdir runs/denoise_s2_cpu
 
 About 2 minutes on a 2-core CPU (measured: 1 min 48 s, 100 s of it training 2000 steps at
 batch 32). 16 x 16 RGB crops of scikit-learn's bundled photos and digits (no download),
@@ -107,12 +110,25 @@ EBT = {
     "thinking.step_size_lr_multiplier": 9000.0,
     "optimizer.weight_decay": 0.01,
 }
+# The S2 recipe of the official job_scripts/img/pretrain_denoising/ebt_s2.sh: one step
+# repeated randint(2, 4) times per batch (validation: 3), alpha x U[1/2, 2] per image,
+# second order through the last step only.
+S2 = {
+    "thinking.num_steps": 1,
+    "thinking.truncate": True,
+    "thinking.step_size_random_scale": 2.0,
+    "thinking.random_steps": 2,
+    "thinking.random_steps_min": 2,
+    "thinking.langevin_noise": 0.0,
+}
 VARIANTS = {
     "cpu": {"thinking.num_steps": 2, "inference.thinking_steps": 4},
+    "s2_cpu": {**S2, "inference.thinking_steps": 4},
     "paper": {"thinking.num_steps": 1, "inference.thinking_steps": 2},
 }
+SIZE = {"cpu": "cpu", "s2_cpu": "cpu", "paper": "paper"}
 
 
 def get_config(arg=None):
   variant = choose(arg, VARIANTS, default="cpu")
-  return update(base_config(), TASK, TASK_SIZES[variant], EBT, VARIANTS[variant])
+  return update(base_config(), TASK, TASK_SIZES[SIZE[variant]], EBT, VARIANTS[variant])

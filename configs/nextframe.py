@@ -1,9 +1,12 @@
-"""Next-frame prediction with the autoregressive latent EBT; variants `cpu` (the default) and `paper`.
+"""Next-frame prediction with the autoregressive latent EBT; variants `cpu` (the default),
+`s2_cpu` and `paper`.
 
-`cpu`: sized for a 2-core CPU.
+`cpu`: sized for a 2-core CPU; `s2_cpu`: the same with the official S2 recipe
+(job_scripts/vid/pretrain/ebt_s2_vae.sh without its replay buffer).
 
     ebt train --config configs/nextframe.py:cpu --workdir runs/nextframe_cpu
     ebt eval --workdir runs/nextframe_cpu --thinking-steps 1,2,4
+    ebt train --config configs/nextframe.py:s2_cpu --workdir runs/nextframe_s2_cpu
 
 About 2 minutes on a 2-core CPU (measured: 2 min 16 s for 1000 steps at batch 32).
 Moving digits (scikit-learn's bundled 8 x 8 digits, two per 32 x 32 frame, bouncing at up
@@ -99,6 +102,21 @@ VARIANTS = {
         "train.checkpoint_every": 5000,
     },
 }
+
+
+# The S2 recipe of the official job_scripts/vid/pretrain/ebt_s2_vae.sh, less its replay
+# buffer (not yet wired for video here): one step repeated randint(2, 4) times per batch
+# (validation: 3), alpha x U[1/2, 2] per frame, Langevin noise of std 1 before each step,
+# second order through the last step only.
+S2 = {
+    "thinking.num_steps": 1,
+    "thinking.truncate": True,
+    "thinking.step_size_random_scale": 2.0,
+    "thinking.random_steps": 2,
+    "thinking.random_steps_min": 2,
+    "thinking.langevin_noise": 1.0,
+}
+VARIANTS["s2_cpu"] = {**VARIANTS["cpu"], **S2}
 
 
 def get_config(arg=None):

@@ -73,6 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
                                        # in validation too (the official NLP model keeps it)
   c.thinking.langevin_noise_learnable = False  # [langevin_dynamics_noise_learnable] the std is
                                        # trained (default group) once warmup has finished
+  c.thinking.no_langevin_during_eval = False  # [no_langevin_during_eval] image and video
+                                       # EBTs: no noise in validation and evaluation
   # System 2 recipe (ebt_jax/tasks/text.py, tasks/replay.py). Validation draws none of
   # the random step sizes/counts and no replay; it runs the official deterministic steps.
   c.thinking.step_size_random_scale = 1.0  # [randomize_mcmc_step_size_scale] s: training's alpha

@@ -155,7 +155,7 @@ def test_variant_by_path_or_bundled_name_and_the_default():
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("denoise:gpu", "--config denoise:gpu: unknown variant 'gpu'; valid variants: cpu, paper"),
+    ("denoise:gpu", "--config denoise:gpu: unknown variant 'gpu'; valid variants: cpu, s2_cpu, paper"),
     ("ebt_s2:huge", "--config ebt_s2:huge: unknown variant 'huge'; valid variants: cpu, 4xs, "),
     ("tiny_cpu:paper", "--config tiny_cpu:paper: tiny_cpu.py has no variants"),
     ("no_such:cpu", "--config: no file 'no_such' and no bundled config of that name"),

@@ -236,7 +236,8 @@ def test_truncation_equals_stop_gradient_on_earlier_steps_with_fixed_alpha():
     task = tasks.build(c)
     y0 = task.initial_candidate(init_key, (2, 6, c.model.vocab_size))
     landscapes, active = task.step_schedule(steps_key)
-    alpha = task.random_step_size(options.step_size(p, task.thinking), alpha_key, (2, 6, 1))
+    alpha = options.random_step_size(options.step_size(p, task.thinking), alpha_key, (2, 6, 1),
+                                     task.thinking, task.candidate_dtype)
     energy = task.candidate_energy_fn(p, task.encode_landscapes(p, tokens[:, :-1]))
     run = functools.partial(think, energy, inner_opt=optimizers.make("gd"), key=think_key,
                             reparam=task.candidate_reparam(), detach=False,

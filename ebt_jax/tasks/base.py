@@ -116,7 +116,11 @@ class Task:
 
   def train_metrics(self, params: dict) -> dict:
     """Scalars of the parameters worth logging each step (e.g. the learned step size)."""
-    return {"alpha": params["alpha"]} if "alpha" in params else {}
+    out = {"alpha": params["alpha"]} if "alpha" in params else {}
+    thinking = getattr(self, "thinking", None)
+    if thinking is not None and thinking.langevin_noise_learnable:
+      out["langevin_std"] = params["langevin_std"]
+    return out
 
   def flops(self, batch_size: int) -> float:
     """Analytic model FLOPs of one training step of `batch_size` examples."""

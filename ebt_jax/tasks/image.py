@@ -136,8 +136,10 @@ def energy_fn(params: dict, m: bi_ebt.ImageEBTDims):
 
 def image_ebt_objective(params: dict, clean: jax.Array, m: bi_ebt.ImageEBTDims,
                         t: ThinkingOptions, opts: DenoiseOptions, key: jax.Array,
-                        noisy: jax.Array | None = None) -> Outcome:
-  """The S1 denoising objective on clean images [B, H, W, C] in [-1, 1].
+                        noisy: jax.Array | None = None, *, train: bool = False,
+                        warmed_up=True) -> Outcome:
+  """The denoising objective on clean images [B, H, W, C] in [-1, 1]: S1, or with `train`
+  the S2 options' randomness (`continuous.s1_objective`; alpha randomized per image).
 
   `noisy` replaces the training noise (evaluation passes images noised by `add_noise`).
   Metrics add `l1_loss` (final step), `psnr_noisy`, per-step `psnr_steps`, and
@@ -149,7 +151,9 @@ def image_ebt_objective(params: dict, clean: jax.Array, m: bi_ebt.ImageEBTDims,
   noisy = jax.lax.stop_gradient(noisy)
   extra = lambda y: {"psnr": psnr(y, clean), "l1": jnp.mean(jnp.abs(y - clean))}
   out = continuous.s1_objective(params, energy_fn(params, m), noisy, clean,
-                                jnp.zeros(t.num_steps, jnp.int32), t, think_key, extra)
+                                jnp.zeros(t.num_steps, jnp.int32), t, think_key, extra,
+                                alpha_shape=(clean.shape[0], 1, 1, 1), train=train,
+                                warmed_up=warmed_up)
   out.metrics.update({
       "l1_loss": out.steps["l1"][-1],
       "mse_raw_loss": out.steps["mse"][-1],
@@ -160,9 +164,10 @@ def image_ebt_objective(params: dict, clean: jax.Array, m: bi_ebt.ImageEBTDims,
   return out
 
 
-def image_ebt_loss(params, clean, m, t, opts, key, noisy=None):
+def image_ebt_loss(params, clean, m, t, opts, key, noisy=None, *, train=False, warmed_up=True):
   """(loss, metrics) of `image_ebt_objective`."""
-  out = image_ebt_objective(params, clean, m, t, opts, key, noisy)
+  out = image_ebt_objective(params, clean, m, t, opts, key, noisy, train=train,
+                            warmed_up=warmed_up)
   return out.loss, out.metrics
 
 
@@ -262,16 +267,12 @@ def ddim_step_limit(c: ml_collections.ConfigDict) -> int:
 
 
 def validate_continuous_thinking(c: ml_collections.ConfigDict, describe: str) -> None:
-  """The S2 recipe and per-step options are wired for text only (tasks/continuous.py)."""
+  """What the image and video EBTs do not run (the official image model raises for its
+  replay buffer; the contrastive loss and per-step remat are text-only here)."""
   t = c.thinking
-  why = f"for {describe} (wired for text EBTs only)"
-  check(t.random_steps == 0, "thinking.random_steps", f"0 {why}", t.random_steps)
-  check(t.step_size_random_scale == 1, "thinking.step_size_random_scale", f"1 {why}",
-        t.step_size_random_scale)
-  for field in ("replay_buffer", "contrastive_loss", "langevin_noise_learnable"):
+  why = f"for {describe}"
+  for field in ("replay_buffer", "contrastive_loss"):
     check(not t[field], f"thinking.{field}", f"False {why}", t[field])
-  check(t.clamp_grad_max_change_after_warmup == 0, "thinking.clamp_grad_max_change_after_warmup",
-        f"0 {why}", t.clamp_grad_max_change_after_warmup)
   check(t.remat == "none", "thinking.remat", f"'none' {why}", t.remat)
 
 
@@ -393,7 +394,8 @@ class ImageEBT(ImageTask):
 
   def loss(self, params, clean, key, *, train: bool, warmed_up=True):
     chex.assert_rank(clean, 4)
-    return image_ebt_loss(params, clean, self.dims, self.thinking, self.denoise, key)
+    return image_ebt_loss(params, clean, self.dims, self.thinking, self.denoise, key,
+                          train=train, warmed_up=warmed_up)
 
   def flops(self, batch_size: int) -> float:
     """6x a forward per thinking step over the bidirectional (full-attention) stack."""
@@ -404,8 +406,7 @@ class ImageEBT(ImageTask):
 
   @property
   def eval_steps(self) -> int:
-    """Thinking steps evaluated: inference.thinking_steps, or the trained thinking.num_steps."""
-    return self.config.inference.thinking_steps or self.thinking.num_steps
+    return continuous.eval_steps(self.config, self.thinking)
 
   def eval_batch(self, params, clean, key, *, num_steps: int | None = None,
                  images: bool = False) -> dict:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from ebt_jax import config as config_lib
@@ -49,6 +50,7 @@ class ThinkingOptions:
   truncate: bool = _static()
   langevin_noise: float = _static()
   langevin_noise_learnable: bool = _static()
+  no_langevin_during_eval: bool = _static()
   step_size_random_scale: float = _static()
   random_steps: int = _static()
   random_steps_min: int = _static()
@@ -125,6 +127,54 @@ def grad_clip_bound(params: dict, t: ThinkingOptions, warmed_up=True):
   if t.clamp_grad_max_change_after_warmup != 0:
     max_change = jnp.where(warmed_up, t.clamp_grad_max_change_after_warmup, max_change)
   return max_change / alpha
+
+
+def random_step_size(alpha: jax.Array, key: jax.Array, shape, t: ThinkingOptions,
+                     dtype) -> jax.Array:
+  """alpha x U[1/s, s] of `shape` (per sample and position for text and video, per sample
+  for images), drawn as the official low + u * (high - low)."""
+  scale = t.step_size_random_scale
+  u = jax.random.uniform(key, shape, dtype)
+  low, high = alpha / scale, alpha * scale
+  return low + u * (high - low)
+
+
+def step_schedule(t: ThinkingOptions, landscapes_L: jax.Array,
+                  key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+  """(landscape of every thinking step [K], whether it is taken [K] or None for all), from
+  the landscape of each of the `num_steps` official steps (`landscapes_L`).
+
+  Without random step counts (`random_steps` 0): the official steps. With them, and a
+  `key` (training): step l repeated randint(min, R+2) times (only the final one with
+  `random_steps_final_landscape`), drawn once per batch; the scan has the static length of
+  the most repeats, and the unused repeats of a step come first and are skipped, so the
+  last step is always taken. Without a key: the official validation, the final step
+  repeated R+1 times.
+  """
+  L, R = t.num_steps, t.random_steps
+  if R == 0:
+    return landscapes_L, None
+  if key is None:
+    return landscapes_L[np.array([*range(L - 1)] + [L - 1] * (R + 1))], None
+  randomized = [L - 1] if t.random_steps_final_landscape else list(range(L))
+  slots_L = np.array([R + 1 if l in randomized else 1 for l in range(L)])
+  landscape_of_K = np.repeat(np.arange(L), slots_L)
+  slot_K = np.concatenate([np.arange(n) for n in slots_L])
+  repeats = jax.random.randint(key, (len(randomized),), max(1, t.random_steps_min), R + 2,
+                               jnp.int32)
+  repeats_L = jnp.ones(L, jnp.int32).at[np.array(randomized)].set(repeats)
+  # The unused repeats of a step come first: skipped steps change nothing, so only their
+  # order would differ, and the final step is always taken.
+  active_K = slot_K >= slots_L[landscape_of_K] - repeats_L[landscape_of_K]
+  return landscapes_L[landscape_of_K], active_K
+
+
+def taken_mean(x_K: jax.Array, active_K: jax.Array | None) -> jax.Array:
+  """The mean of per-step values over the steps taken."""
+  if active_K is None:
+    return jnp.mean(x_K)
+  taken = active_K.astype(x_K.dtype)
+  return jnp.sum(taken * x_K) / jnp.sum(taken)
 
 
 def inner_optimizer(t: ThinkingOptions) -> optimizers.InnerOptimizer:

@@ -171,13 +171,6 @@ class TextEBT(TextTask):
       return jnp.zeros(shape, self.candidate_dtype)
     return t.initial_noise_scale * jax.random.normal(key, shape, self.candidate_dtype)
 
-  def random_step_size(self, alpha: jax.Array, key: jax.Array, shape) -> jax.Array:
-    """alpha x U[1/s, s] per (sample, position), drawn as the official low + u * (high - low)."""
-    scale = self.thinking.step_size_random_scale
-    u = jax.random.uniform(key, shape, self.candidate_dtype)
-    low, high = alpha / scale, alpha * scale
-    return low + u * (high - low)
-
   @property
   def num_landscapes(self) -> int:
     """Distinct energy landscapes (context encodings) a thinking run can visit."""
@@ -222,29 +215,9 @@ class TextEBT(TextTask):
     return jnp.arange(K) if self.dims.ebt_type != "default" else jnp.zeros(K, jnp.int32)
 
   def step_schedule(self, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-    """(landscape of every thinking step [K], whether it is taken [K] or None for all).
-
-    With `key`, the training schedule with random repeats (see the module docstring);
-    without, the deterministic one the official validation runs (final landscape R+1 times).
-    """
-    t = self.thinking
-    landscapes_L = self.default_landscapes()
-    L, R = t.num_steps, t.random_steps
-    if R == 0:
-      return landscapes_L, None
-    if key is None:
-      return landscapes_L[np.array([*range(L - 1)] + [L - 1] * (R + 1))], None
-    randomized = [L - 1] if t.random_steps_final_landscape else list(range(L))
-    slots_L = np.array([R + 1 if l in randomized else 1 for l in range(L)])
-    landscape_of_K = np.repeat(np.arange(L), slots_L)
-    slot_K = np.concatenate([np.arange(n) for n in slots_L])
-    repeats = jax.random.randint(key, (len(randomized),), max(1, t.random_steps_min), R + 2,
-                                 jnp.int32)
-    repeats_L = jnp.ones(L, jnp.int32).at[np.array(randomized)].set(repeats)
-    # The unused repeats of a landscape come first: skipped steps change nothing, so only
-    # their order would differ, and the final step is always taken.
-    active_K = slot_K >= slots_L[landscape_of_K] - repeats_L[landscape_of_K]
-    return landscapes_L[landscape_of_K], active_K
+    """(landscape of every thinking step [K], taken [K] or None): `options.step_schedule`
+    over this model's landscapes (training's random repeats with `key`)."""
+    return options.step_schedule(self.thinking, self.default_landscapes(), key)
 
   def contrastive_loss(self, params, caches: ar_ebt.ContextCache, targets_BxS: jax.Array,
                        fake_energy_BxS: jax.Array, mask_BxS: jax.Array) -> jax.Array:
@@ -308,7 +281,7 @@ class TextEBT(TextTask):
     landscape_K, active_K = self.step_schedule(steps_key if randomize else None)
     alpha = options.step_size(params, t)
     if randomize and t.step_size_random_scale != 1:
-      alpha = self.random_step_size(alpha, alpha_key, (B, S, 1))
+      alpha = options.random_step_size(alpha, alpha_key, (B, S, 1), t, self.candidate_dtype)
     caches = self.encode_landscapes(params, inputs_BxS)
     traj = loop.think(self.candidate_energy_fn(params, caches), y0, opt,
                       loop.Schedule(landscape_K, alpha, active_K), think_key,
@@ -324,7 +297,7 @@ class TextEBT(TextTask):
     mask_BxS = (targets_BxS != PAD_ID).astype(jnp.float32) * row_B[:, None]
     ce_K = jax.vmap(masked_mean, in_axes=(0, None))(traj.outputs, mask_BxS)
     taken_K = jnp.ones(ce_K.shape) if active_K is None else active_K.astype(ce_K.dtype)
-    reconstruction = ce_K[-1] if t.truncate else jnp.sum(taken_K * ce_K) / jnp.sum(taken_K)
+    reconstruction = ce_K[-1] if t.truncate else options.taken_mean(ce_K, active_K)
     loss = t.reconstruction_coeff * reconstruction
     metrics = {}
     if t.contrastive_loss:
@@ -370,12 +343,6 @@ class TextEBT(TextTask):
                              row_mask=batch.row_mask, randomize=True, warmed_up=warmed_up)
     metrics = dict(outcome.metrics, replayed_rows=jnp.sum(batch.row_mask) - tokens.shape[0])
     return outcome.loss, (metrics, replay.push(carry, tokens, outcome.final, self))
-
-  def train_metrics(self, params):
-    out = super().train_metrics(params)
-    if self.thinking.langevin_noise_learnable:
-      out["langevin_std"] = params["langevin_std"]
-    return out
 
   def flops(self, batch_size: int) -> float:
     """The paper's count (tasks/flops.py), with S2's expected steps and replayed rows."""

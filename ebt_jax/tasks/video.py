@@ -88,8 +88,10 @@ def energy_fn(params: dict, inputs_BxSxL: jax.Array, m: latent_ebt.LatentEBTDims
 def next_frame_objective(params: dict, latents_BxTxL: jax.Array,
                          m: latent_ebt.LatentEBTDims, t: ThinkingOptions,
                          opts: NextFrameOptions, key: jax.Array,
-                         initial: jax.Array | None = None) -> Outcome:
-  """The S1 objective on a latent sequence [B, S+1, L]; `initial` replaces the initial
+                         initial: jax.Array | None = None, *, train: bool = False,
+                         warmed_up=True) -> Outcome:
+  """The objective on a latent sequence [B, S+1, L]: S1, or with `train` the S2 options'
+  randomness (alpha randomized per sample and frame); `initial` replaces the initial
   candidate [B, S, L]."""
   inputs, targets = latents_BxTxL[:, :-1], latents_BxTxL[:, 1:]
   init_key, think_key = jax.random.split(key)
@@ -97,12 +99,16 @@ def next_frame_objective(params: dict, latents_BxTxL: jax.Array,
   y0 = jax.lax.stop_gradient(y0.astype(jnp.promote_types(inputs.dtype, jnp.float32)))
   landscape_K = landscapes(m, t)
   fn = energy_fn(params, inputs, m, 1 if m.ebt_type == "default" else t.num_steps)
-  return continuous.s1_objective(params, fn, y0, targets, landscape_K, t, think_key)
+  return continuous.s1_objective(params, fn, y0, targets, landscape_K, t, think_key,
+                                 alpha_shape=(*inputs.shape[:2], 1), train=train,
+                                 warmed_up=warmed_up)
 
 
-def next_frame_loss(params, latents, m, t, opts, key, initial=None):
+def next_frame_loss(params, latents, m, t, opts, key, initial=None, *, train=False,
+                    warmed_up=True):
   """(loss, metrics) of `next_frame_objective`."""
-  out = next_frame_objective(params, latents, m, t, opts, key, initial)
+  out = next_frame_objective(params, latents, m, t, opts, key, initial, train=train,
+                             warmed_up=warmed_up)
   return out.loss, out.metrics
 
 
@@ -157,7 +163,8 @@ class NextFrame(base.Task):
 
   def loss(self, params, latents, key, *, train: bool, warmed_up=True):
     chex.assert_rank(latents, 3)
-    return next_frame_loss(params, latents, self.dims, self.thinking, self.next_frame, key)
+    return next_frame_loss(params, latents, self.dims, self.thinking, self.next_frame, key,
+                           train=train, warmed_up=warmed_up)
 
   def flops(self, batch_size: int) -> float:
     """The text EBT's count with the down projection (L -> D, when L != D) in place of the
@@ -171,8 +178,7 @@ class NextFrame(base.Task):
 
   @property
   def eval_steps(self) -> int:
-    """Thinking steps evaluated: inference.thinking_steps, or the trained thinking.num_steps."""
-    return self.config.inference.thinking_steps or self.thinking.num_steps
+    return continuous.eval_steps(self.config, self.thinking)
 
   def eval_batch(self, params, latents, key, *, num_steps: int | None = None) -> dict:
     """{"validation": per-step SmoothL1, MSE and energy} of one batch of frame latents."""
