@@ -131,7 +131,8 @@ def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len
     flops = task.flops(config.train.batch_size)
     out["train_mfu"] = flops / train.median_s / peak
 
-  log(f"[2/3] thinking: {steps} step{'s' if steps != 1 else ''} on a batch of {B} x {S}, cached context vs re-encoded")
+  log(f"[2/3] thinking: {steps} step{'s' if steps != 1 else ''} on a batch of {B} x {S}, "
+      f"cached context vs re-encoded")
   params = task.init_params(key)
   inputs = jnp.asarray(rng.integers(1, V, (B, S), np.int32))
   y0 = task.initial_candidate(jax.random.fold_in(key, 1), (B, S, V))
