@@ -78,7 +78,8 @@ def test_hf_tokenizer(tmp_path):
   tok.save(str(tmp_path / "tokenizer.json"))
   c = data_config(tokenizer=str(tmp_path / "tokenizer.json"))
   hf = make_tokenizer(c.data)
-  assert (hf.vocab_size, hf.pad_id, hf.eos_id, hf.separator_id) == (8, 0, 2, 2)
+  # The pad id is the end-of-text token (the official pad), not the real token at id 0.
+  assert (hf.vocab_size, hf.pad_id, hf.eos_id, hf.separator_id) == (8, 2, 2, 2)
   assert hf.encode("the cat sat").tolist() == [3, 4, 5]
   assert hf.decode([3, 4, 5]) == "the cat sat"
   assert hf.encode_documents(["the cat", "on mat"]).tolist() == [3, 4, 2, 6, 7, 2]
@@ -283,3 +284,33 @@ def test_prepare_shards_matches_text_source(text_dir, tmp_path):
   s.data.path = str(tmp_path)
   with pytest.raises(ConfigError, match=r"^data\.path:"):
     make_datasets(s)
+
+
+def test_the_loss_ignores_the_tokenizers_pad_id(tmp_path):
+  """With a tokenizer.json whose end-of-text token is id 2, targets 2 leave the loss and
+  target 0 (a real token) counts; bytes keep ignoring 0."""
+  import jax
+  import jax.numpy as jnp
+  from ebt_jax import tasks
+  from ebt_jax.tasks import text
+  tokenizers = pytest.importorskip("tokenizers")
+  vocab = {"!": 0, "<unk>": 1, "<|endoftext|>": 2, **{w: i + 3 for i, w in enumerate("abcde")}}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  tok.save(str(tmp_path / "tokenizer.json"))
+  c = config_lib.base_config()
+  c.model.update(vocab_size=8, dim=16, n_layers=1, n_heads=2, context_length=3)
+  c.thinking.initial_condition = "zeros"
+  byte_task = tasks.build(c)
+  c_hf = c.copy_and_resolve_references()
+  c_hf.data.tokenizer = str(tmp_path / "tokenizer.json")
+  hf_task = tasks.build(c_hf)
+  assert (byte_task.pad_id, hf_task.pad_id) == (0, 2)
+  targets = jnp.array([[0, 2, 5]])
+  np.testing.assert_array_equal(hf_task.target_mask(targets), [[1, 0, 1]])
+  np.testing.assert_array_equal(byte_task.target_mask(targets), [[0, 1, 1]])
+  params = hf_task.init_params(jax.random.key(0))
+  tokens = jnp.array([[4, 0, 5, 2]])                  # targets 0 (a real token), 5, 2 (pad)
+  out = jax.jit(lambda p: hf_task.objective(p, tokens))(params)
+  nll = np.asarray(text.token_nll(out.final, tokens[:, 1:]))[0]
+  np.testing.assert_allclose(out.metrics["ce_steps"][-1], nll[:2].mean(), rtol=1e-5)
+  assert not np.isclose(nll[:2].mean(), nll.mean(), rtol=1e-3)

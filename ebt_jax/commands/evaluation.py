@@ -101,7 +101,7 @@ def cells_ce(params, tokens, key, *, task, steps_list, best_of_list):
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
   thought = system2.think_tokens(params, inputs, task, key, steps=max(steps_list),
                                  best_of=max(best_of_list), targets_BxS=targets)
-  mask = (targets != text.PAD_ID).astype(np.float32)
+  mask = task.target_mask(targets)
   every_step = range(1, max(steps_list) + 1)
   select = task.config.inference.select
   return (system2.table_ce(thought, mask, steps_list, best_of_list, select),
@@ -112,7 +112,7 @@ def _adaptive(params, tokens, key, *, task, steps):
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
   thought = system2.think_tokens(params, inputs, task, key, steps=steps, best_of=1,
                                  trajectory=False)
-  mask = (targets != text.PAD_ID).astype(np.float32)
+  mask = task.target_mask(targets)
   return (text.masked_mean(text.token_nll(thought.logits, targets), mask),
           text.masked_mean(thought.steps_used.astype(np.float32), mask))
 

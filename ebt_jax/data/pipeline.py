@@ -4,9 +4,9 @@
 interface; each task picks its own.)
 
 Every split (train, validation, each OOD suite) is one token stream: its documents
-tokenized and concatenated, each followed by the tokenizer's `separator_id` (the NUL byte
-= pad id 0 for bytes, so document ends are not trained on; a Hugging Face tokenizer's
-end-of-text token when it has one). Examples are windows of `context_length + 1` tokens
+tokenized and concatenated, each followed by the tokenizer's `separator_id`, which is its
+pad id (the NUL byte for bytes, a Hugging Face tokenizer's end-of-text token), so document
+ends are not trained on. Examples are windows of `context_length + 1` tokens
 (inputs and shifted targets), int32, cut anywhere in the stream, across document ends.
 
 Training: example `e` (a global counter, 0, 1, 2, ...) is the window starting at

@@ -5,15 +5,17 @@ Both expose the same small surface the rest of the project uses: `vocab_size`, `
 pipeline needs) and `describe()` (what a token shard records so that shards are never
 read with a different tokenizer).
 
-`pad_id` is 0 for every tokenizer, because the trainer ignores target id 0 in the loss.
-For bytes that is the NUL byte, which never occurs in text, so documents are separated by
-it and the model is never trained to predict a boundary. A Hugging Face vocabulary usually
-has a real token at id 0; its documents are separated by its end-of-text token when it has
-one (which the model then learns to predict), else by id 0.
+`pad_id` is the target id the loss ignores, and documents are separated by it
+(`separator_id`), as the official code does (its pad token is the tokenizer's end-of-text
+token): the model is never trained to predict a boundary. For bytes it is 0, the NUL byte,
+which never occurs in text. For a Hugging Face vocabulary it is its end-of-text token, so
+a real token at id 0 (GPT-2's "!") is trained on; a vocabulary without one falls back to
+id 0.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from typing import Sequence
@@ -63,8 +65,6 @@ class ByteTokenizer:
 class HFTokenizer:
   """A Hugging Face `tokenizers` tokenizer.json (the optional `tokenizers` package)."""
 
-  pad_id = 0
-
   def __init__(self, path: str):
     try:
       import tokenizers  # optional: only large-vocabulary runs need it
@@ -83,7 +83,7 @@ class HFTokenizer:
       self._sha256 = hashlib.sha256(f.read()).hexdigest()
     found = [self._tok.token_to_id(name) for name in _EOS_NAMES]
     self.eos_id = next((i for i in found if i is not None), None)
-    self.separator_id = self.pad_id if self.eos_id is None else self.eos_id
+    self.pad_id = self.separator_id = 0 if self.eos_id is None else self.eos_id
 
   def encode(self, text: str) -> np.ndarray:
     # No BOS/EOS: the pipeline cuts windows out of one stream and places separators itself.
@@ -119,4 +119,11 @@ def make_tokenizer(data_config) -> ByteTokenizer | HFTokenizer:
   if not os.path.isfile(path):
     raise ConfigError(f"data.tokenizer: expected 'byte' or the path of a tokenizer.json, "
                       f"but {path!r} is not a file")
+  stat = os.stat(path)
+  return _hf_tokenizer(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_tokenizer(path: str, mtime_ns: int, size: int) -> HFTokenizer:
+  """One load per file version: tasks read the pad id wherever they are built."""
   return HFTokenizer(path)

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 from ebt_jax.errors import check
 from ebt_jax.inference import system2
 from ebt_jax.models import ar_ebt
-from ebt_jax.tasks import text
 from ebt_jax.tasks.text import TextEBT
 
 
@@ -126,7 +125,7 @@ def generate_naive(params: dict, prompt_BxP: jax.Array, task: TextEBT, key: jax.
   for t in range(sampling.max_new_tokens):
     length = tokens.shape[1]
     padded = -(-length // bucket) * bucket
-    seq = jnp.pad(tokens, ((0, 0), (0, padded - length)), constant_values=text.PAD_ID)
+    seq = jnp.pad(tokens, ((0, 0), (0, padded - length)), constant_values=task.pad_id)
     token, stats = _naive_step(params, seq, jnp.int32(length - 1), jnp.int32(t), key,
                                task=task, sampling=sampling)
     out.append(stats)

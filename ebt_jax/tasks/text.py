@@ -8,7 +8,7 @@ the gradient of the summed energy with respect to **p** and sets the next candid
 p - alpha * grad (used as logits at the next step and in the loss). `grad_wrt="logits"`
 is the paper's listing instead: the softmax is inside the energy and the step moves the
 logits. The S1 loss is the mean over thinking steps of the cross-entropy of each step's
-candidate against the next tokens, ignoring the pad id 0.
+candidate against the next tokens, ignoring the tokenizer's pad id (bytes: 0).
 
 The System 2 options follow the official `EBT_NLP.forward` (`randomize=True` is its
 training mode, `no_randomness=False`):
@@ -42,6 +42,7 @@ import numpy as np
 
 from ebt_jax import config as config_lib
 from ebt_jax.data import pipeline
+from ebt_jax.data.tokenizers import make_tokenizer
 from ebt_jax.errors import check
 from ebt_jax.models import ar_ebt, blocks, transformer
 from ebt_jax.models.ar_ebt import EBT_TYPES
@@ -51,7 +52,6 @@ from ebt_jax.tasks import base, flops, options, replay
 from ebt_jax.tasks.options import Outcome, ThinkingOptions
 from ebt_jax.thinking import loop
 
-PAD_ID = 0
 REPLAY_KEY_SALT = 3
 
 
@@ -107,6 +107,15 @@ class TextTask(base.Task):
 
   def make_datasets(self):
     return pipeline.make_datasets(self.config)
+
+  @functools.cached_property
+  def pad_id(self) -> int:
+    """The target id the loss ignores: the tokenizer's (data/tokenizers.py; bytes: 0)."""
+    return make_tokenizer(self.config.data).pad_id
+
+  def target_mask(self, targets_BxS: jax.Array) -> jax.Array:
+    """1.0 where a target counts in the loss, 0.0 at the pad id."""
+    return (targets_BxS != self.pad_id).astype(jnp.float32)
 
   def eval_ce(self, params, tokens, key) -> dict:
     raise NotImplementedError
@@ -294,7 +303,7 @@ class TextEBT(TextTask):
                       grad_clip=options.grad_clip_bound(params, t, warmed_up),
                       value_clip=t.absolute_clamp_value)
     row_B = jnp.ones(B, jnp.float32) if row_mask is None else row_mask.astype(jnp.float32)
-    mask_BxS = (targets_BxS != PAD_ID).astype(jnp.float32) * row_B[:, None]
+    mask_BxS = self.target_mask(targets_BxS) * row_B[:, None]
     ce_K = jax.vmap(masked_mean, in_axes=(0, None))(traj.outputs, mask_BxS)
     taken_K = jnp.ones(ce_K.shape) if active_K is None else active_K.astype(ce_K.dtype)
     reconstruction = ce_K[-1] if t.truncate else options.taken_mean(ce_K, active_K)
@@ -380,7 +389,7 @@ class Transformer(TextTask):
     chex.assert_rank(tokens, 2)
     inputs_BxS, targets_BxS = tokens[:, :-1], tokens[:, 1:]
     logits = transformer.logits(params, inputs_BxS, self.dims)
-    ce = masked_mean(token_nll(logits, targets_BxS), (targets_BxS != PAD_ID).astype(jnp.float32))
+    ce = masked_mean(token_nll(logits, targets_BxS), self.target_mask(targets_BxS))
     return ce, {"loss": jax.lax.stop_gradient(ce), "perplexity": jnp.exp(jax.lax.stop_gradient(ce))}
 
   def flops(self, batch_size: int) -> float:
