@@ -2,10 +2,12 @@
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import chex
@@ -16,7 +18,7 @@ import optax
 import pytest
 
 import ebt_jax
-from ebt_jax.checkpoint.manager import Checkpointer, abstract_like
+from ebt_jax.checkpoint.manager import Checkpointer, CheckpointWarning, abstract_like
 from ebt_jax.commands import evaluation
 from ebt_jax.training import optimizer as optimizer_lib
 from ebt_jax.training import program as program_lib
@@ -95,23 +97,37 @@ def test_nan_guard_stops_and_keeps_clean_checkpoints(tmp_path):
   chex.assert_tree_all_finite(state)
 
 
+def _damage(step_dir: Path, how: str) -> None:
+  """Damages every data file of a checkpoint, so that no read can miss the damage."""
+  for f in sorted(step_dir.rglob("d/*")):
+    raw = f.read_bytes()
+    f.write_bytes(raw[: len(raw) // 2] if how == "truncate" else bytes(b ^ 0xFF for b in raw))
+
+
 def test_checkpoint_falls_back_past_a_corrupted_latest(tmp_path):
   state = {"w": jnp.arange(600.0).reshape(20, 30), "step": jnp.int32(0)}
+  at = lambda step: {"w": state["w"] + step, "step": jnp.int32(step)}
   ckpt = Checkpointer(tmp_path, keep=5)
   for step in (1, 2, 3):
-    ckpt.save(step, {"w": state["w"] + step, "step": jnp.int32(step)}, {"position": step})
+    ckpt.save(step, at(step), {"position": step})
   ckpt.wait()
-  data_files = sorted((tmp_path / "3").rglob("d/*"), key=lambda p: p.stat().st_size)
-  biggest = data_files[-1]
-  raw = biggest.read_bytes()
-  for damage in (raw[: len(raw) // 2], raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:]):
-    biggest.write_bytes(damage)
-    with pytest.warns(UserWarning, match="step 3 .* unreadable or corrupted.*falling back"):
+  for how in ("truncate", "flip"):
+    _damage(tmp_path / "3", how)
+    with pytest.warns(CheckpointWarning) as caught:
       step, restored, data_state = ckpt.restore(abstract_like(state))
     assert step == 2 and data_state == {"position": 2}
     np.testing.assert_array_equal(restored["w"], state["w"] + 2)
-  biggest.write_bytes(raw)
-  assert ckpt.restore(abstract_like(state))[0] == 3
+    assert len(caught) == 1 and re.fullmatch(
+        rf"checkpoint step 3 in {re.escape(str(tmp_path))} is unreadable or corrupted \(.*\); "
+        rf"moved {re.escape(str(tmp_path / '3'))} to {re.escape(str(tmp_path))}/3\.corrupt-"
+        rf"\d{{8}}T\d{{6}}Z(-\d+)?; falling back to step 2", str(caught[0].message))
+    assert ckpt.all_steps() == [1, 2]
+    ckpt.save(3, at(3), {"position": 3})   # the step saves again (StepAlreadyExistsError before)
+    ckpt.wait()
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      assert ckpt.restore(abstract_like(state))[0] == 3
+  assert len([p for p in tmp_path.iterdir() if ".corrupt-" in p.name]) == 2   # kept, not deleted
   with pytest.raises(Exception, match="refusing to checkpoint step 4"):
     ckpt.save(4, {"w": state["w"] * jnp.nan, "step": jnp.int32(4)})
   ckpt.close()
@@ -129,10 +145,8 @@ def test_params_alone_restore_with_the_same_checks(tmp_path):
   step, params, _ = ckpt.restore_params(abstract)
   assert step == 2
   np.testing.assert_array_equal(params["w"], w + 2)
-  for data in (tmp_path / "2").rglob("d/*"):
-    raw = data.read_bytes()
-    data.write_bytes(raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:])
-  with pytest.warns(UserWarning, match="step 2 .* unreadable or corrupted.*falling back"):
+  _damage(tmp_path / "2", "flip")
+  with pytest.warns(CheckpointWarning, match="step 2 .* unreadable or corrupted.*falling back"):
     step, params, _ = ckpt.restore_params(abstract)
   assert step == 1
   np.testing.assert_array_equal(params["w"], w + 1)
@@ -201,10 +215,12 @@ def test_sigterm_saves_then_resumes(tmp_path):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
-  assert "SIGTERM received: saved a checkpoint" in out
+  assert proc.returncode == 143, out   # 128 + SIGTERM, as schedulers expect of a stopped job
   saved = Checkpointer(workdir / "checkpoints").all_steps()
   assert len(saved) == 1 and 3 <= saved[0] < 400
+  assert (f"ebt train: SIGTERM received: saved a checkpoint at step {saved[0]}, the last "
+          f"completed step\n") in out
+  assert max(_losses(workdir)) == saved[0]
 
 
 @pytest.mark.slow

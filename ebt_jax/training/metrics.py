@@ -2,8 +2,16 @@
 
 Every record has `step` and namespaced keys (`train/loss`, `eval/ce_step_1`, ...). Only
 process 0 writes. Lines are appended and flushed one at a time, so a killed run leaves a
-valid file; on resume, records past the restored step are dropped (atomically), so the
-file always describes the run that the checkpoints continue.
+valid file (at worst a torn last line, which readers skip).
+
+One history: on resume from step k the trainer calls `drop_records_after(k)`, which
+rewrites the file (atomically) with exactly the records of steps <= k, whether train or
+evaluation records, whatever a crash left past k; the resumed writer opens TensorBoard
+with `purge_step=k + 1`, so TensorBoard hides the earlier attempt's events from k + 1 on.
+A fresh start never appends to another run's records (the trainer refuses, or moves them
+aside with `--overwrite`). Readers still go through `history`, which keeps the last attempt
+where a file holds several (a step lower than one before it starts a new attempt), so a
+plot never joins two runs into one curve.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ def _plain(value):
 
 
 class MetricWriter:
-  def __init__(self, workdir, tensorboard: bool = True):
+  def __init__(self, workdir, tensorboard: bool = True, purge_step: int | None = None):
+    """`purge_step`: the first step this writer writes on resume (TensorBoard drops the
+    earlier events from it on)."""
     self.enabled = jax.process_index() == 0
     self.path = Path(workdir) / METRICS_FILE
     self._file = open(self.path, "a") if self.enabled else None
@@ -39,7 +49,7 @@ class MetricWriter:
       except ImportError:
         pass
       else:
-        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=purge_step)
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
@@ -73,12 +83,26 @@ def read_metrics(workdir) -> list[dict]:
   return records
 
 
+def history(records: list[dict]) -> list[dict]:
+  """The records of the last attempt a file holds: a record whose step is lower than an
+  earlier record's starts a new attempt, which replaces the earlier records from its step
+  on (records of one step, a train record then an evaluation, are one attempt's)."""
+  kept: list[dict] = []
+  for r in records:
+    step = r.get("step", 0)
+    if kept and step < kept[-1].get("step", 0):
+      kept = [k for k in kept if k.get("step", 0) < step]
+    kept.append(r)
+  return kept
+
+
 def drop_records_after(workdir, step: int) -> None:
-  """Rewrites metrics.jsonl without records past `step` (write to temp, then rename)."""
+  """Rewrites metrics.jsonl with the records of steps <= `step` only (of the last attempt:
+  `history`), whatever kind; write to a temporary file, then rename."""
   path = Path(workdir) / METRICS_FILE
   if jax.process_index() != 0 or not path.exists():
     return
-  kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
+  kept = [r for r in history(read_metrics(workdir)) if r.get("step", 0) <= step]
   tmp = path.with_suffix(".jsonl.tmp")
   tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
   os.replace(tmp, path)

@@ -6,6 +6,9 @@
 * `thinking.png`: for the latest evaluation, validation perplexity (PSNR, SmoothL1) and
   mean energy after each thinking step (how much thinking buys, and that energy falls as
   it should).
+
+Both draw one run: the records of the file's last attempt (`metrics.history`), one point
+per step (the last record of a step wins).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 import numpy as np  # noqa: E402
 
 from ebt_jax.errors import ConfigError  # noqa: E402
-from ebt_jax.training.metrics import METRICS_FILE, read_metrics  # noqa: E402
+from ebt_jax.training.metrics import METRICS_FILE, history, read_metrics  # noqa: E402
 
 
 def _series(records, key):
@@ -52,7 +55,7 @@ def _eval_metric(records) -> tuple[str, str, str]:
 
 
 def plot_workdir(workdir) -> list[Path]:
-  records = read_metrics(workdir)
+  records = history(read_metrics(workdir))   # one run, even from a file that holds two
   if not records:
     raise ConfigError(f"workdir: {workdir} has no {METRICS_FILE} records to plot")
   out_dir = Path(workdir) / "plots"

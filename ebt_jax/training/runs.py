@@ -1,13 +1,26 @@
-"""Run directories: their saved config, restoring their parameters, importing into one.
+"""Run directories: their saved config, their writer lock, restoring their parameters,
+importing into one.
 
-A run directory holds `config.json`, `checkpoints/<step>/` and `metrics.jsonl`; anything
-that can be trained, evaluated or plotted is one. `save_config` writes the resolved config
-and, on resume, refuses a change to anything but the fields in `RESUMABLE_CHANGES`.
+A run directory holds `config.json`, `checkpoints/<step>/` and `metrics.jsonl` (and
+`tensorboard/`, `plots/`); anything that can be trained, evaluated or plotted is one.
+`save_config` writes the resolved config and, on resume, refuses a change to anything but
+the fields in `RESUMABLE_CHANGES`.
+
+One process writes a run directory: `WorkdirLock` is an exclusive `fcntl.flock` on
+`<workdir>/.lock` (the kernel drops it when its holder dies, however it dies; the file keeps
+the holder's PID and host for the message a second writer gets). Readers that restore
+parameters take it briefly when it is free, so that they may move a corrupted checkpoint
+aside; while a trainer holds it they only read. `earlier_run_files` and `move_aside` let a
+fresh start refuse to mix with, or set aside, what an earlier run left.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 import jax
@@ -24,8 +37,12 @@ from ebt_jax.errors import ConfigError
 from ebt_jax.tasks.base import Task
 from ebt_jax.training import program as program_lib
 from ebt_jax.training import step as step_lib
+from ebt_jax.training.metrics import METRICS_FILE
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+# What a run writes into its directory; `--overwrite` moves these into previous-<time>/.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, "checkpoints", "tensorboard", "plots")
 # Fields that may change when a run is resumed (layout, memory and schedule length, not
 # what is learned); anything else must match the checkpoints.
 RESUMABLE_CHANGES = ("train.", "mesh.", "data.ood_suites", "optimizer.decay_steps",
@@ -75,15 +92,118 @@ def program_here(config: ml_collections.ConfigDict) -> program_lib.Program:
     return program_lib.build(config)
 
 
+class WorkdirBusy(ConfigError):
+  """Another process holds the run directory's writer lock."""
+
+
+class WorkdirLock:
+  """The exclusive writer lock of a run directory (see the module docstring); `what`
+  names the holder in a second process's error."""
+
+  def __init__(self, workdir, what: str = "`ebt train`"):
+    self.workdir = Path(workdir)
+    self.path = self.workdir / LOCK_FILE
+    self.what = what
+    self._fd = None
+
+  def acquire(self) -> bool:
+    """Takes the lock if it is free (never waits); False if another process holds it."""
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      return False
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {socket.gethostname()} {self.what}\n".encode())
+    self._fd = fd
+    return True
+
+  def holder(self) -> str:
+    """"<what> (PID <pid> on <host>)" of the holder, as it wrote itself into the lock file."""
+    try:
+      pid, host, what = self.path.read_text().strip().split(maxsplit=2)
+    except (OSError, ValueError):
+      return "another process (that has not written its PID yet)"
+    return f"another {what} (PID {pid} on {host})"
+
+  def busy_error(self) -> WorkdirBusy:
+    return WorkdirBusy(f"--workdir: {self.workdir} is in use by {self.holder()}; one process "
+                       f"writes a run directory: wait for it to end, or use another --workdir")
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    if not self.acquire():
+      raise self.busy_error()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+    return False
+
+
+def earlier_run_files(workdir) -> list[str]:
+  """What an earlier run left in `workdir` that a fresh start would mix with its own:
+  metrics records, TensorBoard events, plots, anything under checkpoints/ (the caller has
+  found no checkpoint step there). A config.json alone does not count: `save_config`
+  compares it."""
+  workdir = Path(workdir)
+  found = []
+  metrics = workdir / METRICS_FILE
+  if metrics.exists() and metrics.stat().st_size > 0:
+    found.append(METRICS_FILE)
+  for name in ("checkpoints", "tensorboard", "plots"):
+    if (workdir / name).is_dir() and any((workdir / name).iterdir()):
+      found.append(f"{name}/")
+  return found
+
+
+def move_aside(workdir) -> Path | None:
+  """Moves the run files (`RUN_FILES`) of `workdir` into a new `previous-<UTC time>/`
+  inside it and returns that directory (None if there was nothing to move)."""
+  workdir = Path(workdir)
+  present = [workdir / name for name in RUN_FILES if (workdir / name).exists()]
+  if not present:
+    return None
+  stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  target = workdir / f"previous-{stamp}"
+  n = 1
+  while target.exists():
+    n += 1
+    target = workdir / f"previous-{stamp}-{n}"
+  target.mkdir()
+  for path in present:
+    path.rename(target / path.name)
+  return target
+
+
 def restore_params(workdir) -> tuple[ml_collections.ConfigDict, int, dict]:
-  """(config, step, params) of the newest readable checkpoint of a run directory."""
+  """(config, step, params) of the newest readable checkpoint of a run directory.
+
+  A corrupted newest checkpoint is moved aside (see checkpoint/manager.py) only by a single
+  process that could take the run's lock; while a trainer holds it, it is only skipped,
+  with a warning."""
   config = load_config(workdir)
   program = program_here(config)
-  checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
+  lock = WorkdirLock(workdir, "process reading its checkpoints")
   try:
-    restored = checkpointer.restore_params(program.abstract_sharded_state().params)
+    owned = jax.process_index() == 0 and lock.acquire()
+  except OSError:   # a directory this user cannot write: read only
+    owned = False
+  try:
+    checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints,
+                                move_aside=owned and jax.process_count() == 1)
+    try:
+      restored = checkpointer.restore_params(program.abstract_sharded_state().params)
+    finally:
+      checkpointer.close()
   finally:
-    checkpointer.close()
+    lock.release()
   if restored is None:
     raise ConfigError(f"--workdir: {workdir} holds no checkpoint yet")
   step, params, _ = restored
