@@ -179,6 +179,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.inference.recurse_diffusion = 0    # [infer_recurse_diffusion_n_times] DiT: re-run DDIM on
                                        # its own output this many more times
   c.inference.clip_denoised = True     # DiT: clip each x_0 prediction to [-1, 1] (official)
+  c.inference.increase_steps = 0       # [infer_increase_steps] DiT: != 0 starts DDIM from this
+                                       # timestep, not the one the images are noised to
 
   c.mesh = ml_collections.ConfigDict()   # device mesh (ebt_jax/parallel); -1 takes the rest
   c.mesh.data = -1

@@ -121,3 +121,32 @@ def test_s2_cpu_configs_train_with_finite_losses(tmp_path, name):
   assert summary.final_step == 3 and len(losses) == 3 and np.all(np.isfinite(losses))
   steps = [r["train/thinking_steps"] for r in read_metrics(tmp_path) if "train/loss" in r]
   assert all(2 <= s <= 3 for s in steps)
+
+
+def test_ddim_increase_steps_starts_from_the_given_timestep():
+  """`inference.increase_steps` (the official infer_increase_steps): the DiT's evaluation
+  denoises the same noisy images by DDIM from that timestep, as a direct ddim_sample call
+  from it does; 0 keeps the noised timestep."""
+  from ebt_jax.models import diffusion, dit
+  c = image_config()
+  c.model.kind = "dit"
+  c.inference.ddim_steps = (2,)
+  c.inference.clip_denoised = False   # an untrained DiT's clipped outputs saturate alike
+  base = tasks.build(c)
+  params = perturb(base.init_params(jax.random.key(0)), jax.random.key(1), 0.1)
+  clean, key = clean_images(jax.random.key(2)), jax.random.key(3)
+  c.inference.increase_steps = 40
+  task = tasks.build(c)
+  got = jax.jit(task.eval_batch)(params, clean, key)["validation"]["pixel_mse"]
+  noisy, _ = image.add_noise(clean, jax.random.split(key)[0], task.denoise,
+                             task.denoise.noise_level)
+  eps_fn = lambda x, t: dit.predict_eps(params, x, t, task.dims)
+  want = diffusion.ddim_sample(eps_fn, noisy, image.schedule(task.denoise), 40, 2,
+                               clip_denoised=False)
+  np.testing.assert_allclose(got[0], image.pixel_mse(want, clean), rtol=1e-5)
+  plain = jax.jit(base.eval_batch)(params, clean, key)["validation"]["pixel_mse"]
+  assert not np.allclose(plain, got)
+  assert task.ddim_counts == (2,)
+  c.inference.increase_steps = 10_000
+  with pytest.raises(Exception, match="inference.increase_steps: expected"):
+    tasks.build(c)

@@ -44,11 +44,12 @@ class Task:
   thinks_over_tokens: ClassVar[bool] = False
 
   def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
+    # A copy: editing the caller's config later (an override, the next test case) must not
+    # change a task already built, whose frozen options were read from it.
+    self.config = config.copy_and_resolve_references()
 
   # Tasks compare (and hash) by kind and config, so a jitted function may take one as a
-  # static argument and recompile only for a different config. The config must not be
-  # edited once the task is built (build another task instead).
+  # static argument and recompile only for a different config.
   def _identity(self) -> tuple[str, str]:
     return type(self).__name__, self.config.to_json_best_effort(sort_keys=True)
 

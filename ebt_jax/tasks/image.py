@@ -209,11 +209,14 @@ def dit_loss(params: dict, clean: jax.Array, m: dit.DiTDims, opts: DenoiseOption
 
 def dit_denoise(params: dict, noisy: jax.Array, m: dit.DiTDims, opts: DenoiseOptions,
                 level: float | None = None, num_steps: int | None = None,
-                recursions: int = 0, clip_denoised: bool = True) -> jax.Array:
+                recursions: int = 0, clip_denoised: bool = True,
+                start: int | None = None) -> jax.Array:
   """DDIM (eta 0) from images noised at `level` with `num_steps` network evaluations
-  (default every timestep, the official loop), then `recursions` more runs on the output."""
+  (default every timestep, the official loop), then `recursions` more runs on the output.
+  `start` replaces the timestep DDIM starts from (the official `infer_increase_steps`:
+  the images stay noised at `level`, the sampler starts from a later timestep)."""
   d = schedule(opts, level)
-  t_start = eval_timestep(opts, level)
+  t_start = eval_timestep(opts, level) if start is None else start
   eps_fn = lambda x, tt: dit.predict_eps(params, x, tt, m)
   out = noisy
   for _ in range(recursions + 1):
@@ -259,8 +262,10 @@ def dit_stack_dims(c: ml_collections.ConfigDict) -> DiTStackDims:
 
 def ddim_step_limit(c: ml_collections.ConfigDict) -> int:
   """The most DDIM steps from both evaluated noise levels: the timesteps up to the one
-  images are noised to, int(level * T) with T = int(diffusion_steps / level) (about
-  diffusion_steps; `eval_timestep` + 1)."""
+  DDIM starts from, `inference.increase_steps` or the one images are noised to, int(level
+  * T) - 1 with T = int(diffusion_steps / level) (about diffusion_steps; `eval_timestep`)."""
+  if c.inference.increase_steps:
+    return c.inference.increase_steps + 1
   d = c.denoise
   return min(int(level * int(d.diffusion_steps / level))
              for level in (d.noise_level, d.ood_noise_level))
@@ -317,6 +322,11 @@ class ImageTask(base.Task):
       check(int(d.diffusion_steps / level) >= 20, f"denoise.{field}",
             f"a level giving diffusion_steps / level >= 20 timesteps (diffusion_steps="
             f"{d.diffusion_steps})", level)
+    # DDIM can start at most from the last timestep of either level's schedule.
+    last = min(int(d.diffusion_steps / level) for level in (d.noise_level, d.ood_noise_level)) - 1
+    check(isinstance(i.increase_steps, int) and 0 <= i.increase_steps <= last,
+          "inference.increase_steps", f"0 (start where the images are noised) or a timestep "
+          f"in [1, {last}]", i.increase_steps)
     ddim = tuple(i.ddim_steps) if isinstance(i.ddim_steps, (tuple, list)) else None
     most = ddim_step_limit(c)
     check(ddim is not None and all(isinstance(n, int) and 1 <= n <= most for n in ddim),
@@ -475,7 +485,8 @@ class DiT(ImageTask):
       mses, last = [], None
       for n in counts or self.ddim_counts:
         last = dit_denoise(params, noisy, self.dims, self.denoise, level, n,
-                           inf.recurse_diffusion, inf.clip_denoised)
+                           inf.recurse_diffusion, inf.clip_denoised,
+                           start=inf.increase_steps or None)
         mses.append(pixel_mse(last, clean))
       out[split] = {"pixel_mse": jnp.stack(mses), "pixel_mse_noisy": pixel_mse(noisy, clean)}
       if images:
