@@ -158,8 +158,9 @@ def test_signals_during_a_checkpoint_write_save_it_once_then_exit_143(trained, t
   with pytest.raises(trainer.Preempted) as info:
     trainer.train(_config(num_steps=10), workdir, **quiet)
   assert info.value.exit_code == 143 and info.value.signal == "SIGTERM"
-  assert str(info.value) == ("SIGTERM received: saved a checkpoint at step 6, the last "
-                             "completed step (1 more signal ignored while stopping)")
+  assert str(info.value) == ("SIGTERM received: abandoned the evaluation at step 6 and saved a "
+                             "checkpoint at step 6, the last completed step (1 more signal "
+                             "ignored while stopping)")
   assert info.value.summary.final_step == 6 and info.value.summary.stopped_early
   monkeypatch.undo()
   assert _steps(workdir) == [2, 4, 6]

@@ -15,8 +15,8 @@ also starts afresh beside checkpoints). On resume from step k, metrics.jsonl kee
 the records of steps <= k and TensorBoard purges from k + 1 (metrics.py).
 
 Preemption: SIGTERM and SIGINT set a flag (`_StopRequest`) that the loop checks before
-each step and after it, and that evaluation checks between batches (an evaluation in
-progress is abandoned, its metrics unwritten). The loop then saves the last completed step
+each step and after it, and that evaluation checks before each batch (an evaluation due or
+in progress is abandoned, its metrics unwritten). The loop then saves the last completed step
 unless it is already saved, waits until every save is complete, logs the summary and raises
 `Preempted`, whose `exit_code` (128 + the signal number: 143 for SIGTERM, 130 for SIGINT)
 the CLI exits with. Later signals are counted, never raised: nothing interrupts that save.
@@ -239,12 +239,12 @@ def _train(program, datasets, workdir: Path, *, progress, log, overwrite) -> Sum
         if save_now or stop.signal:
           checkpointer.save(step, state, train_iter.get_state())
           saved = step
-        if evaluate_now and stop.signal is None:
+        if evaluate_now:
           try:
             results = program.task.evaluate(
                 state.params, datasets, stop.checked(program.eval_step),
                 stop.checked(program.put_global), num_batches=tr.eval_batches)
-          except _Abandoned:
+          except _Abandoned:   # a signal came before or during it
             abandoned = step
           else:
             writer.write(step, eval_lib.as_scalars(results))
@@ -313,9 +313,10 @@ class _Reporter:
           f"update was not applied and no checkpoint holds it. Lower optimizer.peak_lr or "
           f"thinking.step_size, then resume from the last good checkpoint")
     self.last_loss = float(m["loss"])
-    self.bar.update(step - self.bar.n)
     if self._prev is None:   # the first step (and its compilation) has ended
-      _clock_from_here(self.bar)
+      _clock_from_here(self.bar, step)
+    else:
+      self.bar.update(step - self.bar.n)
     now = time.perf_counter()
     if self._prev is not None:
       self._time += now - self._prev[0]
@@ -347,12 +348,12 @@ class _Reporter:
     self.bar.close()
 
 
-def _clock_from_here(bar) -> None:
-  """Drops the "compiling" description and restarts the bar's clock at its current count,
-  so its rate and ETA leave compilation out (`reset` zeroes the count, the start time and
-  the rate's moving averages; the count is then put back as the new starting point)."""
-  n = bar.n
-  bar.set_description_str("", refresh=False)
-  bar.reset()
+def _clock_from_here(bar, n: int) -> None:
+  """Moves the bar to `n` and makes that its starting point (count and clock), with the
+  "compiling" description gone, so its rate and ETA leave compilation out. No update was
+  counted before, so the rate's moving averages hold nothing to forget."""
   bar.n = bar.last_print_n = bar.initial = n
-  bar.refresh()
+  if bar.disable:
+    return
+  bar.start_t = bar.last_print_t = bar._time()
+  bar.set_description_str("")   # and redraw
