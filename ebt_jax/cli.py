@@ -211,7 +211,7 @@ def _cmd_train(args, overrides):
   config, name = load_config_file(args.config)
   apply_overrides(config, overrides)
   workdir = args.workdir or str(Path("runs") / name)
-  trainer.train(config, workdir, progress=not args.no_progress)
+  trainer.train(config, workdir, progress=not args.no_progress, overwrite=args.overwrite)
 
 
 def _int_list(flag: str, raw: str | None) -> list[int] | None:
@@ -473,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
   p.add_argument("--workdir", help="run directory (default runs/<config name>)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--overwrite", action="store_true", help="start afresh (step 0) even where "
+                 "--workdir holds an earlier run; its files move into WORKDIR/previous-<time>/")
   p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs not "
                  "started by SLURM or on TPU VMs (those are detected)")
   p.add_argument("--num-processes", type=int, help="with --coordinator")
@@ -588,12 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"unrecognized arguments: {' '.join(overrides)}")
   from ebt_jax.checkpoint.manager import CheckpointError
   from ebt_jax.checkpoint.torch_file import TorchFileError
-  from ebt_jax.training.trainer import TrainingError
+  from ebt_jax.training.trainer import Preempted, TrainingError
   try:
     args.fn(args, overrides)
   except (ConfigError, TorchFileError) as e:
     print(f"ebt {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except Preempted as e:   # a signal stopped training once its last step was checkpointed
+    print(f"ebt {args.command}: {e}", file=sys.stderr)
+    return e.exit_code
   except (TrainingError, CheckpointError) as e:
     print(f"ebt {args.command}: error: {e}", file=sys.stderr)
     return 1

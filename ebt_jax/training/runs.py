@@ -70,7 +70,12 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   if not path.exists():
     raise ConfigError(f"--workdir: {workdir} holds no {CONFIG_FILE} (not a run directory)")
   base = config_lib.base_config()
-  base.update_from_flattened_dict(_flatten(json.loads(path.read_text())))
+  try:
+    base.update_from_flattened_dict(_flatten(json.loads(path.read_text())))
+  except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as e:
+    detail = (str(e).strip().splitlines() or [""])[0]
+    raise ConfigError(f"--workdir: {path} is not a valid run config ({type(e).__name__}: "
+                      f"{detail})") from None
   return base
 
 
