@@ -2,8 +2,6 @@
 validation's repeated final step, learnable Langevin noise after warmup, no Langevin
 during evaluation, and the S2 CPU configs training with finite losses."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,7 +10,7 @@ import pytest
 
 from ebt_jax import tasks
 from ebt_jax.configs import denoise, nextframe
-from ebt_jax.tasks import continuous, image, options, video
+from ebt_jax.tasks import continuous, image, options
 from ebt_jax.thinking import Schedule, optimizers, think
 from ebt_jax.training import trainer
 from ebt_jax.training.metrics import read_metrics
@@ -35,6 +33,7 @@ def clean_images(key, shape=(3, 8, 8, 3)):
   return jnp.tanh(jax.random.normal(key, shape))
 
 
+@pytest.mark.slow
 def test_random_steps_and_sizes_follow_the_drawn_schedule():
   """The S2 image loss equals the mean SmoothL1 of a plain think() over the steps the
   batch's key draws, each image with its own alpha in [alpha/2, 2 alpha]."""
@@ -74,6 +73,7 @@ def test_validation_repeats_the_final_step():
   assert tasks.build(c).eval_steps == 3       # num_steps + random_steps
 
 
+@pytest.mark.slow
 def test_learnable_langevin_noise_trains_after_warmup_only():
   c = nextframe.get_config("s2_cpu")
   c.model.update(latent_dim=6, dim=16, n_layers=1, n_heads=2, context_length=4)
@@ -88,6 +88,7 @@ def test_learnable_langevin_noise_trains_after_warmup_only():
   assert "langevin_std" in task.train_metrics(params)
 
 
+@pytest.mark.slow
 def test_no_langevin_during_eval():
   c = image_config(langevin_noise=0.5)
   params = perturb(tasks.build(c).init_params(jax.random.key(0)), jax.random.key(1))

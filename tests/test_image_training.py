@@ -4,7 +4,6 @@ import json
 import shutil
 
 import chex
-import jax
 import numpy as np
 import pytest
 

@@ -20,7 +20,7 @@ from ebt_jax.official_hparams import from_official_hparams
 from ebt_jax.checkpoint.manager import Checkpointer
 from ebt_jax.models import ar_ebt
 from ebt_jax.tasks import options, text
-from ebt_jax.thinking import Schedule, loop, optimizers, think
+from ebt_jax.thinking import Schedule, optimizers, think
 from ebt_jax.training import optimizer as optimizer_lib
 from ebt_jax.tasks import replay as replay_lib
 from ebt_jax.training import program as program_lib

@@ -22,7 +22,7 @@ from ebt_jax.checkpoint.manager import Checkpointer, CheckpointWarning, abstract
 from ebt_jax.commands import evaluation
 from ebt_jax.training import optimizer as optimizer_lib
 from ebt_jax.training import program as program_lib
-from ebt_jax.training import runs, trainer
+from ebt_jax.training import trainer
 from ebt_jax.training import step as step_lib
 from ebt_jax.training.metrics import read_metrics
 from conftest import run_config, tiny_config

@@ -17,7 +17,6 @@ from ebt_jax import config as config_lib
 from ebt_jax.commands.evaluation import System2Report
 from ebt_jax.commands.sweep import SweepReport
 from ebt_jax.commands.uncertainty import TokenEnergies
-from ebt_jax.errors import ConfigError
 
 
 def one_line_error(capsys, argv) -> str:
