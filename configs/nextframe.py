@@ -45,7 +45,7 @@ count, not yet a measurement.
 """
 
 from ebt_jax.config import base_config
-from ebt_jax.configs import choose, update
+from ebt_jax.configs import choose, denoise, update
 
 SHARED = {
     "model.kind": "latent_ebt",
@@ -105,17 +105,9 @@ VARIANTS = {
 
 
 # The S2 recipe of the official job_scripts/vid/pretrain/ebt_s2_vae.sh, less its replay
-# buffer (not yet wired for video here): one step repeated randint(2, 4) times per batch
-# (validation: 3), alpha x U[1/2, 2] per frame, Langevin noise of std 1 before each step,
-# second order through the last step only.
-S2 = {
-    "thinking.num_steps": 1,
-    "thinking.truncate": True,
-    "thinking.step_size_random_scale": 2.0,
-    "thinking.random_steps": 2,
-    "thinking.random_steps_min": 2,
-    "thinking.langevin_noise": 1.0,
-}
+# buffer (not yet wired for video here): the image script's step flags (configs/denoise.py;
+# alpha randomized per frame here) with Langevin noise of std 1 before each step.
+S2 = {**denoise.S2, "thinking.langevin_noise": 1.0}
 VARIANTS["s2_cpu"] = {**VARIANTS["cpu"], **S2}
 
 
