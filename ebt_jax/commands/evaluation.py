@@ -26,8 +26,9 @@ import numpy as np
 from ebt_jax import tasks
 from ebt_jax.errors import ConfigError, check
 from ebt_jax.inference import system2
+from ebt_jax.tasks.base import per_batch
 from ebt_jax.tasks import text
-from ebt_jax.training import evaluate as eval_lib
+from ebt_jax.tasks.text import perplexity
 from ebt_jax.training import runs
 
 
@@ -48,9 +49,9 @@ class System2Report:
       for i, k in enumerate(self.thinking_steps):
         for j, n in enumerate(self.best_of):
           row = {"dataset": dataset, "thinking_steps": k, "best_of": n, "ce": float(ce[i][j]),
-                 "perplexity": eval_lib.perplexity(ce[i][j])}
+                 "perplexity": perplexity(ce[i][j])}
           if self.baseline:
-            row["baseline_perplexity"] = eval_lib.perplexity(self.baseline["ce"][dataset])
+            row["baseline_perplexity"] = perplexity(self.baseline["ce"][dataset])
           out.append(row)
     return out
 
@@ -64,9 +65,9 @@ class System2Report:
       lines += ["", header]
       for i, k in enumerate(self.thinking_steps):
         line = f"  {str(k) + (' step' if k == 1 else ' steps'):<20}" + "".join(
-            f"{eval_lib.perplexity(c):>11.5g}" for c in ce[i])
+            f"{perplexity(c):>11.5g}" for c in ce[i])
         if self.baseline:
-          line += f"{eval_lib.perplexity(self.baseline['ce'][dataset]):>15.5g}"
+          line += f"{perplexity(self.baseline['ce'][dataset]):>15.5g}"
         lines.append(line)
     if self.adaptive:
       lines += ["", "Adaptive compute (per-token stopping, best of 1). 'fixed steps': the "
@@ -90,7 +91,7 @@ class System2Report:
     if self.baseline:
       out["baseline"] = {"workdir": self.baseline["workdir"], "checkpoint_step": self.baseline["step"],
                          "results": [{"dataset": d, "ce": float(c),
-                                      "perplexity": eval_lib.perplexity(c)}
+                                      "perplexity": perplexity(c)}
                                      for d, c in self.baseline["ce"].items()]}
     return out
 
@@ -162,19 +163,17 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
           f"{max(steps_list)} step{'s' * (max(steps_list) != 1)} x best of {max(best_of)}")
       batches = [program.put_global(b)
                  for b in datasets.eval_batches(split, batch_size, num_batches)]
-      per_batch = [jax.device_get(cells_fn(params, b, jax.random.fold_in(key, i)))
-                   for i, b in enumerate(batches)]
-      ce[split] = np.mean([c for c, _ in per_batch], axis=0)
-      fixed_ce[split] = np.mean([f for _, f in per_batch], axis=0)
+      cells = per_batch(cells_fn, params, batches, key)
+      ce[split] = np.mean([c for c, _ in cells], axis=0)
+      fixed_ce[split] = np.mean([f for _, f in cells], axis=0)
       for threshold, (stop_on, fn) in adaptive_fns.items():
-        out = [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
-               for i, b in enumerate(batches)]
+        out = per_batch(fn, params, batches, key)
         a_ce, steps = (float(np.mean(v)) for v in zip(*out))
         fixed = _fewest_fixed_steps(fixed_ce[split], a_ce)
         adaptive_rows.append({
             "dataset": split, "stop_on": stop_on, "threshold": float(threshold),
             "max_steps": max(steps_list), "mean_steps": steps, "ce": a_ce,
-            "perplexity": eval_lib.perplexity(a_ce), "fixed_steps_equal_perplexity": fixed,
+            "perplexity": perplexity(a_ce), "fixed_steps_equal_perplexity": fixed,
             "compute_saved": None if fixed is None else 1 - steps / fixed})
       if base:
         base_ce[split] = float(np.mean([jax.device_get(base["fn"](base["params"], b))

@@ -33,6 +33,7 @@ import numpy as np
 from ebt_jax import tasks
 from ebt_jax.data import images
 from ebt_jax.errors import check
+from ebt_jax.tasks.base import per_batch
 from ebt_jax.tasks.image import DiT, ImageEBT, ImageTask, psnr_of_mse, with_step_size
 from ebt_jax.tasks.video import NextFrame
 from ebt_jax.training import runs
@@ -129,8 +130,8 @@ def _check_text_only_options(task) -> None:
           f"only)", value)
 
 
-def _mean(per_batch: list[dict], split: str, name: str):
-  return np.mean([b[split][name] for b in per_batch], axis=0)
+def _mean(outputs: list[dict], split: str, name: str):
+  return np.mean([b[split][name] for b in outputs], axis=0)
 
 
 def _grid_rows(rows: list[np.ndarray]) -> np.ndarray:
@@ -180,13 +181,13 @@ def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=
       return _latent_report(workdir, step, task, params, batches, key, steps)
     if isinstance(task, DiT):
       counts = _ddim_counts(task, ddim_steps)
-      rows, per_batch = _dit_rows(task, params, batches, key, counts)
+      rows, outputs = _dit_rows(task, params, batches, key, counts)
       report = ContinuousReport(str(workdir), step, task.name, num_batches * batch_size, rows)
-      denoised = {f"DiT, {counts[-1]} NFE": per_batch[0]}
+      denoised = {f"DiT, {counts[-1]} NFE": outputs[0]}
     else:
-      rows, per_batch = _ebt_rows(task, params, batches, key, steps)
+      rows, outputs = _ebt_rows(task, params, batches, key, steps)
       report = ContinuousReport(str(workdir), step, task.name, num_batches * batch_size, rows)
-      denoised = {f"EBT, {max(steps)} step{'s' * (max(steps) != 1)}": per_batch[0]}
+      denoised = {f"EBT, {max(steps)} step{'s' * (max(steps) != 1)}": outputs[0]}
       if baseline is not None:
         base, base_step, base_params = runs.restore_task(baseline, overrides)
         _check_baseline(base, task, baseline)
@@ -220,38 +221,34 @@ def _check_baseline(base, task: ImageEBT, workdir) -> None:
     check(theirs == ours, f"--baseline {field}", f"{ours!r} as in the EBT run", theirs)
 
 
-def _evaluated(fn, params, batches, key) -> list[dict]:
-  return [jax.device_get(fn(params, b, jax.random.fold_in(key, i))) for i, b in enumerate(batches)]
-
-
 def _ebt_rows(task: ImageEBT, params, batches, key, steps):
   fn = jax.jit(functools.partial(task.eval_batch, num_steps=max(steps), images=True))
-  per_batch = _evaluated(fn, params, batches, key)
+  outputs = per_batch(fn, params, batches, key)
   rows = []
   for split, level in task.split_levels.items():
-    mse_steps = _mean(per_batch, split, "pixel_mse_steps")
-    energy = _mean(per_batch, split, "energy_steps")
-    noisy = psnr_of_mse(_mean(per_batch, split, "pixel_mse_noisy"))
+    mse_steps = _mean(outputs, split, "pixel_mse_steps")
+    energy = _mean(outputs, split, "energy_steps")
+    noisy = psnr_of_mse(_mean(outputs, split, "pixel_mse_noisy"))
     for k in steps:
       rows.append({"dataset": split, "noise_level": level, "thinking_steps": k,
                    "psnr": psnr_of_mse(mse_steps[k - 1]), "psnr_noisy": noisy,
                    "pixel_mse": float(mse_steps[k - 1]), "energy": float(energy[k - 1])})
-  return rows, per_batch
+  return rows, outputs
 
 
 def _dit_rows(task: DiT, params, batches, key, counts):
   fn = jax.jit(functools.partial(task.eval_batch, counts=counts, images=True))
-  per_batch = _evaluated(fn, params, batches, key)
+  outputs = per_batch(fn, params, batches, key)
   recursions = task.config.inference.recurse_diffusion
   rows = []
   for split, level in task.split_levels.items():
-    mse = _mean(per_batch, split, "pixel_mse")
-    noisy = psnr_of_mse(_mean(per_batch, split, "pixel_mse_noisy"))
+    mse = _mean(outputs, split, "pixel_mse")
+    noisy = psnr_of_mse(_mean(outputs, split, "pixel_mse_noisy"))
     for n, m in zip(counts, mse):
       rows.append({"dataset": split, "noise_level": level, "ddim_steps": n,
                    "recursions": recursions, "nfe": n * (recursions + 1),
                    "psnr": psnr_of_mse(m), "psnr_noisy": noisy, "pixel_mse": float(m)})
-  return rows, per_batch
+  return rows, outputs
 
 
 def _write_png(workdir: Path, task: ImageTask, clean: np.ndarray, denoised: dict) -> Path:
@@ -290,8 +287,8 @@ def _write_png(workdir: Path, task: ImageTask, clean: np.ndarray, denoised: dict
 def _latent_report(workdir, step, task: NextFrame, params, batches, key,
                    steps) -> ContinuousReport:
   fn = jax.jit(functools.partial(task.eval_batch, num_steps=max(steps)))
-  per_batch = _evaluated(fn, params, batches, key)
-  means = {name: _mean(per_batch, "validation", name)
+  outputs = per_batch(fn, params, batches, key)
+  means = {name: _mean(outputs, "validation", name)
            for name in ("smooth_l1_steps", "mse_steps", "energy_steps")}
   rows = [{"dataset": "validation", "thinking_steps": k,
            "smooth_l1": float(means["smooth_l1_steps"][k - 1]),

@@ -29,8 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 from ebt_jax.errors import ConfigError, check  # noqa: E402
 from ebt_jax import tasks  # noqa: E402
 from ebt_jax.commands import evaluation  # noqa: E402
+from ebt_jax.tasks.base import per_batch  # noqa: E402
 from ebt_jax.thinking import optimizers  # noqa: E402
-from ebt_jax.training import evaluate as eval_lib  # noqa: E402
+from ebt_jax.tasks.text import perplexity  # noqa: E402
 from ebt_jax.training import runs  # noqa: E402
 
 # One variant of each registered rule; the optax entry is SGD whose learning-rate factor
@@ -78,13 +79,13 @@ class SweepReport:
              f"{'optimizer':<{width}}" + "".join(
                  f"{str(k) + (' step' if k == 1 else ' steps'):>12}" for k in self.steps)]
     for spec, ce in self.ce.items():
-      lines.append(f"{label(spec):<{width}}" + "".join(f"{eval_lib.perplexity(c):>12.5g}"
+      lines.append(f"{label(spec):<{width}}" + "".join(f"{perplexity(c):>12.5g}"
                                                         for c in ce))
     return "\n".join(lines)
 
   def as_json(self) -> dict:
     return {"workdir": self.workdir, "checkpoint_step": self.step, "results": [
-        {"optimizer": spec, "thinking_steps": k, "ce": float(c), "perplexity": eval_lib.perplexity(c)}
+        {"optimizer": spec, "thinking_steps": k, "ce": float(c), "perplexity": perplexity(c)}
         for spec, ce in self.ce.items() for k, c in zip(self.steps, ce)]}
 
   def plot(self, path) -> Path:
@@ -92,7 +93,7 @@ class SweepReport:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for spec, ce in self.ce.items():
-      ax.plot(self.steps, [eval_lib.perplexity(c) for c in ce], marker="o", label=spec[:40])
+      ax.plot(self.steps, [perplexity(c) for c in ce], marker="o", label=spec[:40])
     ax.set_xscale("log", base=2)
     ax.set_xticks(self.steps, [str(k) for k in self.steps])
     ax.set_yscale("log")
@@ -127,6 +128,5 @@ def sweep_inner(workdir, steps, specs=DEFAULT_SWEEP, *, num_batches=None, batch_
       c.thinking.inner_optimizer_kwargs = ml_collections.ConfigDict(kwargs)
       fn = jax.jit(lambda p, b, k, t=tasks.build(c): evaluation.cells_ce(
           p, b, k, task=t, steps_list=tuple(steps), best_of_list=(1,))[0][:, 0])
-      ce[spec] = np.mean([jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
-                          for i, b in enumerate(batches)], axis=0)
+      ce[spec] = np.mean(per_batch(fn, params, batches, key), axis=0)
   return SweepReport(str(workdir), step, steps, ce)

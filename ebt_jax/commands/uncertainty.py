@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from ebt_jax.errors import check  # noqa: E402
 from ebt_jax.data.tokenizers import make_tokenizer  # noqa: E402
 from ebt_jax.inference import system2  # noqa: E402
-from ebt_jax.training import evaluate as eval_lib  # noqa: E402
+from ebt_jax.tasks.text import perplexity  # noqa: E402
 from ebt_jax.training import runs  # noqa: E402
 
 
@@ -72,7 +72,7 @@ class TokenEnergies:
                    f"{int(self.steps_used[s]):>7}{prob}")
     if len(self.next_token_prob):
       ce = -float(np.mean(np.log(np.maximum(self.next_token_prob, 1e-30))))
-      lines.append(f"perplexity of the text after thinking: {eval_lib.perplexity(ce):.4g}")
+      lines.append(f"perplexity of the text after thinking: {perplexity(ce):.4g}")
     if self.landscape_changes:
       after = ", ".join(str(k) for k in self.landscape_changes)
       lines.append(f"energy landscape changes after {after} step"

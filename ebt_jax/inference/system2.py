@@ -44,7 +44,7 @@ class Thought(NamedTuple):
 def num_steps(task: TextEBT) -> int:
   """Inference steps: `inference.thinking_steps`, else as many as validation takes (with
   S2's random step counts, the final landscape's step R+1 times)."""
-  return task.config.inference.thinking_steps or len(task.step_schedule()[0])
+  return task.config.inference.thinking_steps or options.validation_steps(task.thinking)
 
 
 def landscapes(task: TextEBT, steps: int) -> jax.Array:

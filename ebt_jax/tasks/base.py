@@ -47,17 +47,16 @@ class Task:
     # A copy: editing the caller's config later (an override, the next test case) must not
     # change a task already built, whose frozen options were read from it.
     self.config = config.copy_and_resolve_references()
-
-  # Tasks compare (and hash) by kind and config, so a jitted function may take one as a
-  # static argument and recompile only for a different config.
-  def _identity(self) -> tuple[str, str]:
-    return type(self).__name__, self.config.to_json_best_effort(sort_keys=True)
+    # Tasks compare (and hash) by kind and config, so a jitted function may take one as a
+    # static argument and recompile only for a different config. The config is the task's
+    # own copy, so this is computed once, not on every jit cache lookup.
+    self._identity = (type(self).__name__, self.config.to_json_best_effort(sort_keys=True))
 
   def __eq__(self, other) -> bool:
-    return isinstance(other, Task) and self._identity() == other._identity()
+    return isinstance(other, Task) and self._identity == other._identity
 
   def __hash__(self) -> int:
-    return hash(self._identity())
+    return hash(self._identity)
 
   # --- config -----------------------------------------------------------------------------
   @classmethod
@@ -157,6 +156,13 @@ def init_from_specs(specs: dict, key: jax.Array) -> dict:
   """The parameters a `Param` table describes."""
   # One compiled program instead of a few hundred small eager dispatches.
   return jax.jit(lambda k: init_tree(specs, k))(key)
+
+
+def per_batch(fn, params, batches, key: jax.Array) -> list:
+  """`fn(params, batch, fold_in(key, i))` of every batch i, on the host: evaluation's
+  fixed per-batch keys."""
+  return [jax.device_get(fn(params, b, jax.random.fold_in(key, i)))
+          for i, b in enumerate(batches)]
 
 
 def mean_batches(per_batch: list[dict]) -> dict:

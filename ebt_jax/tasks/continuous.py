@@ -63,7 +63,7 @@ def think(params: dict, energy_fn: Callable, y0: jax.Array, landscape_K: jax.Arr
 def eval_steps(config, t: ThinkingOptions) -> int:
   """Thinking steps evaluated: inference.thinking_steps, or as many as validation takes
   (with S2's random step counts, the final step R+1 times)."""
-  return config.inference.thinking_steps or t.num_steps + t.random_steps
+  return config.inference.thinking_steps or options.validation_steps(t)
 
 
 def s1_objective(params: dict, energy_fn: Callable, y0: jax.Array, target: jax.Array,

@@ -371,8 +371,7 @@ class ImageTask(base.Task):
     PSNR from the mean pixel MSE (the PSNR of all the images as one batch)."""
     batches = datasets.eval_batches("validation", self.config.train.batch_size, num_batches)
     key = self.eval_key()
-    results = base.mean_batches([jax.device_get(fn(params, put(b), jax.random.fold_in(key, i)))
-                                 for i, b in enumerate(batches)])
+    results = base.mean_batches(base.per_batch(fn, params, map(put, batches), key))
     for r in results.values():
       r["psnr_noisy"] = psnr_of_mse(r["pixel_mse_noisy"])
       self.add_psnr(r)

@@ -169,6 +169,12 @@ def step_schedule(t: ThinkingOptions, landscapes_L: jax.Array,
   return landscapes_L[landscape_of_K], active_K
 
 
+def validation_steps(t: ThinkingOptions) -> int:
+  """Steps `step_schedule` takes without a key (validation): with S2's random step counts
+  the final step R+1 times."""
+  return t.num_steps + t.random_steps
+
+
 def taken_mean(x_K: jax.Array, active_K: jax.Array | None) -> jax.Array:
   """The mean of per-step values over the steps taken."""
   if active_K is None:

@@ -117,21 +117,13 @@ class TextTask(base.Task):
     """1.0 where a target counts in the loss, 0.0 at the pad id."""
     return (targets_BxS != self.pad_id).astype(jnp.float32)
 
-  def eval_ce(self, params, tokens, key) -> dict:
-    raise NotImplementedError
-
-  def eval_batch(self, params, tokens, key) -> dict:
-    """{"ce_steps": [K] (the baseline: [1]), "energy_steps": [K] (EBTs)}."""
-    return self.eval_ce(params, tokens, key)
-
   def evaluate(self, params, datasets, fn, put, *, num_batches: int) -> dict[str, dict]:
     """{split: {"ce_steps": [K] mean cross-entropy after each step, "perplexity": final,
     "energy_steps" (EBTs)}} for validation and every OOD suite."""
     key, results = self.eval_key(), {}
     for split in datasets.eval_splits:
       batches = datasets.eval_batches(split, self.config.train.batch_size, num_batches)
-      r = base.mean_batches([jax.device_get(fn(params, put(b), jax.random.fold_in(key, i)))
-                             for i, b in enumerate(batches)])
+      r = base.mean_batches(base.per_batch(fn, params, map(put, batches), key))
       results[split] = {**r, "perplexity": perplexity(r["ce_steps"][-1])}
     return results
 
@@ -364,7 +356,8 @@ class TextEBT(TextTask):
                              per_token_in=0, steps=flops.expected_training_steps(t),
                              truncate=t.truncate, landscapes=self.num_landscapes)
 
-  def eval_ce(self, params, tokens, key) -> dict:
+  def eval_batch(self, params, tokens, key) -> dict:
+    """{"ce_steps": [K], "energy_steps": [K]} after each thinking step."""
     _, metrics = self.loss(params, tokens, key, train=False)
     return {"ce_steps": metrics["ce_steps"], "energy_steps": metrics["energy_steps"]}
 
@@ -398,7 +391,8 @@ class Transformer(TextTask):
     return 3 * (flops.stack_forward(self.dims.stack, tokens, (m.context_length + 1) / 2)
                 + 2 * tokens * m.dim * m.vocab_size)
 
-  def eval_ce(self, params, tokens, key) -> dict:
+  def eval_batch(self, params, tokens, key) -> dict:
+    """{"ce_steps": [1]}: the baseline's cross-entropy."""
     ce, _ = self.loss(params, tokens)
     return {"ce_steps": ce[None]}
 

@@ -190,8 +190,7 @@ class NextFrame(base.Task):
     """{"validation": smooth_l1_steps / mse_steps / energy_steps [N]}, means over batches."""
     batches = datasets.eval_batches("validation", self.config.train.batch_size, num_batches)
     key = self.eval_key()
-    return base.mean_batches([jax.device_get(fn(params, put(b), jax.random.fold_in(key, i)))
-                              for i, b in enumerate(batches)])
+    return base.mean_batches(base.per_batch(fn, params, map(put, batches), key))
 
   def batch_spec(self, batch_size: int) -> jax.ShapeDtypeStruct:
     m = self.config.model

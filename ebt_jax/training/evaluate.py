@@ -9,9 +9,6 @@ present, not by the kind.
 
 from __future__ import annotations
 
-from ebt_jax.tasks.text import perplexity  # noqa: F401 (re-exported for the reports)
-
-
 _PER_STEP = ("psnr_steps", "pixel_mse_steps", "energy_steps", "smooth_l1_steps", "mse_steps")
 
 

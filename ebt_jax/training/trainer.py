@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from ebt_jax.checkpoint.manager import Checkpointer, CheckpointError
 from ebt_jax.errors import ConfigError
 from ebt_jax.training import evaluate as eval_lib
+from ebt_jax.tasks.text import perplexity
 from ebt_jax.training import flops as flops_lib
 from ebt_jax.training import metrics as metrics_lib
 from ebt_jax.training import program as program_lib
@@ -87,9 +88,9 @@ class Summary:
       if "ce_steps" not in r:
         continue
       if len(r["ce_steps"]) == 1 and "energy_steps" not in r:   # the Transformer++ baseline
-        lines.append(f"{split} perplexity: {eval_lib.perplexity(r['ce_steps'][0]):.5g}")
+        lines.append(f"{split} perplexity: {perplexity(r['ce_steps'][0]):.5g}")
         continue
-      per_step = "  ".join(f"step {k}: {eval_lib.perplexity(ce):.5g}"
+      per_step = "  ".join(f"step {k}: {perplexity(ce):.5g}"
                            for k, ce in enumerate(r["ce_steps"], 1))
       lines.append(f"{split} perplexity by thinking step: {per_step}")
     lines.append(f"Checkpoints: {self.workdir}/checkpoints   Metrics: {self.workdir}/"
