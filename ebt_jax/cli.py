@@ -424,10 +424,59 @@ def _cmd_import_torch(args, overrides):
 
 
 def _cmd_compile_report(args, overrides):
-  from ebt_jax.training import memory
+  if args.topology is None:
+    for flag, value in (("--num-slices", args.num_slices), ("--program", args.program),
+                        ("--hbm-gib", args.hbm_gib), ("--json", args.json)):
+      if value is not None:
+        raise ConfigError(f"{flag}: only with --topology")
+    from ebt_jax.training import memory
+    config, _ = load_config_file(args.config)
+    apply_overrides(config, overrides)
+    print(memory.compile_report(config).table())
+    return
+  from ebt_jax.tools import compile_report
+  topology, config = _topology_and_config(args, overrides)
+  report = compile_report.compile_report(config, topology, program=args.program or "train",
+                                         hbm_bytes=_hbm_bytes(args))
+  _print_and_write(report.table(), report.to_json(), args.json)
+
+
+def _cmd_plan(args, overrides):
+  from ebt_jax.tools import plan
+  topology, config = _topology_and_config(args, overrides)
+  remats = plan.REMAT_CHOICES if args.remat is None else tuple(args.remat.split(","))
+  result = plan.plan(config, topology, global_batch=args.global_batch,
+                     time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
+                     log=lambda line: print(line, file=sys.stderr))
+  _print_and_write(result.table(), result.to_json(), args.json)
+
+
+def _topology_and_config(args, overrides):
+  """The --topology (its environment set before JAX starts a backend) and the config."""
+  from ebt_jax.parallel import topology
+  parsed = topology.parse(args.topology, args.num_slices or 1)
+  topology.prepare_environment(parsed)
   config, _ = load_config_file(args.config)
   apply_overrides(config, overrides)
-  print(memory.compile_report(config).table())
+  return parsed, config
+
+
+def _hbm_bytes(args) -> int | None:
+  if args.hbm_gib is None:
+    return None
+  check(args.hbm_gib > 0, "--hbm-gib", "a number of GiB > 0", args.hbm_gib)
+  return int(args.hbm_gib * 2**30)
+
+
+def _print_and_write(table: str, as_json: dict, path: str | None) -> None:
+  """The table, and with --json FILE the figures as JSON (FILE `-`: the JSON instead)."""
+  if path == "-":
+    print(json.dumps(as_json, indent=2))
+    return
+  print(table)
+  if path:
+    Path(path).write_text(json.dumps(as_json, indent=2))
+    print(f"Wrote {path}")
 
 
 def _cmd_plot(args, overrides):
@@ -567,14 +616,42 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(fn=_cmd_import_torch)
 
   p = sub.add_parser("compile-report", help="compile a config's train step for these devices "
-                     "and print its memory per device, without running it", **with_config)
+                     "(or a TPU slice's, --topology) and print its memory per device, without "
+                     "running it", **with_config)
   p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+  _add_topology_flags(p)
+  p.add_argument("--program", choices=("train", "think", "generate"), default=None,
+                 help="with --topology: the program compiled (default train)")
   p.set_defaults(fn=_cmd_compile_report)
+
+  p = sub.add_parser("plan", help="compile candidate layouts (mesh x remat) for a TPU slice and "
+                     "rank them; prints the overrides selecting the best", **with_config)
+  p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+  _add_topology_flags(p, required=True)
+  p.add_argument("--global-batch", type=int, help="sequences per step (default "
+                 "train.batch_size)")
+  p.add_argument("--time-budget", type=float, default=600.0, help="seconds of compiling; "
+                 "layouts past it are listed, not compiled (default 600)")
+  p.add_argument("--remat", help="comma-separated model.remat values to try (default "
+                 "none,dots,full; more remat only where less does not fit)")
+  p.set_defaults(fn=_cmd_plan)
 
   p = sub.add_parser("plot", help="PNG plots of a run's curves and thinking")
   p.add_argument("workdir")
   p.set_defaults(fn=_cmd_plot)
   return parser
+
+
+def _add_topology_flags(p, required: bool = False) -> None:
+  p.add_argument("--topology", required=required, help="a TPU slice to compile for without "
+                 "TPUs (needs ebt_jax[tpu]): v4:AxBxC, v5e:AxB, v5p:AxBxC, v6e:AxB, e.g. "
+                 "v5e:16x16 (v5e-256)")
+  p.add_argument("--num-slices", type=int, default=None, help="with --topology: that many "
+                 "slices joined by the data-centre network (data parallel across them)")
+  p.add_argument("--hbm-gib", type=float, default=None, help="with --topology: HBM per chip "
+                 "to fit in (default the chip's: v4 32, v5e 16, v5p 95, v6e 32)")
+  p.add_argument("--json", help="with --topology: also write the figures to this JSON file "
+                 "(- prints the JSON instead of the table)")
 
 
 def _version() -> str:
@@ -586,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   if overrides and args.command not in ("train", "prepare", "import-torch", "compile-report",
-                                        "eval", "think", "generate", "bench", "sweep-inner"):
+                                        "eval", "think", "generate", "bench", "sweep-inner", "plan"):
     parser.error(f"unrecognized arguments: {' '.join(overrides)}")
   from ebt_jax.checkpoint.manager import CheckpointError
   from ebt_jax.checkpoint.torch_file import TorchFileError

@@ -3,6 +3,11 @@
 import os
 import tempfile
 
+# Tests run on CPU. With libtpu installed (the [tpu] extra, for the compile-report tests), a
+# JAX start-up would otherwise look for TPUs and the TPU metadata server first.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
 # Tests spend most of their time in XLA compiling tiny second-order programs; the LLVM back
 # end's cheapest optimisation level compiles them about a third faster. HLO-level
 # optimisation (fusion, layout, algebraic simplification) is unaffected. (The CPU back

@@ -11,6 +11,7 @@ import math
 
 import jax
 import ml_collections
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from ebt_jax.errors import ConfigError
@@ -37,7 +38,18 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  """The mesh over `devices` (default all). Devices of several TPU slices (multi-slice,
+  joined by the data-centre network) split `data` across slices: the data axis's
+  gradient all-reduce is the only traffic that crosses the slow network, once a step."""
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  if shape[0] % slices:
+    raise ConfigError(f"mesh.data: expected a multiple of the {slices} slices (data "
+                      f"parallelism crosses slices), got {shape[0]}")
+  ici_shape = (shape[0] // slices, *shape[1:])
+  grid = mesh_utils.create_hybrid_device_mesh(ici_shape, (slices, 1, 1), devices)
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)

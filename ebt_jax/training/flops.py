@@ -23,9 +23,14 @@ def device_peak_flops(config: ml_collections.ConfigDict) -> float | None:
   devices = jax.devices()
   if per_device:
     return per_device * 1e12 * len(devices)
-  kind = devices[0].device_kind
-  bf16 = config.model.dtype in ("bfloat16", "float16")
+  per_device = peak_per_device(devices[0].device_kind, config.model.dtype)
+  return None if per_device is None else per_device * len(devices)
+
+
+def peak_per_device(device_kind: str, dtype: str) -> float | None:
+  """Peak FLOP/s of one device of `device_kind` for a model in `dtype`; None if unknown."""
+  bf16 = dtype in ("bfloat16", "float16")
   for name, (bf16_peak, f32_peak) in DEVICE_PEAKS.items():
-    if name in kind:
-      return (bf16_peak if bf16 else f32_peak) * len(devices)
+    if name in device_kind:
+      return bf16_peak if bf16 else f32_peak
   return None

@@ -1,0 +1,212 @@
+"""`ebt compile-report --topology v5e:16x16`: a config's sharded program compiled for a TPU
+slice that is not here, with XLA's figures per chip.
+
+    pip install "ebt_jax[tpu]"
+    ebt compile-report --config configs/ebt_s1.py:small --topology v5e:16x16 \\
+        [--num-slices 2] [--program train|think|generate] [--json report.json]
+
+The program is the one a run on that slice compiles (`ebt_jax.training.program`: mesh,
+shardings, donation) over libtpu's compile-only devices (`ebt_jax.parallel.topology`).
+Programs: `train` (one training step), `think` (the evaluation step: System 2 thinking on
+a batch), `generate` (KV-cached generation of context/2 tokens after a context/2 prompt,
+text EBTs). Per chip it reports
+* memory: XLA's memory analysis against the chip's HBM, and whether it fits;
+* FLOPs and bytes accessed from XLA's cost analysis of the partitioned program, and
+  compiled FLOPs x chips over the analytic model FLOPs (ebt_jax/tasks/flops.py; train only):
+  above 1 is recomputation (remat, the second-order backward), below 1 work the cost
+  analysis does not see (it counts a loop body once);
+* the XLA cost model's step time, and from it tokens/s per chip and MFU: estimates of
+  the compiler's model, not measurements, and labelled so everywhere;
+* the collectives in the compiled HLO by kind: instructions (a loop body's count once)
+  and the bytes of their results per chip.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import re
+import time
+
+import jax
+import ml_collections
+
+from ebt_jax.errors import ConfigError
+from ebt_jax.inference import generate
+from ebt_jax.parallel import mesh as mesh_lib, sharding
+from ebt_jax.parallel import topology as topology_lib
+from ebt_jax.training import flops as flops_lib
+from ebt_jax.training import memory
+from ebt_jax.training import program as program_lib
+
+PROGRAMS = ("train", "think", "generate")
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+ESTIMATE = "estimate (XLA cost model)"
+
+# An HLO instruction whose opcode is a collective (sync, or the start of an async one).
+_COLLECTIVE = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(?P<type>.+?)\s(?P<op>"
+                         + "|".join(COLLECTIVES) + r")(?P<start>-start)?\(", re.M)
+_ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\]")
+
+
+def _array_bytes(hlo_type: str) -> list[int]:
+  out = []
+  for dtype, dims in _ARRAY.findall(hlo_type):
+    bits = re.match(r"[a-z]+(\d+)", dtype)
+    size = 1
+    for d in filter(None, dims.split(",")):
+      size *= int(d)
+    out.append(size * (int(bits.group(1)) // 8 if bits else 1) if dtype != "token" else 0)
+  return out
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+  """{kind: {"count", "bytes"}} of the collective instructions in compiled HLO text.
+
+  Bytes are each instruction's result per device. An async all-reduce starts with its
+  results' shape; other async starts hold their operands, then their results, then scalar
+  contexts: the results are the second half of the arrays once the scalars are dropped.
+  """
+  out = {kind: collections.Counter() for kind in COLLECTIVES}
+  for m in _COLLECTIVE.finditer(hlo_text):
+    sizes = _array_bytes(m.group("type"))
+    if m.group("start") and m.group("op") != "all-reduce":
+      arrays = [s for s, (_, dims) in zip(sizes, _ARRAY.findall(m.group("type"))) if dims]
+      sizes = arrays[len(arrays) // 2:] if len(arrays) > 1 else arrays
+    out[m.group("op")].update(count=1, bytes=sum(sizes))
+  return {kind: {"count": c["count"], "bytes": c["bytes"]} for kind, c in out.items()}
+
+
+@dataclasses.dataclass
+class TopologyReport:
+  topology: str
+  program: str
+  memory: memory.MemoryReport     # per chip, device_limit_bytes the chip's HBM
+  xla_flops: float                # per chip
+  xla_bytes_accessed: float       # per chip
+  optimal_seconds: float | None   # the XLA cost model's step time (None: it gave none)
+  tokens_per_step: int
+  peak_flops: float | None        # per chip
+  collectives: dict
+
+  @property
+  def num_chips(self) -> int:
+    return self.memory.num_devices
+
+  @property
+  def flops_ratio(self) -> float | None:
+    model = self.memory.model_flops_per_step
+    return self.xla_flops * self.num_chips / model if model else None
+
+  @property
+  def tokens_per_s_per_chip(self) -> float | None:
+    if not self.optimal_seconds:
+      return None
+    return self.tokens_per_step / self.optimal_seconds / self.num_chips
+
+  @property
+  def mfu(self) -> float | None:
+    model = self.memory.model_flops_per_step
+    if not (model and self.optimal_seconds and self.peak_flops):
+      return None
+    return model / (self.optimal_seconds * self.num_chips * self.peak_flops)
+
+  def to_json(self) -> dict:
+    m = self.memory
+    return {
+        "topology": self.topology, "program": self.program, "device_kind": m.device_kind,
+        "num_chips": self.num_chips, "mesh": m.mesh, "compile_s": m.compile_s,
+        "memory_per_chip": {"argument_bytes": m.argument_bytes, "output_bytes": m.output_bytes,
+                            "alias_bytes": m.alias_bytes, "temp_bytes": m.temp_bytes,
+                            "peak_bytes": m.peak_bytes, "hbm_bytes": m.device_limit_bytes,
+                            "fits": m.fits},
+        "xla_flops_per_chip": self.xla_flops, "xla_bytes_accessed_per_chip":
+            self.xla_bytes_accessed, "model_flops_per_step": m.model_flops_per_step,
+        "compiled_over_model_flops": self.flops_ratio, "tokens_per_step": self.tokens_per_step,
+        "peak_flops_per_chip": self.peak_flops,
+        "estimate": {"source": ESTIMATE, "step_seconds": self.optimal_seconds,
+                     "tokens_per_s_per_chip": self.tokens_per_s_per_chip, "mfu": self.mfu},
+        "collectives": self.collectives,
+    }
+
+  def table(self) -> str:
+    m = self.memory
+    gib = memory.GiB
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)
+    lines = [m.table().replace(f"{m.num_devices} x {m.device_kind}",
+                               f"{self.topology} ({m.num_devices} x {m.device_kind})")]
+    lines += [
+        f"  XLA FLOPs per chip {self.xla_flops:.4g}, bytes accessed per chip "
+        f"{self.xla_bytes_accessed / gib:.3f} GiB; compiled x chips / model FLOPs "
+        f"{fmt(self.flops_ratio, '.3f')}",
+        f"  step time {fmt(self.optimal_seconds, '.4g')} s, "
+        f"{fmt(self.tokens_per_s_per_chip, '.4g')} tokens/s per chip, MFU "
+        f"{fmt(self.mfu and 100 * self.mfu, '.1f')} %: {ESTIMATE}",
+        "  collectives (instructions in the compiled HLO, result bytes per chip):"]
+    lines += [f"    {kind:<20} {c['count']:6d}   {c['bytes'] / gib:10.4f} GiB"
+              for kind, c in self.collectives.items()]
+    return "\n".join(lines)
+
+
+def _lowerable(program: program_lib.Program, which: str):
+  """(jitted function, abstract sharded args, tokens per call, analytic model FLOPs)."""
+  config, task = program.config, program.task
+  B = config.train.batch_size
+  tokens = B * task.tokens_per_example()
+  if which == "train":
+    return program.train_step, memory.train_step_args(program), tokens, task.flops(B)
+  state = program.abstract_sharded_state()
+  key = jax.eval_shape(task.eval_key)
+  key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=program.replicated)
+  if which == "think":
+    batch = memory.train_step_args(program)[1]
+    return program.eval_step, (state.params, batch, key), tokens, None
+  if not task.thinks_over_tokens:
+    raise ConfigError(f"--program generate: needs a text EBT, got {task.describe()}")
+  S = config.model.context_length
+  prompt_shape = (B, S // 2)
+  sampling = generate.Sampling(max_new_tokens=S - S // 2)
+  fn = jax.jit(lambda p, prompt, k: generate.generate(p, prompt, task, k, sampling).tokens,
+               in_shardings=(program.state_shardings.params, sharding.batch_sharding(
+                   program.mesh, prompt_shape, program.rules), program.replicated))
+  prompt = jax.ShapeDtypeStruct(prompt_shape, jax.numpy.int32)
+  return fn, (state.params, prompt, key), B * sampling.max_new_tokens, None
+
+
+@functools.cache
+def _devices(topology: topology_lib.Topology) -> list:
+  return topology_lib.devices(topology)
+
+
+def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
+                   program: str = "train", hbm_bytes: int | None = None) -> TopologyReport:
+  """Compiles `program` of `config` for `topology`'s chips; `hbm_bytes` replaces the
+  generation's HBM per chip (headroom, or a test's small chip)."""
+  if program not in PROGRAMS:
+    raise ConfigError(f"--program: expected one of {', '.join(PROGRAMS)}, got {program!r}")
+  devices = _devices(topology)
+  prog = program_lib.build(config, mesh_lib.make_mesh(config.mesh, devices))
+  fn, args, tokens, model_flops = _lowerable(prog, program)
+  t0 = time.perf_counter()
+  with prog.context():
+    compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  seconds = cost.get("optimal_seconds")
+  kind = devices[0].device_kind
+  peak = config.train.get("peak_tflops")
+  peak = peak * 1e12 if peak else flops_lib.peak_per_device(kind, config.model.dtype)
+  mem = memory.MemoryReport.of(
+      compiled, device_kind=kind, num_devices=len(devices), mesh=dict(prog.mesh.shape),
+      device_limit_bytes=hbm_bytes or topology.spec.hbm_bytes, compile_s=compile_s,
+      model_flops_per_step=model_flops, program=f"{program.capitalize()} program")
+  return TopologyReport(
+      topology=topology.describe(), program=program, memory=mem,
+      xla_flops=float(cost.get("flops", 0.0)),
+      xla_bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+      # Multi-slice programs get a negative figure: the model has no data-centre network.
+      optimal_seconds=seconds if seconds and seconds > 0 else None,
+      tokens_per_step=tokens, peak_flops=peak,
+      collectives=collectives(compiled.as_text()))
+

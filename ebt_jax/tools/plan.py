@@ -1,0 +1,198 @@
+"""`ebt plan --config F --topology T`: the layout (mesh x remat) to train a config on a TPU
+slice, chosen by compiling the candidates for that slice (ebt_jax/tools/compile_report.py).
+
+    ebt plan --config configs/ebt_s1.py:medium --topology v5p:4x4x4 \\
+        [--global-batch 1024] [--time-budget 600] [--remat none,dots,full]
+
+Candidates are the (data, fsdp, tensor) factorizations of the chip count, pruned before
+compiling: tensor must divide the attention heads (it splits them), fsdp must divide the
+model width (it splits parameters along it; otherwise they stay replicated), data x fsdp
+must divide the global batch (both split it), data must be a multiple of the slices
+(multi-slice traffic is data parallel). Every mesh compiles without remat first; remat
+trades compute for memory, so the next remat (dots, then full) compiles only where the
+previous one does not fit. Candidates run from the most sharded state (all fsdp) to the
+least, and once the next compile would overrun the time budget the rest are listed as not
+compiled. The table ranks layouts that fit by the XLA cost model's step time (an
+estimate), and the last line gives the overrides selecting the best.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import ml_collections
+
+from ebt_jax.errors import ConfigError, check
+from ebt_jax.parallel import topology as topology_lib
+from ebt_jax.tasks.base import REMAT_CHOICES
+from ebt_jax.tools import compile_report
+from ebt_jax.training import memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  data: int
+  fsdp: int
+  tensor: int
+  remat: str
+
+  def overrides(self) -> list[str]:
+    return [f"--config.mesh.data={self.data}", f"--config.mesh.fsdp={self.fsdp}",
+            f"--config.mesh.tensor={self.tensor}", f"--config.model.remat={self.remat}"]
+
+
+@dataclasses.dataclass
+class Candidate:
+  layout: Layout
+  report: compile_report.TopologyReport | None = None
+  error: str | None = None       # the compile failed (one line)
+
+  @property
+  def fits(self) -> bool:
+    return self.report is not None and bool(self.report.memory.fits)
+
+  def rank_key(self):
+    r = self.report
+    return (not self.fits, r is None, (r and r.optimal_seconds) or float("inf"),
+            r.memory.peak_bytes if r else 0)
+
+
+@dataclasses.dataclass
+class Plan:
+  topology: str
+  global_batch: int
+  hbm_bytes: int
+  candidates: list[Candidate]         # compiled (or failed), ranked
+  pruned: dict[str, list[str]]        # reason -> meshes skipped before compiling
+  not_compiled: list[Layout]          # over the time budget
+  elapsed_s: float
+
+  @property
+  def best(self) -> Candidate | None:
+    return self.candidates[0] if self.candidates and self.candidates[0].fits else None
+
+  def overrides(self) -> list[str]:
+    return self.best.layout.overrides() + [f"--config.train.batch_size={self.global_batch}"]
+
+  def table(self) -> str:
+    gib = memory.GiB
+    lines = [f"ebt plan on {self.topology}: global batch {self.global_batch}, "
+             f"{self.hbm_bytes / gib:.1f} GiB HBM per chip, {len(self.candidates)} layouts "
+             f"compiled in {self.elapsed_s:.0f} s; step time, tokens/s and MFU are "
+             f"{compile_report.ESTIMATE}",
+             f"  {'#':>3} {'data':>5} {'fsdp':>5} {'tensor':>6} {'remat':>6} {'fits':>5} "
+             f"{'GiB/chip':>9} {'step s':>10} {'MFU %':>7} {'tok/s/chip':>11}"]
+    for i, c in enumerate(self.candidates, 1):
+      lay, r = c.layout, c.report
+      head = f"  {i:>3} {lay.data:>5} {lay.fsdp:>5} {lay.tensor:>6} {lay.remat:>6}"
+      if r is None:
+        lines.append(f"{head}  failed: {c.error}")
+        continue
+      num = lambda v, f, scale=1: "n/a" if v is None else format(v * scale, f)
+      lines.append(f"{head} {'yes' if c.fits else 'NO':>5} {r.memory.peak_bytes / gib:9.2f} "
+                   f"{num(r.optimal_seconds, '10.4g')} {num(r.mfu, '7.1f', 100)} "
+                   f"{num(r.tokens_per_s_per_chip, '11.4g')}")
+    for reason, meshes in self.pruned.items():
+      lines.append(f"  skipped {len(meshes)} mesh{'es' if len(meshes) > 1 else ''} "
+                   f"(data x fsdp x tensor) {', '.join(meshes[:6])}"
+                   f"{' ...' if len(meshes) > 6 else ''}: {reason}")
+    if self.not_compiled:
+      lines.append(f"  not compiled, over the time budget: {len(self.not_compiled)} layouts ("
+                   + ", ".join(f"{l.data}x{l.fsdp}x{l.tensor} {l.remat}"
+                               for l in self.not_compiled[:6])
+                   + (" ..." if len(self.not_compiled) > 6 else "") + ")")
+    if self.best is None:
+      lines.append("No compiled layout fits: more chips, a smaller batch, or a larger "
+                   "--time-budget for the layouts not compiled.")
+    else:
+      lines.append("Best: " + " ".join(self.overrides()))
+    return "\n".join(lines)
+
+  def to_json(self) -> dict:
+    return {"topology": self.topology, "global_batch": self.global_batch,
+            "hbm_bytes": self.hbm_bytes, "elapsed_s": self.elapsed_s,
+            "best_overrides": self.overrides() if self.best else None,
+            "candidates": [{**dataclasses.asdict(c.layout), "fits": c.fits, "error": c.error,
+                            "report": c.report and c.report.to_json()}
+                           for c in self.candidates],
+            "pruned": self.pruned,
+            "not_compiled": [dataclasses.asdict(l) for l in self.not_compiled]}
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slices: int,
+                     global_batch: int) -> tuple[list[tuple[int, int, int]], dict]:
+  """(data, fsdp, tensor) meshes worth compiling, most fsdp first, and the pruned ones by
+  reason."""
+  m = config.model
+  keep, pruned = [], collections.defaultdict(list)
+  for tensor in _divisors(num_chips):
+    for fsdp in reversed(_divisors(num_chips // tensor)):
+      data = num_chips // tensor // fsdp
+      reason = (
+          f"tensor must divide model.n_heads={m.n_heads}" if m.n_heads % tensor else
+          f"fsdp must divide model.dim={m.dim}" if m.dim % fsdp else
+          f"data x fsdp must divide the global batch {global_batch}"
+          if global_batch % (data * fsdp) else
+          f"data must be a multiple of the {num_slices} slices" if data % num_slices else None)
+      if reason:
+        pruned[reason].append(f"{data}x{fsdp}x{tensor}")
+      else:
+        keep.append((data, fsdp, tensor))
+  return keep, dict(pruned)
+
+
+def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
+         global_batch: int | None = None, time_budget_s: float | None = None,
+         remats=REMAT_CHOICES, hbm_bytes: int | None = None,
+         log=print) -> Plan:
+  for r in remats:
+    check(r in REMAT_CHOICES, "--remat", f"a comma-separated subset of {REMAT_CHOICES}", r)
+  # Least memory saved (and compute spent) first: none, dots (keeps matmul outputs), full.
+  remats = tuple(sorted(set(remats), key=lambda r: {"none": 0, "dots": 1}.get(r, 2)))
+  batch = global_batch or config.train.batch_size
+  check(isinstance(batch, int) and batch >= 1, "--global-batch", "a positive integer", batch)
+  check(time_budget_s is None or time_budget_s > 0, "--time-budget", "seconds > 0",
+        time_budget_s)
+  hbm = hbm_bytes or topology.spec.hbm_bytes
+  meshes, pruned = candidate_meshes(config, topology.num_chips, topology.num_slices, batch)
+  if not meshes:
+    raise ConfigError(f"--topology {topology.describe()}: no mesh of {topology.num_chips} "
+                      f"chips suits this config ({'; '.join(pruned)})")
+  t0 = time.perf_counter()
+  done, not_compiled, compile_times = [], [], []
+  for i, (data, fsdp, tensor) in enumerate(meshes):
+    for remat in remats:
+      layout = Layout(data, fsdp, tensor, remat)
+      elapsed = time.perf_counter() - t0
+      expected = max(compile_times) if compile_times else 0.0
+      if time_budget_s is not None and elapsed + expected > time_budget_s:
+        not_compiled.append(layout)
+        break
+      log(f"[{i + 1}/{len(meshes)}] compiling data={data} fsdp={fsdp} tensor={tensor} "
+          f"remat={remat}")
+      c = config.copy_and_resolve_references()
+      c.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
+      c.model.remat = remat
+      c.train.batch_size = batch
+      start = time.perf_counter()
+      try:
+        candidate = Candidate(layout, compile_report.compile_report(c, topology,
+                                                                    hbm_bytes=hbm))
+      except ConfigError as e:
+        candidate = Candidate(layout, error=str(e))
+      except Exception as e:     # an XLA failure of one layout (e.g. out of memory in
+        # compilation) must not lose the others' results
+        candidate = Candidate(layout, error=f"{type(e).__name__}: {str(e).splitlines()[0]}")
+      compile_times.append(time.perf_counter() - start)
+      done.append(candidate)
+      if candidate.fits:
+        break        # more remat only costs compute
+  done.sort(key=Candidate.rank_key)
+  return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
+              time.perf_counter() - t0)

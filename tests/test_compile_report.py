@@ -1,0 +1,145 @@
+"""TPU compile report and layout planner, compiled for compile-only TPU devices (libtpu,
+the [tpu] extra; skipped without it): figures against plain formulas, the planner's choice
+where the default layout does not fit, multi-slice meshes, the HLO collective count, and
+one-line errors for bad topologies."""
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from ebt_jax import cli
+from ebt_jax.errors import ConfigError
+from ebt_jax.parallel import mesh as mesh_lib, topology
+from ebt_jax.tools import compile_report, plan
+
+pytest.importorskip("libtpu", reason="needs the [tpu] extra: pip install -e '.[dev,tpu]'")
+
+# One attention head (tensor parallelism has nothing to split), one layer, width 16.
+OVERRIDES = ["--config.model.dim=16", "--config.model.n_layers=1", "--config.model.n_heads=1",
+             "--config.model.vocab_size=16", "--config.model.context_length=8",
+             "--config.thinking.num_steps=1", "--config.train.batch_size=4"]
+V5E_PEAK = 197e12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tpu_env():
+  # What `ebt compile-report --topology` sets, undone after this module so later tests'
+  # subprocesses do not inherit it.
+  with pytest.MonkeyPatch.context() as mp:
+    for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
+                        ("TPU_WORKER_HOSTNAMES", "localhost")):
+      mp.setenv(name, value)
+    yield
+
+
+def tiny_config():
+  config, _ = cli.load_config_file("tiny_cpu")
+  cli.apply_overrides(config, OVERRIDES)
+  return config
+
+
+@pytest.fixture(scope="module")
+def cli_report(tmp_path_factory):
+  """`ebt compile-report --topology v5e:2x2 --json F` on the default layout: (table, JSON)."""
+  path = tmp_path_factory.mktemp("report") / "report.json"
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    rc = cli.main(["compile-report", "--config", "tiny_cpu", *OVERRIDES,
+                   "--topology", "v5e:2x2", "--json", str(path)])
+  assert rc == 0
+  return out.getvalue(), json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_report_figures(cli_report):
+  table, r = cli_report
+  config = tiny_config()
+  mem = r["memory_per_chip"]
+  assert (r["topology"], r["num_chips"], r["device_kind"]) == ("v5e:2x2", 4, "TPU v5 lite")
+  assert r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert mem["hbm_bytes"] == 16 * 2**30 and mem["fits"] is True
+  assert mem["argument_bytes"] > 0 and mem["output_bytes"] > 0
+  assert mem["peak_bytes"] == (mem["argument_bytes"] + mem["temp_bytes"] + mem["output_bytes"]
+                               - mem["alias_bytes"])
+  flops, seconds = r["model_flops_per_step"], r["estimate"]["step_seconds"]
+  assert flops > 0 and r["xla_flops_per_chip"] > 0 and r["xla_bytes_accessed_per_chip"] > 0
+  assert seconds > 0 and r["estimate"]["source"] == "estimate (XLA cost model)"
+  assert r["compiled_over_model_flops"] == pytest.approx(4 * r["xla_flops_per_chip"] / flops)
+  tokens = config.train.batch_size * config.model.context_length
+  assert r["tokens_per_step"] == tokens
+  assert r["estimate"]["tokens_per_s_per_chip"] == pytest.approx(tokens / seconds / 4)
+  assert r["estimate"]["mfu"] == pytest.approx(flops / (seconds * 4 * V5E_PEAK))
+  # Data parallelism over 4 chips: the gradients are all-reduced, nothing is gathered.
+  assert r["collectives"]["all-reduce"]["count"] >= 1
+  assert r["collectives"]["all-reduce"]["bytes"] > 0
+  assert r["collectives"]["all-gather"]["count"] == 0
+  assert "estimate (XLA cost model)" in table and "v5e:2x2 (4 x TPU v5 lite)" in table
+  assert "device memory 16.000 GiB: fits" in table
+
+
+@pytest.mark.slow
+# The test process keeps its compilation cache (the CLI turns it off before JAX starts), and
+# the replicated layout compiled again here is found there but cannot be loaded.
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
+def test_plan_shards_what_does_not_fit_replicated(cli_report):
+  """On chips one byte short of the replicated layout, the planner picks an FSDP layout."""
+  default_peak = cli_report[1]["memory_per_chip"]["peak_bytes"]
+  result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
+                     hbm_bytes=default_peak - 1, log=lambda line: None)
+  by_layout = {(c.layout.data, c.layout.fsdp, c.layout.tensor): c for c in result.candidates}
+  assert set(by_layout) == {(1, 4, 1), (2, 2, 1), (4, 1, 1)}
+  replicated = by_layout[(4, 1, 1)]
+  assert replicated.report.memory.peak_bytes == default_peak and not replicated.fits
+  best = result.best
+  assert best is not None and best.fits and best.layout.fsdp > 1
+  assert best.report.memory.peak_bytes < default_peak
+  assert result.candidates[0] is best and not result.candidates[-1].fits
+  # one head: tensor parallelism (2 or 4 ways) is pruned before compiling
+  assert result.pruned == {"tensor must divide model.n_heads=1": ["1x2x2", "2x1x2", "1x1x4"]}
+  table = result.table()
+  assert table.splitlines()[-1] == "Best: " + " ".join(
+      [f"--config.mesh.data={best.layout.data}", f"--config.mesh.fsdp={best.layout.fsdp}",
+       "--config.mesh.tensor=1", "--config.model.remat=none", "--config.train.batch_size=4"])
+
+
+def test_multislice_mesh_puts_slices_on_data():
+  devices = topology.devices(topology.parse("v5e:2x2", num_slices=2))
+  config = tiny_config()
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert [d.slice_index for d in mesh.devices[:, 0, 0]] == [0] * 4 + [1] * 4
+  config.mesh.update(data=1, fsdp=8)
+  with pytest.raises(ConfigError, match="mesh.data: expected a multiple of the 2 slices"):
+    mesh_lib.make_mesh(config.mesh, devices)
+
+
+def test_collectives_from_hlo_text():
+  hlo = """
+  %all-gather.1 = bf16[128,16]{0,1:T(8,128)(2,1)} all-gather(%p.0), dimensions={1}
+  %ags = (bf16[8]{0}, bf16[32]{0}) all-gather-start(%p.1), dimensions={0}
+  %agd = bf16[32]{0} all-gather-done(%ags)
+  %ars = (f32[2]{0}, f32[8,4]{1,0}) all-reduce-start(%a, %b), to_apply=%add
+  %ard = (f32[2]{0}, f32[8,4]{1,0}) all-reduce-done(%ars)
+  %cps = (s32[4,4]{1,0}, s32[4,4]{1,0}, u32[], u32[]) collective-permute-start(%x)
+  ROOT %rs = f32[4]{0} reduce-scatter(%y), dimensions={0}
+  %not = f32[4]{0} add(%all-gather.1, %y)
+  """
+  got = compile_report.collectives(hlo)
+  assert got == {"all-gather": {"count": 2, "bytes": 128 * 16 * 2 + 32 * 2},
+                 "reduce-scatter": {"count": 1, "bytes": 4 * 4},
+                 "all-reduce": {"count": 1, "bytes": (2 + 8 * 4) * 4},
+                 "all-to-all": {"count": 0, "bytes": 0},
+                 "collective-permute": {"count": 1, "bytes": 4 * 4 * 4}}
+
+
+@pytest.mark.parametrize("name,message", [
+    ("v5e:4x4x4", "--topology: expected one of v4:NxNxN, v5e:NxN, v5p:NxNxN, v6e:NxN"),
+    ("tpu:2x2", "--topology: expected one of"),
+    ("v5e:3x3", "--topology v5e:3x3: INVALID_ARGUMENT"),      # libtpu has no such slice
+])
+def test_bad_topology_is_one_line(name, message, capsys):
+  assert cli.main(["compile-report", "--config", "tiny_cpu", "--topology", name]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and message in err, err
