@@ -1,5 +1,5 @@
 """The `ebt` command line: train | eval | think | generate | bench | sweep-inner | prepare |
-import-torch | compile-report | plot.
+import-torch | compile-report | scale | plot.
 
 Configs are Python files defining `get_config()` (a path, or the name of a file in
 `configs/`, e.g. `--config tiny_cpu`), with a variant after a colon where the file has
@@ -479,6 +479,27 @@ def _print_and_write(table: str, as_json: dict, path: str | None) -> None:
     print(f"Wrote {path}")
 
 
+def _cmd_scale(args, overrides):
+  from ebt_jax.commands import scale
+  study, _ = load_config_file(args.config)
+  apply_overrides(study, overrides)
+
+  def make_config(point_overrides):
+    config, _ = load_config_file(study.base)
+    apply_overrides(config, point_overrides)
+    return config
+
+  if args.print_commands:
+    for point in scale.plan(study, args.workdir, make_config):
+      if not scale.is_finished(point):
+        print(scale.train_command(study, point))
+    return
+  report = scale.run_study(study, args.workdir, make_config, train=not args.aggregate_only)
+  print(report.table())
+  for path in scale.write_outputs(report, args.workdir, args.json):
+    print(f"Wrote {path}")
+
+
 def _cmd_plot(args, overrides):
   from ebt_jax.training import plots
   for path in plots.plot_workdir(args.workdir):
@@ -636,6 +657,20 @@ def build_parser() -> argparse.ArgumentParser:
                  "none,dots,full; more remat only where less does not fit)")
   p.set_defaults(fn=_cmd_plan)
 
+  p = sub.add_parser("scale", help="scaling study of the EBT against the same-size "
+                     "Transformer++: train a grid of runs, fit power laws (table, JSON, PNGs)",
+                     **with_config)
+  p.add_argument("--config", required=True, help="a study config, e.g. scale:cpu "
+                 "(configs/scale.py); it names the base run config and the grid")
+  p.add_argument("--workdir", required=True, help="study folder: one run directory per point")
+  p.add_argument("--json", help="also write the fits to this JSON file (always: "
+                 "WORKDIR/scale.json)")
+  p.add_argument("--print-commands", action="store_true", help="print an `ebt train` command "
+                 "per unfinished point (for a launcher) and stop")
+  p.add_argument("--aggregate-only", action="store_true", help="train nothing: fit the "
+                 "finished runs found in WORKDIR")
+  p.set_defaults(fn=_cmd_scale)
+
   p = sub.add_parser("plot", help="PNG plots of a run's curves and thinking")
   p.add_argument("workdir")
   p.set_defaults(fn=_cmd_plot)
@@ -663,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   if overrides and args.command not in ("train", "prepare", "import-torch", "compile-report",
-                                        "eval", "think", "generate", "bench", "sweep-inner", "plan"):
+                                        "eval", "think", "generate", "bench", "sweep-inner", "plan",
+                                        "scale"):
     parser.error(f"unrecognized arguments: {' '.join(overrides)}")
   from ebt_jax.checkpoint.manager import CheckpointError
   from ebt_jax.checkpoint.torch_file import TorchFileError

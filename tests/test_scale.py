@@ -1,0 +1,153 @@
+"""`ebt scale`: the power-law fits against synthetic curves of known exponents, and the
+`micro` study end to end through the CLI: runs started elsewhere (by its printed commands),
+a killed point that resumes, finished points left alone, aggregation and outputs."""
+
+import contextlib
+import io
+import json
+import shlex
+
+import numpy as np
+import pytest
+
+from ebt_jax import cli
+from ebt_jax.commands import powerlaw
+from ebt_jax.training import metrics as metrics_lib
+
+REPEATS = 200
+
+
+def test_t_quantiles_match_the_table():
+  for df, want in ((1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042)):
+    assert powerlaw.t_quantile(0.975, df) == pytest.approx(want, abs=1e-3)
+  assert powerlaw.t_quantile(0.995, 7) == pytest.approx(3.499, abs=1e-3)
+
+
+def test_pure_law_recovers_exponents_and_its_intervals_cover_them():
+  x = np.geomspace(1e3, 1e8, 6)
+  exact = powerlaw.fit(x, 3.0 * x ** -0.25)
+  assert exact.pure.b == pytest.approx(0.25, abs=1e-10)
+  assert exact.pure.a == pytest.approx(3.0, rel=1e-9)
+  rng = np.random.default_rng(0)
+  covered, ratio_covered = 0, 0
+  for _ in range(REPEATS):
+    ebt = powerlaw.fit(x, 3.0 * x ** -0.25 * np.exp(0.02 * rng.normal(size=x.size)))
+    base = powerlaw.fit(x, 2.0 * x ** -0.2 * np.exp(0.02 * rng.normal(size=x.size)))
+    lo, hi = ebt.pure.b_ci
+    covered += lo <= 0.25 <= hi
+    _, (rlo, rhi) = powerlaw.ratio(ebt.pure, base.pure)
+    ratio_covered += rlo <= 1.25 <= rhi
+  # 95% intervals: the binomial spread over 200 repeats is about +-3%.
+  assert 0.90 <= covered / REPEATS <= 0.99
+  assert 0.88 <= ratio_covered / REPEATS <= 0.995
+
+
+def test_offset_law_is_chosen_where_there_is_a_floor_and_covers_its_exponent():
+  x = np.geomspace(1e2, 1e6, 8)
+  rng = np.random.default_rng(1)
+  chosen, covered, repeats = 0, 0, REPEATS // 2
+  for _ in range(repeats):
+    f = powerlaw.fit(x, (2.0 * x ** -0.4 + 1.2) * np.exp(0.002 * rng.normal(size=x.size)))
+    if f.offset is not None:
+      chosen += 1
+      covered += f.offset.b_ci[0] <= 0.4 <= f.offset.b_ci[1]
+      assert f.offset.c == pytest.approx(1.2, rel=0.05)
+  assert chosen >= 0.95 * repeats
+  assert covered >= 0.85 * chosen
+  # Without a floor the offset law rarely beats the straight line (F test at 5%).
+  pure_chosen = sum(powerlaw.fit(x, 3.0 * x ** -0.1 * np.exp(0.01 * rng.normal(size=x.size)))
+                    .offset is None for _ in range(repeats))
+  assert pure_chosen >= 0.85 * repeats
+  assert powerlaw.fit(x[:3], 2.0 * x[:3] ** -0.4 + 1.2).offset is None   # too few points
+
+
+def _cli(*argv) -> str:
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert cli.main(list(argv)) == 0
+  return out.getvalue()
+
+
+def _mtime(path):
+  return path.stat().st_mtime_ns
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  """The micro study: the Transformer++ trained elsewhere from its printed command, the EBT
+  killed at step 4 of 8 (its printed command, stopped early), then `ebt scale` twice."""
+  root = tmp_path_factory.mktemp("scale")
+  base = ("scale", "--config", "scale:micro", "--workdir", str(root))
+  commands = _cli(*base, "--print-commands").strip().splitlines()
+  transformer, ebt = root / "data" / "transformer", root / "data" / "ebt"
+  by_dir = {shlex.split(c)[shlex.split(c).index("--workdir") + 1]: c for c in commands}
+  _cli(*shlex.split(by_dir[str(transformer)])[1:])
+  _cli(*shlex.split(by_dir[str(ebt)])[1:], "--config.train.num_steps=4")
+  out = {"commands": commands,
+         "unfinished": _cli(*base, "--print-commands").strip().splitlines(),
+         "aggregated": json.loads(open(_cli_json(base, root, "agg.json", "--aggregate-only"))
+                                  .read())}
+  before = {"transformer": _mtime(transformer / "metrics.jsonl")}
+  out["first"] = _cli(*base)
+  before["ebt"] = _mtime(ebt / "metrics.jsonl")
+  out["after_first"] = dict(before)
+  out["second"] = _cli(*base, "--json", str(root / "out.json"))
+  out["mtimes"] = {"transformer": _mtime(transformer / "metrics.jsonl"),
+                   "ebt": _mtime(ebt / "metrics.jsonl")}
+  out["root"] = root
+  return out
+
+
+def _cli_json(base, root, name, *flags):
+  _cli(*base, *flags, "--json", str(root / name))
+  return root / name
+
+
+def _eval_losses(workdir, key):
+  return {r["step"]: r[key] for r in metrics_lib.history(metrics_lib.read_metrics(workdir))
+          if key in r}
+
+
+@pytest.mark.slow
+def test_print_commands_lists_unfinished_points_only(study):
+  assert len(study["commands"]) == 2 and all(c.startswith("ebt train --config tiny_cpu ")
+                                             for c in study["commands"])
+  assert len(study["unfinished"]) == 1 and "data/ebt" in study["unfinished"][0]
+
+
+@pytest.mark.slow
+def test_aggregate_only_reads_runs_started_elsewhere(study):
+  agg = study["aggregated"]["axes"]["data"]["models"]
+  root = study["root"]
+  want = _eval_losses(root / "data" / "transformer", "eval/ce_step_1")
+  assert agg["transformer"]["loss"] == [want[s] for s in (2, 4, 6, 8)]
+  assert agg["transformer"]["x"] == [s * 4 * 16 for s in (2, 4, 6, 8)]   # batch x context
+  assert agg["ebt"]["loss"] == [] and study["aggregated"]["missing"] == ["data/ebt"]
+
+
+@pytest.mark.slow
+def test_killed_point_resumes_and_finished_points_are_not_retrained(study):
+  first = study["first"]
+  assert "1 of 2 points finished; training 1." in first
+  assert "Resuming" in first and "from step 4." in first
+  assert study["mtimes"]["transformer"] == study["after_first"]["transformer"]
+  assert "2 of 2 points finished; training 0." in study["second"]
+  assert study["mtimes"]["ebt"] == study["after_first"]["ebt"]
+
+
+@pytest.mark.slow
+def test_study_outputs_fit_the_runs(study):
+  root = study["root"]
+  report = json.loads((root / "out.json").read_text())
+  assert report == json.loads((root / "scale.json").read_text())
+  assert (root / "plots" / "data.png").stat().st_size > 0
+  data = report["axes"]["data"]
+  losses = _eval_losses(root / "data" / "ebt", "eval/ce_step_2")   # the last thinking step
+  assert data["models"]["ebt"]["loss"] == [losses[s] for s in (2, 4, 6, 8)]
+  fits = {}
+  for model, curve in data["models"].items():
+    fits[model] = powerlaw.fit(curve["x"], curve["loss"])
+    assert curve["fit"]["pure"]["b"] == pytest.approx(fits[model].pure.b, rel=1e-12)
+  r, _ = powerlaw.ratio(fits["ebt"].pure, fits["transformer"].pure)
+  assert data["rate_ratio_first_to_second"]["value"] == pytest.approx(r, rel=1e-12)
+  assert "data   ebt" in study["second"] and "rate ratio (1st/2nd)" in study["second"]
