@@ -151,3 +151,25 @@ def test_study_outputs_fit_the_runs(study):
   r, _ = powerlaw.ratio(fits["ebt"].pure, fits["transformer"].pure)
   assert data["rate_ratio_first_to_second"]["value"] == pytest.approx(r, rel=1e-12)
   assert "data   ebt" in study["second"] and "rate ratio (1st/2nd)" in study["second"]
+
+
+def test_paper_grid_plans_every_axis_and_bad_axes_are_one_line_errors(tmp_path, capsys):
+  commands = _cli("scale", "--config", "scale:paper", "--workdir", str(tmp_path),
+                  "--print-commands").strip().splitlines()
+  workdirs = [shlex.split(c)[shlex.split(c).index("--workdir") + 1] for c in commands]
+  names = sorted(w[len(str(tmp_path)) + 1:] for w in workdirs)
+  values = {"data": [""], "params": ["-d128l2h2", "-d256l4h4", "-d384l6h6", "-d384l12h6",
+                                     "-d768l12h12"],
+            "depth": ["-l2", "-l4", "-l6", "-l8", "-l12"],
+            "batch": ["-b64", "-b128", "-b256", "-b512", "-b1024"]}
+  assert names == sorted(f"{axis}/{model}{v}" for axis, vs in values.items() for v in vs
+                         for model in ("ebt", "transformer"))
+  small = next(c for c in commands if "params/transformer-d768l12h12" in c)
+  assert small.startswith("ebt train --config ebt_s1:xxs ") and small.endswith(
+      "--config.model.kind=transformer --config.model.ebt_type=default --config.model.dim=768 "
+      "--config.model.n_layers=12 --config.model.n_heads=12")
+  assert cli.main(["scale", "--config", "scale:micro", "--workdir", str(tmp_path),
+                   "--config.axes=data,size"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == ("ebt scale: error: --config.axes: expected axes from ('data', 'params', "
+                 "'depth', 'batch', 'flops'), got 'size'")
