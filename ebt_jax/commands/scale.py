@@ -11,7 +11,8 @@ config is the base config plus `--config.<setting>` overrides: exactly what the 
 `ebt train` command builds. Axes (`axes`):
 * data: one run per model, evaluated at `data_steps` (the run's eval interval is their
   gcd); x = tokens seen (step x batch x context);
-* params: the `sizes` ladder of (width, depth, heads); x = parameter count;
+* params: the `sizes` ladder of (width, depth, heads); x = parameter count (all of them,
+  embeddings and heads included);
 * depth: `depths` at the base width; x = layers;
 * batch: `batch_sizes` at the base size and step count; x = batch size;
 * flops: no runs of its own; the evaluations of the params runs at their training FLOPs
