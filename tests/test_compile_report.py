@@ -29,7 +29,8 @@ def tpu_env():
   # subprocesses do not inherit it.
   with pytest.MonkeyPatch.context() as mp:
     for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
-                        ("TPU_WORKER_HOSTNAMES", "localhost")):
+                        ("TPU_WORKER_HOSTNAMES", "localhost"),
+                        ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
       mp.setenv(name, value)
     yield
 

@@ -82,7 +82,9 @@ def prepare_environment(topology: Topology) -> None:
 
   CPU is the only backend this process runs on (so no TPU is looked for); libtpu skips
   the metadata server and is told an accelerator type and worker, which it would
-  otherwise look up and warn about. Values a TPU VM already set are kept. The persistent
+  otherwise look up and warn about, and may be loaded by several processes at once (it
+  takes a lock file meant for processes sharing chips; compile-only devices are nobody's).
+  Values a TPU VM already set are kept. The persistent
   compilation cache is off: compile-only executables cannot be read back (there is no
   TPU client to load them into), so a cached one would only warn.
   """
@@ -91,6 +93,7 @@ def prepare_environment(topology: Topology) -> None:
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{spec.accelerator}-{cores}")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   if not xla_bridge.backends_are_initialized():
     jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])

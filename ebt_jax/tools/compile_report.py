@@ -175,7 +175,8 @@ def _lowerable(program: program_lib.Program, which: str):
 
 
 @functools.cache
-def _devices(topology: topology_lib.Topology) -> list:
+def topology_devices(topology: topology_lib.Topology) -> list:
+  """The topology's compile-only devices, made once per process."""
   return topology_lib.devices(topology)
 
 
@@ -185,7 +186,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
   generation's HBM per chip (headroom, or a test's small chip)."""
   if program not in PROGRAMS:
     raise ConfigError(f"--program: expected one of {', '.join(PROGRAMS)}, got {program!r}")
-  devices = _devices(topology)
+  devices = topology_devices(topology)
   prog = program_lib.build(config, mesh_lib.make_mesh(config.mesh, devices))
   fn, args, tokens, model_flops = _lowerable(prog, program)
   t0 = time.perf_counter()

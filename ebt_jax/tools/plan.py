@@ -164,6 +164,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   if not meshes:
     raise ConfigError(f"--topology {topology.describe()}: no mesh of {topology.num_chips} "
                       f"chips suits this config ({'; '.join(pruned)})")
+  compile_report.topology_devices(topology)   # a topology error stops here, as one line
   t0 = time.perf_counter()
   done, not_compiled, compile_times = [], [], []
   for i, (data, fsdp, tensor) in enumerate(meshes):
