@@ -1,5 +1,5 @@
 """The `ebt` command line: train | eval | think | generate | bench | sweep-inner | prepare |
-import-torch | compile-report | scale | plot.
+import-torch | export-torch | compile-report | scale | plot.
 
 Configs are Python files defining `get_config()` (a path, or the name of a file in
 `configs/`, e.g. `--config tiny_cpu`), with a variant after a colon where the file has
@@ -289,6 +289,8 @@ def _cmd_eval(args, overrides):
     return _eval_continuous(args, overrides)
   if args.ddim_steps is not None:
     raise ConfigError("--ddim-steps: only for image runs (a DiT, or an image EBT's --baseline)")
+  if args.downstream:
+    return _eval_downstream(args, overrides)
   from ebt_jax.commands import evaluation
   report = evaluation.evaluate_system2(
       args.workdir, thinking_steps=_int_list("--thinking-steps", args.thinking_steps),
@@ -296,6 +298,32 @@ def _cmd_eval(args, overrides):
       stop_thresholds=_float_list("--stop-thresholds", args.stop_thresholds),
       num_batches=args.batches, batch_size=args.batch_size,
       overrides=_inference_overrides(args, overrides))
+  print(report.table())
+  results = report.as_json()
+  config = runs.load_config(args.workdir)
+  if config.data.ood_suites:
+    from ebt_jax.commands import shift
+    gain = shift.gain_report(report, config)
+    results["system2_gain"] = gain.as_json()
+    print(gain.table())
+    plot = gain.plot(Path(args.workdir) / "plots" / "shift_gain.png")
+    if plot:
+      print(f"Wrote {plot}")
+  if args.json:
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"Wrote {args.json}")
+
+
+def _eval_downstream(args, overrides):
+  """`ebt eval --downstream TASK=PATH,...` of a text EBT run (commands/downstream.py)."""
+  from ebt_jax.commands import downstream
+  from ebt_jax.data.downstream import parse_spec
+  report = downstream.evaluate_downstream(
+      args.workdir, parse_spec(args.downstream),
+      thinking_steps=_int_list("--thinking-steps", args.thinking_steps),
+      best_of=_int_list("--best-of", args.best_of) or [1], baseline=args.baseline,
+      batch_size=args.batch_size, limit=args.downstream_limit,
+      max_new_tokens=args.downstream_new_tokens, overrides=_inference_overrides(args, overrides))
   print(report.table())
   if args.json:
     Path(args.json).write_text(json.dumps(report.as_json(), indent=2))
@@ -305,7 +333,8 @@ def _cmd_eval(args, overrides):
 def _eval_continuous(args, overrides):
   """`ebt eval` of an image EBT, DiT or latent EBT run (commands/image_eval.py)."""
   from ebt_jax.commands import image_eval
-  for flag, value in (("--best-of", args.best_of), ("--stop-thresholds", args.stop_thresholds)):
+  for flag, value in (("--best-of", args.best_of), ("--stop-thresholds", args.stop_thresholds),
+                      ("--downstream", args.downstream)):
     if value is not None:
       raise ConfigError(f"{flag}: only for text EBT runs")
   report = image_eval.evaluate_workdir(
@@ -410,17 +439,37 @@ def _cmd_prepare(args, overrides):
 def _cmd_import_torch(args, overrides):
   from ebt_jax.checkpoint.torch_file import TorchFileError
   from ebt_jax.training import runs
-  config = None
+  config, hparams, gpus = None, None, 1
+  if args.config and args.job_script:
+    raise ConfigError("--config, --job-script: give one of them (or neither, for a .ckpt)")
   if args.config:
     config, _ = load_config_file(args.config)
     apply_overrides(config, overrides)
+  if args.job_script:
+    from ebt_jax import official_hparams
+    hparams, gpus = official_hparams.parse_job_script(_read_text("--job-script", args.job_script))
   try:
-    out = runs.import_torch_checkpoint(args.checkpoint, args.out, config)
+    out = runs.import_torch_checkpoint(args.checkpoint, args.out, config, hparams=hparams,
+                                       num_devices=gpus or 1, log=print)
   except (ConfigError, TorchFileError) as e:
     if str(args.checkpoint) in str(e):
       raise
     raise type(e)(f"{args.checkpoint}: {e}") from None
   print(f"Imported {args.checkpoint} into {out}; evaluate with: ebt eval --workdir {out}")
+
+
+def _read_text(flag: str, path) -> str:
+  try:
+    return Path(path).read_text()
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{flag}: cannot read {path} ({type(e).__name__})") from None
+
+
+def _cmd_export_torch(args, overrides):
+  from ebt_jax.training import runs
+  out, step = runs.export_torch_checkpoint(args.workdir, args.out)
+  print(f"Wrote {out}: step {step} of {args.workdir} as an official Lightning checkpoint "
+        f"(state_dict + hyper_parameters)")
 
 
 def _cmd_compile_report(args, overrides):
@@ -569,6 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=None, help="sequences per batch "
                  "(default train.batch_size)")
   p.add_argument("--json", help="also write the results to this JSON file")
+  p.add_argument("--downstream", help="text EBT: instead of the table, downstream tasks from "
+                 "local files, e.g. gsm8k=test.jsonl,arc=ARC-Challenge.parquet (tasks: gsm8k, "
+                 "squad, arc, lambada, elementary_math_qa, dyck_languages, matrixshapes)")
+  p.add_argument("--downstream-limit", type=int, help="first N examples of each task file")
+  p.add_argument("--downstream-new-tokens", type=int, default=32, help="tokens generated per "
+                 "answer for exact match / F1 (0: no generation)")
   _add_inference_flags(p)
   p.set_defaults(fn=_cmd_eval)
 
@@ -633,8 +688,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("checkpoint", help="a Lightning .ckpt or a .pt state_dict")
   p.add_argument("--config", help="config of the model, a file or bundled name, optionally "
                  "NAME:VARIANT (default: from the .ckpt's hparams)")
+  p.add_argument("--job-script", help="for a bare state_dict: the official job script (.sh) "
+                 "whose train_model.py flags built it (GPU count from its #SBATCH lines)")
   p.add_argument("--out", required=True, help="run directory to create")
   p.set_defaults(fn=_cmd_import_torch)
+
+  p = sub.add_parser("export-torch", help="write a run's newest checkpoint as an official "
+                     "Lightning .ckpt (official names, layouts and flags; no torch needed)")
+  p.add_argument("--workdir", required=True, help="run directory")
+  p.add_argument("--out", required=True, help="the .ckpt file to write")
+  p.set_defaults(fn=_cmd_export_torch)
 
   p = sub.add_parser("compile-report", help="compile a config's train step for these devices "
                      "(or a TPU slice's, --topology) and print its memory per device, without "

@@ -2,7 +2,8 @@
 
 Every official flag name falls in exactly one of four groups:
 
-* mapped: converted to a config field (`_MAPPED`);
+* mapped: converted to a config field (`_MAPPED`; the text EBT's advanced inference flags
+  `_ADVANCED_INFERENCE` to `config.inference` when `infer_ebt_advanced` is on);
 * plumbing: logging, wandb, dataloader workers, devices, data locations, debugging;
   accepted and ignored (`_PLUMBING`);
 * other modalities / unused features: accepted while they hold the official default
@@ -23,6 +24,8 @@ differs).
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from typing import Any, Callable
 
 import ml_collections
@@ -59,9 +62,6 @@ vit_backbone_dim save_generation_logs_dir num_gpus
 # name -> the value(s) this project reproduces; other values cannot be honoured yet.
 _MUST_BE_DEFAULT: dict[str, tuple] = {
     # Features of the official NLP EBT not implemented here yet.
-    "sharpen_predicted_distribution": (0, 0.0),
-    "soften_target_prob_dist": (0, 0.0),
-    "normalize_initial_condition_only_first_step": (False,),
     "ebt_norm": ("rms",),
     "ebt_act_func": ("silu",),
     "learnable_process_memory": (False,),
@@ -74,7 +74,6 @@ _MUST_BE_DEFAULT: dict[str, tuple] = {
     "finetuning_model_ckpt": (None, ""),
     "optimizer": ("adamw",),
     "lr_scaling_rule": (False,),
-    "infer_ebt_advanced": (False,),
     # Other modalities' flags: harmless at their defaults.
     "vit_backbone_size": ("base",), "backbone_type": ("dinov2",),
     "time_between_frames": (1, 1.0), "sampling_rate": (0, 0.0), "use_raw_framerate": (False,),
@@ -95,7 +94,15 @@ _MUST_BE_DEFAULT: dict[str, tuple] = {
 # faithful while that feature is off), e.g. the replay buffer's size.
 _ONLY_WITH_DISABLED_FEATURE = frozenset("""
 dyt_alpha_init energy_loss_hinge energy_loss_fn embeddings_distance_fn
-scale_cosine_sim_decay infer_ebt_num_steps infer_ebt_override_alpha infer_generated_samples
+scale_cosine_sim_decay
+""".split())
+
+# The text EBT's advanced inference (`infer_ebt_advanced`, its `ebt_advanced_inference`):
+# mapped to `config.inference` by `_advanced_inference` when that flag is on; without it
+# the official code evaluates with its plain forward (validation's steps: this project's
+# inference defaults), whatever these say.
+_ADVANCED_INFERENCE = frozenset("""
+infer_ebt_advanced infer_ebt_num_steps infer_ebt_override_alpha infer_generated_samples
 infer_langevin_dynamics_noise infer_langevin_first_step infer_energy_sampling_technique
 infer_accept_lower_energies infer_steps_final_landscape infer_alpha_final_landscape
 """.split())
@@ -106,12 +113,25 @@ infer_accept_lower_energies infer_steps_final_landscape infer_alpha_final_landsc
 _UNREAD_BY_TEXT_MODEL = frozenset({"no_langevin_during_eval"})
 
 
-def _model_name(value):
-  kinds = {"ebt": "ebt", "baseline_transformer": "transformer"}
-  if value not in kinds:
-    raise ConfigError(
-        f"model_name: expected one of {sorted(kinds)} (text models), got {value!r}")
-  return kinds[value]
+# (modality, official model_name) -> the config's model kind. Absent modality means NLP (text
+# checkpoints and dicts always name it; the official argparse default is VID).
+_KINDS = {("NLP", "ebt"): "ebt", ("NLP", "baseline_transformer"): "transformer",
+          ("IMG", "ebt"): "image_ebt", ("IMG", "dit"): "dit", ("VID", "ebt"): "latent_ebt"}
+_KIND_FLAGS = ("modality", "model_name", "image_task")
+
+
+def _kind(hparams: dict) -> str:
+  modality, name = hparams.get("modality", "NLP"), hparams["model_name"]
+  if modality not in ("NLP", "IMG", "VID"):
+    raise ConfigError(f"modality: expected 'NLP', 'IMG' or 'VID', got {modality!r}")
+  if modality == "IMG" and hparams.get("image_task", "t2i") != "denoising":
+    raise ConfigError(f"image_task: {hparams.get('image_task', 't2i')!r} (text-to-image, the "
+                      f"official default) is not a task of this project yet; 'denoising' is")
+  if (modality, name) not in _KINDS:
+    known = sorted(n for m, n in _KINDS if m == modality)
+    raise ConfigError(f"model_name: expected one of {known} for modality {modality!r} (the "
+                      f"models this project has), got {name!r}")
+  return _KINDS[modality, name]
 
 
 def _initial_condition(value):
@@ -129,18 +149,10 @@ def _precision(value):
   return dtypes[value]
 
 
-def _modality(value):  # absent means NLP: only text models take a vocab_size
-  if value != "NLP":
-    raise ConfigError(f"modality: expected 'NLP' (the text EBT), got {value!r}")
-  return value
-
-
 _identity: Callable[[Any], Any] = lambda v: v
 
 # official name -> (config path, converter); path None = checked only.
 _MAPPED: dict[str, tuple[str | None, Callable]] = {
-    "modality": (None, _modality),
-    "model_name": ("model.kind", _model_name),
     "vocab_size": ("model.vocab_size", int),
     "embedding_dim": ("model.dim", int),
     "num_transformer_blocks": ("model.n_layers", int),
@@ -179,7 +191,40 @@ _MAPPED: dict[str, tuple[str | None, Callable]] = {
     "mcmc_replay_buffer": ("thinking.replay_buffer", bool),
     "mcmc_replay_buffer_size": ("thinking.replay_buffer_size", int),
     "mcmc_replay_buffer_sample_bs_percent": ("thinking.replay_buffer_sample_fraction", float),
+    "soften_target_prob_dist": ("thinking.soften_target", float),
+    "sharpen_predicted_distribution": ("thinking.sharpen", float),
+    "normalize_initial_condition_only_first_step": ("thinking.normalize_first_step_only", bool),
 }
+
+
+def _advanced_inference(c: ml_collections.ConfigDict, h: dict, kind: str) -> None:
+  """The official advanced inference's flags -> `c.inference` (official defaults in `h`)."""
+  if not h["infer_ebt_advanced"]:
+    return
+  if kind != "ebt":
+    raise ConfigError(f"infer_ebt_advanced: the text EBT's advanced inference (this is a "
+                      f"{kind} run)")
+  i, n = c.inference, int(h["infer_ebt_num_steps"])
+  if n < 1 and c.model.ebt_type != "default":
+    raise ConfigError(f"infer_ebt_num_steps: expected a positive integer (the official code "
+                      f"takes no steps on a landscape with {n}), got {n}")
+  # 1 (the official default) and, for a default EBT, anything below 2 mean its fallback.
+  i.thinking_steps = 0 if n <= 1 else n
+  i.step_count = "final_landscape" if h["infer_steps_final_landscape"] else "per_landscape"
+  i.step_size_final_landscape = bool(h["infer_alpha_final_landscape"])
+  alpha = float(h["infer_ebt_override_alpha"])
+  if alpha < 0:
+    raise ConfigError(f"infer_ebt_override_alpha: expected a number >= 0, got {alpha}")
+  if alpha >= 1:
+    i.step_size = alpha
+  elif alpha > 0:
+    i.step_size_scale = alpha
+  i.best_of = int(h["infer_generated_samples"])
+  i.select = str(h["infer_energy_sampling_technique"])
+  noise = float(h["infer_langevin_dynamics_noise"])
+  i.langevin_noise = noise if noise != 0 else -1.0   # 0: the trained std
+  i.langevin_first_step_only = bool(h["infer_langevin_first_step"])
+  i.accept_lower = bool(h["infer_accept_lower_energies"])
 
 _MAPPED_TRAIN: dict[str, tuple[str, Callable]] = {
     "peak_learning_rate": ("optimizer.peak_lr", float),
@@ -193,6 +238,58 @@ _MAPPED_TRAIN: dict[str, tuple[str, Callable]] = {
     "gradient_clip_val": ("optimizer.grad_clip", float),
     "max_steps": ("train.num_steps", int),
 }
+
+
+def _square_image(value) -> int:
+  sizes = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+  if len(sizes) not in (1, 2) or sizes[0] != sizes[-1]:
+    raise ConfigError(f"image_dims: expected a square size (the official models assert it), "
+                      f"got {value!r}")
+  return sizes[0]
+
+
+def _ddim(value):
+  if not value:
+    raise ConfigError("use_deterministic_reverse: this project's DiT evaluates by DDIM (the "
+                      "official flag on); DDPM sampling with the learned variance is not here")
+  return value
+
+
+# Flags of the image (IMG) and video (VID) models, mapped for that modality only (for
+# text they are in _MUST_BE_DEFAULT). The video flags about the frozen encoder's input
+# (frame rate, pixel normalisation, SD-VAE scaling, image size) describe how the latents
+# were made: this project reads latents (`data.source=latent_npy`), so they are data.
+_MAPPED_BY_MODALITY: dict[str, dict[str, tuple[str | None, Callable]]] = {
+    "IMG": {
+        "patch_size": ("model.patch_size", int),
+        "image_dims": ("model.image_size", _square_image),
+        "diffusion_steps": ("denoise.diffusion_steps", int),
+        "denoise_images_noise_level": ("denoise.noise_level", float),
+        "randomize_denoise_images_noise_level": ("denoise.randomize_noise_level", bool),
+        "no_langevin_during_eval": ("thinking.no_langevin_during_eval", bool),
+        "infer_recurse_diffusion_n_times": ("inference.recurse_diffusion", int),
+        "infer_increase_steps": ("inference.increase_steps", int),
+        "context_length": (None, _identity),   # unread by the image models
+    },
+    "VID": {
+        "no_langevin_during_eval": ("thinking.no_langevin_during_eval", bool),
+        "infer_video_condition_frames": ("inference.video_condition_frames", int),
+        "backbone_type": (None, str), "vit_backbone_size": (None, str),   # model.latent_dim
+        "image_dims": (None, _identity), "time_between_frames": (None, _identity),
+        "sampling_rate": (None, _identity), "use_raw_framerate": (None, _identity),
+        "vae_normalization": (None, _identity), "sdxl_vae_standardization": (None, _identity),
+        "custom_image_normalization": (None, _identity), "preprocess_data": (None, _identity),
+        "crop_all_samples": (None, _identity),
+    },
+}
+# The DiT's reverse process (the EBT never reads it).
+_MAPPED_BY_KIND = {"dit": {"use_deterministic_reverse": (None, _ddim)},
+                   "image_ebt": {"use_deterministic_reverse": (None, _identity)}}
+# The official video EBT's latent width: the SD VAE's 4 x 28 x 28 (hard-coded there), or
+# DINOv2's feature width, which also sets embedding_dim (no down projection).
+VAE_LATENT_DIM = 3136
+DINO_DIMS = {"small": 384, "base": 768, "large": 1024, "giant": 1536}
+_DATA_SOURCES = {"image_ebt": "image_folder", "dit": "image_folder", "latent_ebt": "latent_npy"}
 _BATCH = ("batch_size_per_device", "accumulate_grad_batches")
 _SIZE = ("model_size", "override_embedding_dim", "override_transformer_blocks")
 
@@ -214,12 +311,23 @@ OFFICIAL_DEFAULTS = {
     "clamp_futures_grad": False, "clamp_futures_grad_max_change": 9.0,
     "clamp_max_after_warm_up": 0.0, "absolute_clamp": 0.0, "reconstruction_coeff": 1.0,
     "contrastive_loss": False, "contrastive_loss_coeff": 0.0005,
+    "soften_target_prob_dist": 0.0, "sharpen_predicted_distribution": 0.0,
+    "normalize_initial_condition_only_first_step": False, "infer_ebt_advanced": False,
+    "infer_ebt_num_steps": 1, "infer_ebt_override_alpha": 0.0, "infer_generated_samples": 1,
+    "infer_energy_sampling_technique": "min", "infer_langevin_dynamics_noise": 0.0,
+    "infer_langevin_first_step": False, "infer_accept_lower_energies": False,
+    "infer_steps_final_landscape": False, "infer_alpha_final_landscape": False,
     "discrete_contrastive_loss_true_logit_val": 0.0, "mcmc_replay_buffer": False,
     "mcmc_replay_buffer_size": 192, "mcmc_replay_buffer_sample_bs_percent": 0.5,
     "peak_learning_rate": 0.02, "weight_decay": 0.01,
     "beta1": 0.9, "beta2": 0.999, "min_lr_scale": 10, "warm_up_steps": 10000,
     "warm_up_base_lr_divider": -1, "max_scheduling_steps": -1, "gradient_clip_val": 1.0,
     "max_steps": 1000000, "batch_size_per_device": 2, "accumulate_grad_batches": 1, "gpus": "-1",
+    "patch_size": 8, "image_dims": [224, 224], "diffusion_steps": 1000,
+    "denoise_images_noise_level": 1, "randomize_denoise_images_noise_level": False,
+    "no_langevin_during_eval": False, "infer_recurse_diffusion_n_times": 0,
+    "infer_increase_steps": 0, "infer_video_condition_frames": 3, "backbone_type": "dinov2",
+    "vit_backbone_size": "base", "use_deterministic_reverse": False,
 }
 
 
@@ -247,13 +355,24 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
   every GPU of the job). Unknown names and values this project cannot honour raise
   `ConfigError` naming the flag.
   """
-  if "vocab_size" not in hparams:
+  kind = _kind(hparams)
+  modality = hparams.get("modality", "NLP")
+  if modality == "NLP" and "vocab_size" not in hparams:
     raise ConfigError("vocab_size: required (the official code reads it from its "
                                  "tokenizer, which this project does not download)")
   hparams = {**OFFICIAL_DEFAULTS, **hparams}
   c = config_lib.base_config()
+  c.model.kind = kind
+  here = {**_MAPPED_BY_MODALITY.get(modality, {}), **_MAPPED_BY_KIND.get(kind, {})}
   for name, value in hparams.items():
-    if name in _MAPPED:
+    if name in _KIND_FLAGS:
+      pass
+    elif name in here:
+      path, convert = here[name]
+      converted = convert(value)
+      if path is not None:
+        _set(c, path, converted)
+    elif name in _MAPPED:
       path, convert = _MAPPED[name]
       converted = convert(value)
       if path is not None:
@@ -267,6 +386,7 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
             f"{name}: this project cannot honour {value!r} yet (supported: "
             f"{', '.join(repr(v) for v in _MUST_BE_DEFAULT[name])})")
     elif name in _PLUMBING or name in _ONLY_WITH_DISABLED_FEATURE or name in _BATCH \
+        or name in _ADVANCED_INFERENCE \
         or name in _SIZE or name in _UNREAD_BY_TEXT_MODEL:
       pass
     else:
@@ -283,6 +403,18 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
     c.model.dim = int(hparams["override_embedding_dim"])
   if hparams["override_transformer_blocks"] > 0:
     c.model.n_layers = int(hparams["override_transformer_blocks"])
+  if modality == "VID":
+    if hparams["backbone_type"] == "vae":
+      c.model.latent_dim = VAE_LATENT_DIM
+    elif hparams["backbone_type"] == "dinov2" and hparams["vit_backbone_size"] in DINO_DIMS:
+      c.model.dim = c.model.latent_dim = DINO_DIMS[hparams["vit_backbone_size"]]
+    else:
+      raise ConfigError(f"backbone_type/vit_backbone_size: expected 'vae', or 'dinov2' with one "
+                        f"of {sorted(DINO_DIMS)}, got {hparams['backbone_type']!r}/"
+                        f"{hparams['vit_backbone_size']!r}")
+  if kind in _DATA_SOURCES:
+    c.data.source = _DATA_SOURCES[kind]
+  _advanced_inference(c, hparams, kind)
   devices = _device_count(hparams, num_devices)
   c.train.batch_size = (int(hparams["batch_size_per_device"]) *
                         int(hparams["accumulate_grad_batches"]) * devices)
@@ -290,3 +422,150 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
   c.thinking.replay_buffer_groups = devices
   tasks.build(c)   # validates
   return c
+
+
+# --- config -> official flags (for `ebt export-torch`) --------------------------------------
+_INVERSE = {   # official name -> config value -> flag value, where not the value itself
+    "no_mcmc_detach": lambda v: not v,
+    "float_precision": lambda v: {"float32": "32-true", "bfloat16": "bf16-mixed",
+                                  "float16": "16-mixed", "float64": "64-true"}[v],
+    "image_dims": lambda v: [v, v],
+    "max_scheduling_steps": lambda v: -1 if v is None else v,
+}
+# Config values the official models cannot take (their code hard-codes these).
+_OFFICIAL_ONLY = {"model.norm_eps": 1e-5, "model.rope_theta": 10000.0,
+                  "thinking.inner_optimizer": "gd"}
+
+
+def to_official_hparams(c: ml_collections.ConfigDict) -> dict:
+  """The official flags that build `c`'s model and training (what an official Lightning
+  checkpoint keeps as `hyper_parameters`): `from_official_hparams` of the result gives back
+  every mapped field. Widths are explicit (`model_size` ""); the global batch is written
+  per GPU over `thinking.replay_buffer_groups` GPUs (one replay buffer each, as the
+  official code keeps). A config the official code cannot build raises `ConfigError`."""
+  kind = tasks.build(c).name   # validates
+  (modality, model_name), = [key for key, value in _KINDS.items() if value == kind]
+  for path, value in _OFFICIAL_ONLY.items():
+    section, field = path.split(".")
+    if c[section][field] != value:
+      raise ConfigError(f"{path}: the official code has only {value!r}, got "
+                        f"{c[section][field]!r}")
+  flags = {"modality": modality, "model_name": model_name, "model_size": "",
+           "override_embedding_dim": 0, "override_transformer_blocks": 0}
+  here = {**_MAPPED_BY_MODALITY.get(modality, {}), **_MAPPED_BY_KIND.get(kind, {})}
+  for name, (path, _) in {**_MAPPED, **_MAPPED_TRAIN, **here}.items():
+    if path is not None and (modality == "NLP" or name != "vocab_size"):
+      section, field = path.split(".")
+      flags[name] = _INVERSE.get(name, lambda v: v)(c[section][field])
+  if modality == "IMG":
+    flags["image_task"] = "denoising"
+    if c.model.image_channels != 3:
+      raise ConfigError(f"model.image_channels: the official denoising models take RGB (3), "
+                        f"got {c.model.image_channels}")
+    if kind == "dit":
+      if not c.model.learn_sigma:
+        raise ConfigError("model.learn_sigma: the official DiT always learns the variance (True)")
+      flags["use_deterministic_reverse"] = True
+  if modality == "NLP":
+    if kind == "ebt" and c.thinking.grad_wrt != "probs":
+      raise ConfigError(f"thinking.grad_wrt: the official text EBT steps on probabilities "
+                        f"('probs'), got {c.thinking.grad_wrt!r}")
+  if modality == "VID":
+    dino = {dim: size for size, dim in DINO_DIMS.items()}
+    if c.model.latent_dim == VAE_LATENT_DIM:
+      flags["backbone_type"] = "vae"
+    elif c.model.latent_dim == c.model.dim and c.model.dim in dino:
+      flags.update(backbone_type="dinov2", vit_backbone_size=dino[c.model.dim])
+    else:
+      raise ConfigError(f"model.latent_dim: the official video EBT reads SD-VAE latents "
+                        f"({VAE_LATENT_DIM}) or DINOv2 features (latent_dim == dim, one of "
+                        f"{sorted(dino)}), got {c.model.latent_dim} at dim {c.model.dim}")
+  groups = c.thinking.replay_buffer_groups
+  if c.train.batch_size % groups:
+    raise ConfigError(f"train.batch_size: {c.train.batch_size} does not split over "
+                      f"thinking.replay_buffer_groups={groups} GPUs")
+  flags.update(batch_size_per_device=c.train.batch_size // groups, accumulate_grad_batches=1,
+               num_gpus=groups, gpus=str(groups))
+  return flags
+
+# --- official job scripts ------------------------------------------------------------------
+# The scripts (job_scripts/**/*.sh) set a few shell variables, then run
+# `python train_model.py --flag value ...`; SLURM reads its resources from `#SBATCH`
+# comments. The expansions they use are resolved here (plain `${V}`, array elements
+# `${V[${SLURM_ARRAY_TASK_ID}]}`, `${V%%-*}`, `${V#*-}`, `${V:+word}`); a variable the
+# script does not set (a data directory) stays literal.
+_EXPANSION = re.compile(r"\$\{(\w+)(?:\[\$\{?SLURM_ARRAY_TASK_ID\}?\])?(%%-\*|#\*-|:\+[^}]*)?\}")
+
+
+def _expand(text: str, variables: dict, index: int) -> str:
+  def one(match):
+    name, op = match.group(1), match.group(2)
+    value = variables.get(name)
+    if value is None:
+      return match.group(0)
+    value = value[min(index, len(value) - 1)] if isinstance(value, list) else value
+    if op == "%%-*":
+      return value.split("-")[0]
+    if op == "#*-":
+      return value.split("-", 1)[-1]
+    if op and op.startswith(":+"):
+      return op[2:] if value else ""
+    return value
+  return _EXPANSION.sub(one, text)
+
+
+def _typed(token: str):
+  for parse in (int, float):
+    try:
+      return parse(token)
+    except ValueError:
+      pass
+  return token
+
+
+def parse_job_script(text: str, *, array_index: int = 0) -> tuple[dict, int | None]:
+  """(flags, GPUs) of an official job script: its `train_model.py` flags (numbers as
+  int/float, a flag without a value True, several values a list; argparse's `type=`
+  conversions) for SLURM array task `array_index`, and nodes x gpus-per-node from its
+  `#SBATCH` lines (None where it names none)."""
+  variables: dict = {"SLURM_ARRAY_TASK_ID": str(array_index)}
+  sbatch: dict = {}
+  command = None
+  lines = text.replace("\\\n", " ").splitlines()
+  for line in lines:
+    line = line.strip()
+    if line.startswith("#SBATCH"):
+      key, _, value = line[len("#SBATCH"):].strip().lstrip("-").partition("=")
+      sbatch[key] = value.strip()
+      continue
+    if "train_model.py" in line:
+      command = line.split("train_model.py", 1)[1]
+      break
+    for statement in line.split(";"):
+      assign = re.fullmatch(r"\s*(?:export\s+)?(\w+)=(.*)", statement)
+      if assign:
+        name, value = assign.groups()
+        value = _expand(value.strip(), variables, array_index)
+        words = shlex.split(value, comments=True)
+        if value.startswith("("):
+          variables[name] = [w.strip("()") for w in words if w.strip("()")]
+        else:
+          variables[name] = " ".join(words)
+  if command is None:
+    raise ConfigError("job script: no `python train_model.py ...` command found")
+  flags: dict = {}
+  name = None
+  for token in shlex.split(_expand(command, variables, array_index)):
+    if token.startswith("--"):
+      name = token[2:]
+      flags[name] = True
+    elif name is None:
+      raise ConfigError(f"job script: a value {token!r} before any --flag")
+    elif flags[name] is True:
+      flags[name] = _typed(token)
+    else:
+      flags[name] = (flags[name] if isinstance(flags[name], list) else [flags[name]]) + [_typed(token)]
+  gpus = None
+  if "gpus-per-node" in sbatch:
+    gpus = int(sbatch.get("nodes", "1")) * int(sbatch["gpus-per-node"])
+  return flags, gpus

@@ -14,10 +14,12 @@ import jax
 import numpy as np
 
 from ebt_jax.errors import ConfigError
+from ebt_jax.models import dit_blocks
 from ebt_jax.models.params import shapes_tree
 from ebt_jax import tasks
 
 LIGHTNING_PREFIX = "model."
+FROZEN_PREFIXES = ("image_encoder.",)
 
 
 def _linear_in_out(w):       # torch [out, in] -> [in, out]
@@ -35,13 +37,24 @@ def _out_proj(w, shape):     # [D, N*H] -> [N, H, D]
 def _entries(config) -> dict[str, tuple[tuple, int | None, Callable, Callable]]:
   """official name -> (param path, layer index or None, to_ours, to_official)."""
   shapes = shapes_tree(tasks.build(config).param_specs())
-  ident = (lambda w: w, lambda w: w)
-  lin = (_linear_in_out, _linear_in_out)
-  entries = {"embeddings.weight": (("embed",), None, *ident),
-             "transformer.norm.weight": (("final_norm",), None, *ident)}
+  if "patch_w" in shapes:
+    return _dit_stack_entries(shapes, config.model.n_layers)
+  return _ar_entries(shapes, config.model.n_layers)
+
+
+_IDENT = (lambda w: w, lambda w: w)
+_LIN = (_linear_in_out, _linear_in_out)
+_ROW = (lambda w: w[0], lambda w: w[None, :])   # Linear(D, 1).weight / Embedding(1, D) [1, D]
+
+
+def _ar_entries(shapes, n_layers):
+  """The autoregressive transformer (`model/ar_*.py`): text EBT, Transformer++, video EBT."""
+  entries = {"transformer.norm.weight": (("final_norm",), None, *_IDENT)}
+  if "embed" in shapes:
+    entries["embeddings.weight"] = (("embed",), None, *_IDENT)
   b = shapes["blocks"]
   qkv_shape, out_shape = b["wq"][1:], b["wo"][1:]
-  for i in range(config.model.n_layers):
+  for i in range(n_layers):
     pre = f"transformer.layers.{i}."
     for name in ("wq", "wk", "wv"):
       entries[f"{pre}attention.{name}.weight"] = (
@@ -49,31 +62,101 @@ def _entries(config) -> dict[str, tuple[tuple, int | None, Callable, Callable]]:
     entries[f"{pre}attention.wo.weight"] = (
         ("blocks", "wo"), i, lambda w: _out_proj(w, out_shape), lambda w: w.reshape(-1, w.shape[-1]).T)
     for name in ("w1", "w2", "w3"):
-      entries[f"{pre}feed_forward.{name}.weight"] = (("blocks", name), i, *lin)
-    entries[f"{pre}attention_norm.weight"] = (("blocks", "attn_norm"), i, *ident)
-    entries[f"{pre}ffn_norm.weight"] = (("blocks", "ffn_norm"), i, *ident)
+      entries[f"{pre}feed_forward.{name}.weight"] = (("blocks", name), i, *_LIN)
+    entries[f"{pre}attention_norm.weight"] = (("blocks", "attn_norm"), i, *_IDENT)
+    entries[f"{pre}ffn_norm.weight"] = (("blocks", "ffn_norm"), i, *_IDENT)
     if "mod_w" in b:
-      entries[f"{pre}adaLN_modulation.1.weight"] = (("blocks", "mod_w"), i, *lin)
-      entries[f"{pre}adaLN_modulation.1.bias"] = (("blocks", "mod_b"), i, *ident)
+      entries[f"{pre}adaLN_modulation.1.weight"] = (("blocks", "mod_w"), i, *_LIN)
+      entries[f"{pre}adaLN_modulation.1.bias"] = (("blocks", "mod_b"), i, *_IDENT)
 
   if "out" in shapes:   # the Transformer++ baseline's softmax head
-    entries["output.weight"] = (("out",), None, *lin)
+    entries["output.weight"] = (("out",), None, *_LIN)
     return entries
 
-  row = (lambda w: w[0], lambda w: w[None, :])   # Linear(D, 1).weight [1, D] <-> [D]
-  entries["alpha"] = (("alpha",), None, *ident)
-  entries["langevin_dynamics_noise_std"] = (("langevin_std",), None, *ident)
+  entries["alpha"] = (("alpha",), None, *_IDENT)
+  entries["langevin_dynamics_noise_std"] = (("langevin_std",), None, *_IDENT)
   if "v2e" in shapes:
-    entries["vocab_to_embed.weight"] = (("v2e",), None, *lin)
+    entries["vocab_to_embed.weight"] = (("v2e",), None, *_LIN)
+  if "proj_w" in shapes:   # the video EBT's Linear(3136 -> D) from VAE latents
+    entries["encoder_down_projection.weight"] = (("proj_w",), None, *_LIN)
+    entries["encoder_down_projection.bias"] = (("proj_b",), None, *_IDENT)
   if "step_embed" in shapes:
-    entries["transformer.time_embeddings.weight"] = (("step_embed",), None, *ident)
+    entries["transformer.time_embeddings.weight"] = (("step_embed",), None, *_IDENT)
   if "final_mod_w" in shapes:
-    entries["transformer.final_layer.linear.weight"] = (("head",), None, *row)
-    entries["transformer.final_layer.adaLN_modulation.1.weight"] = (("final_mod_w",), None, *lin)
-    entries["transformer.final_layer.adaLN_modulation.1.bias"] = (("final_mod_b",), None, *ident)
+    entries["transformer.final_layer.linear.weight"] = (("head",), None, *_ROW)
+    entries["transformer.final_layer.adaLN_modulation.1.weight"] = (("final_mod_w",), None, *_LIN)
+    entries["transformer.final_layer.adaLN_modulation.1.bias"] = (("final_mod_b",), None, *_IDENT)
   else:
-    entries["transformer.final_layer.weight"] = (("head",), None, *row)
+    entries["transformer.final_layer.weight"] = (("head",), None, *_ROW)
   return entries
+
+
+def _dit_stack_entries(shapes, n_layers):
+  """The DiT stack (`model/bi_ebt_adaln.py` EBT, `model/diffusion_transformer.py` DiT), as
+  the image EBT (`transformer.`) and the DiT baseline (`diffusion_transformer.`) hold it.
+  The patch embedding is a Conv2d weight [D, C, p, p] (ours [p, p, C, D]); timm's fused qkv
+  Linear has outputs ordered (q/k/v, head, head_dim), as ours."""
+  ebt = "condition" in shapes
+  pre = "transformer." if ebt else "diffusion_transformer."
+  b = shapes["blocks"]
+  qkv_shape, out_shape = b["qkv_w"][1:], b["out_w"][1:]
+  entries = {
+      f"{pre}x_embedder.proj.weight": (("patch_w",), None, lambda w: w.transpose(2, 3, 1, 0),
+                                       lambda w: w.transpose(3, 2, 0, 1)),
+      f"{pre}x_embedder.proj.bias": (("patch_b",), None, *_IDENT),
+      f"{pre}final_layer.adaLN_modulation.1.weight": (("final_mod_w",), None, *_LIN),
+      f"{pre}final_layer.adaLN_modulation.1.bias": (("final_mod_b",), None, *_IDENT),
+  }
+  for i in range(n_layers):
+    blk = f"{pre}blocks.{i}."
+    entries[f"{blk}attn.qkv.weight"] = (("blocks", "qkv_w"), i, lambda w: _qkv(w, qkv_shape),
+                                        lambda w: w.reshape(w.shape[0], -1).T)
+    entries[f"{blk}attn.qkv.bias"] = (("blocks", "qkv_b"), i, lambda w: w.reshape(qkv_shape[1:]),
+                                      lambda w: w.reshape(-1))
+    entries[f"{blk}attn.proj.weight"] = (("blocks", "out_w"), i, lambda w: _out_proj(w, out_shape),
+                                         lambda w: w.reshape(-1, w.shape[-1]).T)
+    entries[f"{blk}attn.proj.bias"] = (("blocks", "out_b"), i, *_IDENT)
+    for fc in ("fc1", "fc2"):
+      entries[f"{blk}mlp.{fc}.weight"] = (("blocks", f"{fc}_w"), i, *_LIN)
+      entries[f"{blk}mlp.{fc}.bias"] = (("blocks", f"{fc}_b"), i, *_IDENT)
+    entries[f"{blk}adaLN_modulation.1.weight"] = (("blocks", "mod_w"), i, *_LIN)
+    entries[f"{blk}adaLN_modulation.1.bias"] = (("blocks", "mod_b"), i, *_IDENT)
+  if ebt:
+    entries.update({
+        "alpha": (("alpha",), None, *_IDENT),
+        "langevin_dynamics_noise_std": (("langevin_std",), None, *_IDENT),
+        "learned_adaln_condition.weight": (("condition",), None, *_ROW),
+        f"{pre}final_layer.linear.weight": (("head",), None, *_ROW)})
+  else:
+    entries.update({
+        f"{pre}t_embedder.mlp.0.weight": (("t_w1",), None, *_LIN),
+        f"{pre}t_embedder.mlp.0.bias": (("t_b1",), None, *_IDENT),
+        f"{pre}t_embedder.mlp.2.weight": (("t_w2",), None, *_LIN),
+        f"{pre}t_embedder.mlp.2.bias": (("t_b2",), None, *_IDENT),
+        f"{pre}final_layer.linear.weight": (("out_w",), None, *_LIN),
+        f"{pre}final_layer.linear.bias": (("out_b",), None, *_IDENT)})
+  return entries
+
+
+def _fixed(config) -> dict[str, np.ndarray]:
+  """Official state_dict entries that are not parameters here: the DiT stack's frozen
+  sin-cos position table, [1, T, D] float32 (recomputed here from the config)."""
+  shapes = shapes_tree(tasks.build(config).param_specs())
+  if "patch_w" not in shapes:
+    return {}
+  pre = "transformer." if "condition" in shapes else "diffusion_transformer."
+  m = config.model
+  table = dit_blocks.sincos_2d(m.dim, m.image_size // m.patch_size)
+  return {f"{pre}pos_embed": table.astype(np.float32)[None]}
+
+
+def split_frozen(state_dict: Mapping) -> tuple[dict, list[str]]:
+  """(state_dict without the official frozen encoders, the names left out). The video EBT
+  holds its frozen image encoder (the SD VAE or DINOv2) as `image_encoder.*`; this
+  project reads precomputed latents, so those weights are not imported."""
+  kept = {k: v for k, v in state_dict.items()
+          if not k.removeprefix(LIGHTNING_PREFIX).startswith(FROZEN_PREFIXES)}
+  return kept, sorted(set(state_dict) - set(kept))
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -95,16 +178,17 @@ def _set(tree, path, value):
 
 
 def import_official(state_dict: Mapping, config, dtype=np.float32) -> dict:
-  """The project's params from an official NLP EBT (or baseline) state_dict.
+  """The project's params from an official model's state_dict (text EBT or Transformer++,
+  image EBT or DiT, video EBT).
 
-  Accepts torch tensors or arrays, with or without Lightning's leading `model.` prefix.
+  Accepts torch tensors or arrays, with or without Lightning's leading `model.` prefix;
+  the frozen encoders' entries (`split_frozen`) are left out.
   Missing, unexpected or mis-shaped entries raise `ConfigError` (a ValueError) naming them.
   """
-  sd = {(k[len(LIGHTNING_PREFIX):] if k.startswith(LIGHTNING_PREFIX) else k): v
-        for k, v in state_dict.items()}
-  entries = _entries(config)
-  missing = sorted(set(entries) - set(sd))
-  unexpected = sorted(set(sd) - set(entries))
+  sd, _ = split_frozen({k.removeprefix(LIGHTNING_PREFIX): v for k, v in state_dict.items()})
+  entries, fixed = _entries(config), _fixed(config)
+  missing = sorted((set(entries) | set(fixed)) - set(sd))
+  unexpected = sorted(set(sd) - set(entries) - set(fixed))
   if missing:
     raise ConfigError(f"import_official: state_dict lacks {len(missing)} entries the config "
                      f"needs, e.g. {missing[:3]}")
@@ -112,6 +196,11 @@ def import_official(state_dict: Mapping, config, dtype=np.float32) -> dict:
     raise ConfigError(f"import_official: state_dict has {len(unexpected)} entries this config "
                      f"does not use, e.g. {unexpected[:3]} (check model.ebt_type, "
                      f"model.n_layers and model.tied_v2e)")
+  for name, table in fixed.items():
+    value = _to_numpy(sd[name])
+    if value.shape != table.shape or not np.allclose(value, table, atol=1e-6):
+      raise ConfigError(f"import_official: {name} differs from the fixed table this config "
+                        f"computes (check model.image_size, model.patch_size and model.dim)")
   shapes = shapes_tree(tasks.build(config).param_specs())
   per_leaf: dict[tuple, dict] = {}
   for name, (path, layer, to_ours, _) in entries.items():
@@ -143,8 +232,9 @@ def _to_ours_checked(name, array, to_ours, want_shape):
 
 
 def export_official(params: dict, config) -> dict[str, np.ndarray]:
-  """The inverse of `import_official`: official names -> numpy arrays in torch layout."""
-  out = {}
+  """The inverse of `import_official`: official names -> numpy arrays in torch layout
+  (with the fixed position table, without a video EBT's frozen encoder)."""
+  out = _fixed(config)
   for name, (path, layer, _, to_official) in _entries(config).items():
     value = np.asarray(_get(params, path))
     out[name] = to_official(value[layer] if layer is not None else value)

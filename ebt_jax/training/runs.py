@@ -16,6 +16,7 @@ fresh start refuse to mix with, or set aside, what an earlier run left.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -26,13 +27,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import traverse_util
 
 from ebt_jax import config as config_lib
 from ebt_jax import official_hparams, tasks
 from ebt_jax.checkpoint.manager import Checkpointer
-from ebt_jax.checkpoint.official import import_official
+from ebt_jax.checkpoint import official
 from ebt_jax.checkpoint.torch_file import load_torch_file, state_dict_and_hparams
+from ebt_jax.checkpoint.torch_write import save_torch_file
 from ebt_jax.errors import ConfigError
 from ebt_jax.tasks.base import Task
 from ebt_jax.training import program as program_lib
@@ -233,24 +236,34 @@ def restore_ebt(workdir, overrides=None) -> tuple[Task, int, dict]:
   return task, step, params
 
 
-def import_torch_checkpoint(checkpoint, out, config: ml_collections.ConfigDict | None = None) -> Path:
+def import_torch_checkpoint(checkpoint, out, config: ml_collections.ConfigDict | None = None, *,
+                            hparams: dict | None = None, num_devices: int = 1,
+                            log=lambda line: None) -> Path:
   """A run directory (config + step-0 checkpoint) from an official .ckpt / .pt file.
 
-  Without `config`, the config comes from the Lightning checkpoint's hyperparameters via
-  `from_official_hparams`, with the vocabulary size read off the embedding table.
+  Without `config`, the config comes from `hparams` (official flags, e.g. a job script's)
+  or else the Lightning checkpoint's hyperparameters, via `from_official_hparams`; a text
+  model's vocabulary size is read off its embedding table. The video EBT's frozen image
+  encoder is not imported (this project reads its latents); `log` gets a line saying so.
   """
-  state_dict, hparams = state_dict_and_hparams(load_torch_file(checkpoint))
+  state_dict, saved = state_dict_and_hparams(load_torch_file(checkpoint))
+  state_dict, frozen = official.split_frozen(state_dict)
+  if frozen:
+    log(f"{checkpoint}: {len(frozen)} tensors of the frozen image encoder (image_encoder.*) "
+        f"not imported; this project reads precomputed latents")
+  hparams = hparams if hparams is not None else saved
   if config is None:
     if hparams is None:
       raise ConfigError(f"--config: {checkpoint} is a bare state_dict without "
-                                   f"hyperparameters; pass the model's config")
-    embed = state_dict.get("model.embeddings.weight", state_dict.get("embeddings.weight"))
-    if embed is None:
-      raise ConfigError(f"{checkpoint}: no embeddings.weight entry; is this an NLP model?")
-    config = official_hparams.from_official_hparams({**hparams,
-                                                     "vocab_size": int(embed.shape[0])})
+                                   f"hyperparameters; pass the model's config or job script")
+    if hparams.get("modality", "NLP") == "NLP" and "vocab_size" not in hparams:
+      embed = state_dict.get("model.embeddings.weight", state_dict.get("embeddings.weight"))
+      if embed is None:
+        raise ConfigError(f"{checkpoint}: no embeddings.weight entry; is this an NLP model?")
+      hparams = {**hparams, "vocab_size": int(embed.shape[0])}
+    config = official_hparams.from_official_hparams(hparams, num_devices=num_devices)
   program = program_here(config)
-  params = jax.tree_util.tree_map(jnp.asarray, import_official(state_dict, config))
+  params = jax.tree_util.tree_map(jnp.asarray, official.import_official(state_dict, config))
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   save_config(config, out)
@@ -262,3 +275,20 @@ def import_torch_checkpoint(checkpoint, out, config: ml_collections.ConfigDict |
   finally:
     checkpointer.close()
   return out
+
+
+def export_torch_checkpoint(workdir, out) -> tuple[Path, int]:
+  """(path, step): the newest checkpoint of a run as an official Lightning .ckpt, written
+  without torch: `state_dict` under the official names and layouts (with Lightning's
+  `model.` prefix, as the official ModelTrainer holds its model), `hyper_parameters` the
+  official flags that rebuild the config (`to_official_hparams`), and the step."""
+  config, step, params = restore_params(workdir)
+  hparams = official_hparams.to_official_hparams(config)
+  state_dict = collections.OrderedDict(
+      (official.LIGHTNING_PREFIX + name, np.asarray(value, np.float32))
+      for name, value in official.export_official(params, config).items())
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  save_torch_file({"epoch": 0, "global_step": int(step), "state_dict": state_dict,
+                   "hyper_parameters": hparams}, out)
+  return out, int(step)

@@ -1,0 +1,218 @@
+"""Official runs in and out for every kind: job scripts -> configs, torch files written
+without torch, and import(export(run)) == run bit for bit (text EBT, Transformer++, image
+EBT, DiT, video EBT from VAE latents and from DINOv2 features)."""
+
+import collections
+import zipfile
+from pathlib import Path
+
+import chex
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ebt_jax
+import ebt_jax.cli
+from ebt_jax import official_hparams as oh
+from ebt_jax import tasks
+from ebt_jax.checkpoint import export_official, import_official
+from ebt_jax.checkpoint.torch_file import load_torch_file, state_dict_and_hparams
+from ebt_jax.checkpoint.torch_write import save_torch_file
+from ebt_jax.errors import ConfigError
+from ebt_jax.models.params import shapes_tree
+from conftest import tiny_config
+
+SCRIPTS = Path(__file__).parent / "data" / "official_job_scripts"
+# Scripts refused in one line, and why: text-to-image is not a task here, and the video
+# Transformer++ baseline is not a model here.
+REFUSED = {
+    "img/pretrain_t2i/dit.sh": "image_task: 't2i'",
+    "img/pretrain_t2i/ebt_s1.sh": "image_task: 't2i'",
+    "img/pretrain_t2i/ebt_s2.sh": "image_task: 't2i'",
+    "vid/pretrain/baseline_transformer_dino.sh": "model_name: .*'VID'",
+    "vid/pretrain/baseline_transformer_vae.sh": "model_name: .*'VID'",
+    "vid/inference/baseline_transformer_k400_vae.sh": "model_name: .*'VID'",
+    "vid/inference/baseline_transformer_ssv2_vae.sh": "model_name: .*'VID'",
+}
+KIND_OF_DIR = {"nlp": ("ebt", "transformer"), "img": ("image_ebt", "dit"), "vid": ("latent_ebt",)}
+
+
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(SCRIPTS))
+                                          for p in SCRIPTS.rglob("*.sh")))
+def test_every_official_job_script_converts(script):
+  flags, gpus = oh.parse_job_script((SCRIPTS / script).read_text())
+  flags["vocab_size"] = 50277   # the NLP scripts' tokenizer (gpt-neox-20b), not downloaded
+  if script in REFUSED:
+    with pytest.raises(ConfigError, match=REFUSED[script]):
+      oh.from_official_hparams(flags, num_devices=gpus)
+    return
+  c = oh.from_official_hparams(flags, num_devices=gpus)   # validates
+  assert c.model.kind in KIND_OF_DIR[script.split("/")[0]]
+  per_step = flags["batch_size_per_device"] * flags["accumulate_grad_batches"]
+  assert c.train.batch_size == per_step * gpus
+  assert c.optimizer.peak_lr == float(flags["peak_learning_rate"])
+
+
+def test_job_script_shell_expansions():
+  script = """#SBATCH --nodes=2
+#SBATCH --gpus-per-node=4
+export RUN_NAME="ebt-large-s2_x"
+export MODEL_NAME="${RUN_NAME%%-*}"
+export MODEL_SIZE="${RUN_NAME#*-}"; export MODEL_SIZE="${MODEL_SIZE%%-*}"
+lr=(0.0001 0.0002) # two array tasks
+python train_model.py \\
+--run_name ${RUN_NAME}${lr[${SLURM_ARRAY_TASK_ID}]} \\
+--model_name ${MODEL_NAME} --model_size ${MODEL_SIZE} \\
+--peak_learning_rate ${lr[$SLURM_ARRAY_TASK_ID]} --image_dims 128 128 \\
+--truncate_mcmc --dataset_dir ${DATA_DIR} --gpus "-1" \\
+${SLURM_ARRAY_TASK_ID:+--is_slurm_run}
+"""
+  flags, gpus = oh.parse_job_script(script, array_index=1)
+  assert gpus == 8
+  assert flags == {"run_name": "ebt-large-s2_x0.0002", "model_name": "ebt", "model_size": "large",
+                   "peak_learning_rate": 0.0002, "image_dims": [128, 128], "truncate_mcmc": True,
+                   "dataset_dir": "${DATA_DIR}", "gpus": -1, "is_slurm_run": True}
+  with pytest.raises(ConfigError, match="no `python train_model.py"):
+    oh.parse_job_script("echo hi\n")
+
+
+def _configs():
+  """A tiny config of every kind with an official counterpart."""
+  text = tiny_config("adaln")
+  baseline = tiny_config("default", kind="transformer")
+  image = tiny_config("default")
+  image.model.update(kind="image_ebt", image_size=8, patch_size=4, ffn_dim_multiplier=2.0)
+  image.data.source = "image_folder"
+  dit = tiny_config("default")
+  dit.model.update(kind="dit", image_size=8, patch_size=4)
+  video_vae = tiny_config("time_embed")
+  video_vae.model.update(kind="latent_ebt", latent_dim=oh.VAE_LATENT_DIM, n_layers=1)
+  video_dino = tiny_config("time_embed")   # DINOv2-small features: no down projection
+  video_dino.model.update(kind="latent_ebt", dim=384, latent_dim=384, n_heads=6, n_layers=1)
+  return {"text_ebt": text, "transformer": baseline, "image_ebt": image, "dit": dit,
+          "video_vae": video_vae, "video_dino": video_dino}
+
+
+def _random_params(c):
+  """Parameters of `c`'s shapes, all distinct (initial ones are mostly zeros and ones), from
+  numpy: nothing to compile."""
+  rng = np.random.default_rng(7)
+  return jax.tree_util.tree_map(lambda shape: rng.normal(size=shape).astype(np.float32),
+                                shapes_tree(tasks.build(c).param_specs()),
+                                is_leaf=lambda x: isinstance(x, tuple))
+
+
+@pytest.mark.parametrize("name", list(_configs()))
+def test_import_of_export_is_the_run(name, tmp_path):
+  """Through a torch file and the official flags alone: the config comes back from the
+  hyperparameters, the parameters bit for bit."""
+  c = _configs()[name]
+  params = _random_params(c)
+  state_dict = collections.OrderedDict(
+      ("model." + k, v) for k, v in export_official(params, c).items())
+  path = tmp_path / "run.ckpt"
+  save_torch_file({"state_dict": state_dict, "hyper_parameters": oh.to_official_hparams(c)}, path)
+  sd, hparams = state_dict_and_hparams(load_torch_file(path))
+  c2 = oh.from_official_hparams(hparams)
+  modality = hparams["modality"]   # its own flags replace the shared ones they share a name with
+  mapped = {**oh._MAPPED, **oh._MAPPED_TRAIN, **oh._MAPPED_BY_MODALITY.get(modality, {})}
+  for official_name, (field, _) in mapped.items():
+    # Unwritten: decay_steps None (written as max_steps), a vocabulary without tokens.
+    if field and field != "optimizer.decay_steps" and (modality, field) != ("IMG", "model.vocab_size") \
+        and (modality, field) != ("VID", "model.vocab_size"):
+      section, key = field.split(".")
+      assert c2[section][key] == c[section][key], (official_name, field)
+  assert c2.model.kind == c.model.kind and c2.train.batch_size == c.train.batch_size
+  chex.assert_trees_all_equal(import_official(sd, c2), params)
+
+
+def test_official_names_and_layouts_of_the_image_models():
+  c = _configs()["dit"]
+  params = _random_params(c)
+  sd = export_official(params, c)
+  D, p, out = 16, 4, 4 * 4 * 6   # learn_sigma: 2 x 3 channels per pixel
+  shapes = {"diffusion_transformer.x_embedder.proj.weight": (D, 3, p, p),
+            "diffusion_transformer.pos_embed": (1, 4, D),
+            "diffusion_transformer.t_embedder.mlp.0.weight": (D, 256),
+            "diffusion_transformer.blocks.1.attn.qkv.weight": (3 * D, D),
+            "diffusion_transformer.blocks.1.attn.qkv.bias": (3 * D,),
+            "diffusion_transformer.blocks.0.adaLN_modulation.1.weight": (6 * D, D),
+            "diffusion_transformer.final_layer.linear.weight": (out, D)}
+  for name, shape in shapes.items():
+    assert sd[name].shape == shape, name
+  # The patch embedding is a stride-p Conv2d: its output at the first patch.
+  x = np.random.default_rng(0).normal(size=(3, p, p))          # [C, kh, kw]
+  conv = np.einsum("dchw,chw->d", sd["diffusion_transformer.x_embedder.proj.weight"], x)
+  ours = x.transpose(1, 2, 0).reshape(-1) @ np.asarray(params["patch_w"]).reshape(-1, D)
+  np.testing.assert_allclose(ours, conv, rtol=1e-5)
+  # timm's fused qkv: rows [k*D + n*H, ...] are (q/k/v k, head n).
+  np.testing.assert_array_equal(
+      sd["diffusion_transformer.blocks.1.attn.qkv.weight"][D + 8:D + 16].T,
+      np.asarray(params["blocks"]["qkv_w"][1, :, 1, 1, :]))
+  bad = dict(sd, **{"diffusion_transformer.pos_embed": sd["diffusion_transformer.pos_embed"] + 1})
+  with pytest.raises(ConfigError, match="pos_embed differs"):
+    import_official(bad, c)
+
+
+def test_video_import_leaves_out_the_frozen_encoder(tmp_path, capsys):
+  """`ebt import-torch` of an official video checkpoint (with its frozen VAE's tensors)
+  says it leaves them out; `ebt export-torch` writes back the same file minus them."""
+  c = _configs()["video_vae"]
+  params = _random_params(c)
+  sd = collections.OrderedDict(("model." + k, v) for k, v in export_official(params, c).items())
+  sd["model.image_encoder.encoder.conv_in.weight"] = np.ones((8, 3, 3, 3), np.float32)
+  hparams = {k: v for k, v in oh.to_official_hparams(c).items() if k != "num_gpus"}
+  save_torch_file({"state_dict": sd, "hyper_parameters": hparams}, tmp_path / "vid.ckpt")
+  assert ebt_jax.cli.main(["import-torch", str(tmp_path / "vid.ckpt"),
+                           "--out", str(tmp_path / "run")]) == 0
+  assert "1 tensors of the frozen image encoder (image_encoder.*) not imported" in \
+      capsys.readouterr().out
+  assert ebt_jax.cli.main(["export-torch", "--workdir", str(tmp_path / "run"),
+                           "--out", str(tmp_path / "out.ckpt")]) == 0
+  back = load_torch_file(tmp_path / "out.ckpt")
+  del sd["model.image_encoder.encoder.conv_in.weight"]
+  assert list(back["state_dict"]) == list(sd)
+  chex.assert_trees_all_equal(dict(back["state_dict"]), {k: np.asarray(v) for k, v in sd.items()})
+  assert oh.from_official_hparams(back["hyper_parameters"]).to_dict() == \
+      oh.from_official_hparams(hparams).to_dict()
+  assert back["global_step"] == 0
+
+
+def test_configs_without_an_official_counterpart_are_refused():
+  c = _configs()["video_vae"]
+  c.model.latent_dim = 64
+  with pytest.raises(ConfigError, match="model.latent_dim: the official video EBT"):
+    oh.to_official_hparams(c)
+  c = _configs()["text_ebt"]
+  c.thinking.grad_wrt = "logits"
+  with pytest.raises(ConfigError, match="thinking.grad_wrt"):
+    oh.to_official_hparams(c)
+
+
+def test_torch_file_format(tmp_path):
+  """What torch.load needs: stored members aligned to 64 bytes, byteorder and version
+  records, every dtype and shape (0-d, empty, non-contiguous) read back exactly."""
+  arrays = {"f32": np.arange(12, dtype=np.float32).reshape(3, 4).T,   # non-contiguous
+            "scalar": np.array(2.5, np.float32), "empty": np.zeros((0, 3), np.float32),
+            "bf16": np.arange(5).astype(ml_dtypes.bfloat16), "i64": np.arange(-3, 3),
+            "bool": np.array([True, False]), "u8": np.arange(7, dtype=np.uint8)}
+  meta = {"list": [224, 224], "none": None, "big": 2 ** 40, "neg": -7, "f": 0.1, "s": "é",
+          "nested": ({"t": True},)}
+  save_torch_file({"state_dict": collections.OrderedDict(arrays), "hyper_parameters": meta},
+                  tmp_path / "f.pt")
+  with zipfile.ZipFile(tmp_path / "f.pt") as z:
+    assert z.read("archive/byteorder") == b"little" and z.read("archive/version") == b"3\n"
+    for info in z.infolist():
+      assert info.compress_type == zipfile.ZIP_STORED
+      data_start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+      assert data_start % 64 == 0, info.filename
+  back = load_torch_file(tmp_path / "f.pt")
+  assert isinstance(back["state_dict"], collections.OrderedDict)
+  assert list(back["state_dict"]) == list(arrays)
+  for name, array in arrays.items():
+    assert back["state_dict"][name].dtype == array.dtype, name
+    np.testing.assert_array_equal(back["state_dict"][name], array)
+  assert back["hyper_parameters"] == meta
+  with pytest.raises(TypeError, match="cannot write a object"):
+    save_torch_file({"x": object()}, tmp_path / "g.pt")
