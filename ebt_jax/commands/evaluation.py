@@ -96,13 +96,14 @@ class System2Report:
     return out
 
 
-def cells_ce(params, tokens, key, *, task, steps_list, best_of_list):
+def cells_ce(params, tokens, key, *, task, steps_list, best_of_list, mask_BxS=None):
   """(CE [len(steps_list), len(best_of_list)] of a batch [B, S+1], CE after every step up
   to max(steps_list) with best of 1), from one trajectory."""
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
   thought = system2.think_tokens(params, inputs, task, key, steps=max(steps_list),
                                  best_of=max(best_of_list), targets_BxS=targets)
-  mask = task.target_mask(targets)
+  # Downstream answers pass their own mask (only answer tokens scored).
+  mask = task.target_mask(targets) if mask_BxS is None else mask_BxS
   every_step = range(1, max(steps_list) + 1)
   select = task.config.inference.select
   return (system2.table_ce(thought, mask, steps_list, best_of_list, select),
@@ -185,7 +186,7 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
 
 
 def _baseline_params(workdir, config: ml_collections.ConfigDict) -> dict:
-  """The baseline's parameters and CE function; it must read the same tokens."""
+  """The baseline's parameters, CE function and task; it must read the same tokens."""
   base, step, params = runs.restore_task(workdir)
   if not isinstance(base, text.Transformer):
     raise ConfigError(f"--baseline: {workdir} holds a {base.describe()} model, expected a "
@@ -194,4 +195,4 @@ def _baseline_params(workdir, config: ml_collections.ConfigDict) -> dict:
     check(base.config.model[field] == config.model[field], f"--baseline model.{field}",
           f"{config.model[field]} as in the EBT run", base.config.model[field])
   fn = jax.jit(lambda p, tokens: base.loss(p, tokens)[0])
-  return {"params": params, "fn": fn, "step": step}
+  return {"params": params, "fn": fn, "step": step, "task": base}
