@@ -19,6 +19,15 @@ count is int(fraction x its rows of one optimizer step), which with gradient
 accumulation counts the accumulated micro-batches together (the official code samples
 int(fraction x batch_size_per_device) per micro-batch: the same number unless rounding
 differs).
+
+Modalities: `modality`/`model_name` pick the kind (NLP: `ebt`, `transformer`; IMG with
+`image_task=denoising`: `image_ebt`, `dit`; VID: `latent_ebt`); each modality's own flags
+(`_MAPPED_BY_MODALITY`) take the place of the text checks. Text-to-image and the video
+Transformer++ are refused in one line. A video EBT on DINOv2 features takes its width
+from `vit_backbone_size`, as `train_model.py` sets it (its assert that `embedding_dim` is 0
+there would stop the published dino scripts, whose `model_size` sets one; the intent is
+kept). `to_official_hparams` is the inverse (for `ebt export-torch`), and
+`parse_job_script` reads the flags of an official job script.
 """
 
 from __future__ import annotations
@@ -70,7 +79,9 @@ _MUST_BE_DEFAULT: dict[str, tuple] = {
     "num_modality_processing_mlp_layers": (1,),
     "out_of_bounds_loss_coeff": (0, 0.0),
     "energy_loss_coeff": (0, 0.0),
-    "execution_mode": ("pretrain",),
+    # inference: the official test run of a trained model (`ebt eval` of an imported run);
+    # what it evaluates is in the infer_* flags.
+    "execution_mode": ("pretrain", "inference"),
     "finetuning_model_ckpt": (None, ""),
     "optimizer": ("adamw",),
     "lr_scaling_rule": (False,),
@@ -121,7 +132,7 @@ _KIND_FLAGS = ("modality", "model_name", "image_task")
 
 
 def _kind(hparams: dict) -> str:
-  modality, name = hparams.get("modality", "NLP"), hparams["model_name"]
+  modality, name = hparams.get("modality", "NLP"), hparams.get("model_name", "ebt")
   if modality not in ("NLP", "IMG", "VID"):
     raise ConfigError(f"modality: expected 'NLP', 'IMG' or 'VID', got {modality!r}")
   if modality == "IMG" and hparams.get("image_task", "t2i") != "denoising":
@@ -197,13 +208,13 @@ _MAPPED: dict[str, tuple[str | None, Callable]] = {
 }
 
 
-def _advanced_inference(c: ml_collections.ConfigDict, h: dict, kind: str) -> None:
+def _advanced_inference(c: ml_collections.ConfigDict, h: dict) -> None:
   """The official advanced inference's flags -> `c.inference` (official defaults in `h`)."""
   if not h["infer_ebt_advanced"]:
     return
-  if kind != "ebt":
+  if c.model.kind != "ebt":
     raise ConfigError(f"infer_ebt_advanced: the text EBT's advanced inference (this is a "
-                      f"{kind} run)")
+                      f"{c.model.kind} run)")
   i, n = c.inference, int(h["infer_ebt_num_steps"])
   if n < 1 and c.model.ebt_type != "default":
     raise ConfigError(f"infer_ebt_num_steps: expected a positive integer (the official code "
@@ -414,7 +425,10 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
                         f"{hparams['vit_backbone_size']!r}")
   if kind in _DATA_SOURCES:
     c.data.source = _DATA_SOURCES[kind]
-  _advanced_inference(c, hparams, kind)
+  if kind in ("image_ebt", "latent_ebt"):
+    _continuous_advanced_inference(c, hparams, kind)
+  else:
+    _advanced_inference(c, hparams)
   devices = _device_count(hparams, num_devices)
   c.train.batch_size = (int(hparams["batch_size_per_device"]) *
                         int(hparams["accumulate_grad_batches"]) * devices)
@@ -422,6 +436,21 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
   c.thinking.replay_buffer_groups = devices
   tasks.build(c)   # validates
   return c
+
+
+def _continuous_advanced_inference(c: ml_collections.ConfigDict, h: dict, kind: str) -> None:
+  """`infer_ebt_advanced` of the image and video EBTs. The image EBT's is its forward with
+  `infer_ebt_num_steps` N official steps (the final one R+1 times with S2's random step
+  counts R; no other infer_* flag is read); the video EBT's raises NotImplementedError."""
+  if not h["infer_ebt_advanced"]:
+    return
+  if kind == "latent_ebt":
+    raise ConfigError("infer_ebt_advanced: the official video EBT has no advanced inference "
+                      "(its ebt_advanced_inference raises NotImplementedError)")
+  n = int(h["infer_ebt_num_steps"])
+  if n < 1:
+    raise ConfigError(f"infer_ebt_num_steps: expected a positive integer, got {n}")
+  c.inference.thinking_steps = n + c.thinking.random_steps
 
 
 # --- config -> official flags (for `ebt export-torch`) --------------------------------------

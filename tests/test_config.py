@@ -66,12 +66,11 @@ def test_absent_flags_take_the_official_defaults():
 
 @pytest.mark.parametrize("flags,message", [
     ({"not_a_flag": 1}, "not_a_flag: not an official EBT hyperparameter"),
-    ({"sharpen_predicted_distribution": 2.0},
-     "sharpen_predicted_distribution: this project cannot honour 2.0 yet"),
+    ({"sharpen_predicted_distribution": -2.0}, "thinking.sharpen: expected a number >= 0"),
     ({"randomize_mcmc_num_steps": 1, "randomize_mcmc_num_steps_min": 3},
      r"thinking.random_steps_min: expected an integer in \[0, random_steps \+ 1 = 2\]"),
     ({"ebt_norm": "dyt"}, "ebt_norm: this project cannot honour 'dyt'"),
-    ({"modality": "VID"}, "modality: expected 'NLP'"),
+    ({"modality": "AUDIO"}, "modality: expected 'NLP', 'IMG' or 'VID'"),
     ({"model_name": "diffusion"}, "model_name: expected one of"),
     ({"denoising_initial_condition": "most_recent_embedding"}, "denoising_initial_condition"),
     ({"model_size": "huge"}, "model_size: expected one of"),
