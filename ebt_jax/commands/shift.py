@@ -5,8 +5,9 @@ best (thinking steps, best-of-N) cell of the table:
 
     gain = 1 - perplexity(best cell) / perplexity(reference) = 1 - exp(ce_best - ce_ref)
 
-with two references, both best of 1: one thinking step, and the steps the model was
-trained (validated) with. The shift of a dataset is read from the synthetic data config:
+with two references, both best of 1: one thinking step, and the run's default inference
+steps (`system2.num_steps`: `inference.thinking_steps`, else the steps the model was
+trained and validated with). The shift of a dataset is read from the synthetic data config:
 Dyck validation words nest at most `data.dyck.train_max_depth` deep and suite
 `dyck_depth_D` exactly D deep; arithmetic validation operands have at most
 `data.arithmetic.train_max_digits` digits and suite `arithmetic_digits_N` exactly N. The
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ebt_jax import tasks
 from ebt_jax.data import synthetic
-from ebt_jax.tasks import options
+from ebt_jax.inference import system2
 from ebt_jax.tasks.text import perplexity
 
 SHIFT_AXES = {"dyck": "Dyck nesting depth", "arithmetic": "operand digits"}
@@ -39,29 +41,31 @@ def shift_of(data_config, dataset: str) -> tuple[str, int] | None:
 @dataclasses.dataclass
 class GainReport:
   workdir: str
-  trained_steps: int
+  default_steps: int
   rows: list[dict]
 
   def table(self) -> str:
     lines = ["", "System 2 gain per dataset: 1 - perplexity(best cell) / perplexity(reference), "
-             f"references best of 1 after 1 step and after the trained {self.trained_steps}",
-             f"  {'dataset':<20}{'shift':>14}{'1 step':>10}{'trained':>10}{'best cell':>12}"
-             f"{'best':>10}{'gain vs 1':>11}{'vs trained':>12}"]
+             f"references best of 1 after 1 step and after the run's default "
+             f"{self.default_steps} (inference.thinking_steps, else as trained)",
+             f"  {'dataset':<20}{'shift':>14}{'1 step':>10}{'default':>10}{'best cell':>12}"
+             f"{'best':>10}{'gain vs 1':>11}{'vs default':>12}"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for r in self.rows:
       shift = "-" if r["shift"] is None else f"{r['family'][:4]} {r['shift']}"
       lines.append(
           f"  {r['dataset']:<20}{shift:>14}{fmt(r['perplexity_1_step'], '.4g'):>10}"
-          f"{fmt(r['perplexity_trained'], '.4g'):>10}"
+          f"{fmt(r['perplexity_default'], '.4g'):>10}"
           f"{str(r['best_steps']) + 'x N=' + str(r['best_of']):>12}"
           f"{r['perplexity_best']:>10.4g}{fmt(r['gain_vs_1_step'], '+.1%'):>11}"
-          f"{fmt(r['gain_vs_trained'], '+.1%'):>12}")
+          f"{fmt(r['gain_vs_default'], '+.1%'):>12}")
     return "\n".join(lines)
 
   def as_json(self) -> dict:
     return {"definition": "gain = 1 - perplexity(best cell) / perplexity(reference); "
-                          "references: best of 1 after 1 step, after the trained steps",
-            "trained_steps": self.trained_steps, "rows": self.rows}
+                          "references: best of 1 after 1 step, after the run's default "
+                          "inference steps (default_steps)",
+            "default_steps": self.default_steps, "rows": self.rows}
 
   def plot(self, path) -> Path | None:
     """Gain against the shift of the training family's datasets; None when there are none."""
@@ -73,7 +77,7 @@ class GainReport:
     points = sorted((r for r in points if r["family"] == family), key=lambda r: r["shift"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("gain_vs_1_step", "vs 1 step"),
-                       ("gain_vs_trained", f"vs the trained {self.trained_steps} steps")):
+                       ("gain_vs_default", f"vs the default {self.default_steps} steps")):
       xs = [r["shift"] for r in points if r[key] is not None]
       ax.plot(xs, [100 * r[key] for r in points if r[key] is not None], "o-", label=label)
     ax.set_xlabel(f"{SHIFT_AXES[family]} (validation: the training maximum)")
@@ -91,7 +95,7 @@ class GainReport:
 
 def gain_report(report, config) -> GainReport:
   """The gain of every dataset of an `evaluation.System2Report` of a run with `config`."""
-  trained = options.validation_steps(options.ThinkingOptions.from_config(config.thinking))
+  default = system2.num_steps(tasks.build(config))
   steps, best_of = report.thinking_steps, report.best_of
 
   def cell(ce, k):
@@ -105,9 +109,9 @@ def gain_report(report, config) -> GainReport:
     shift = shift_of(config.data, dataset)
     row = {"dataset": dataset, "family": shift and shift[0], "shift": shift and shift[1],
            "best_steps": steps[i], "best_of": best_of[j], "perplexity_best": perplexity(best)}
-    for name, k in (("1_step", 1), ("trained", trained)):
+    for name, k in (("1_step", 1), ("default", default)):
       ref = cell(ce, k)
       row[f"perplexity_{name}"] = None if ref is None else perplexity(ref)
       row[f"gain_vs_{name}"] = None if ref is None else float(1 - np.exp(best - ref))
     rows.append(row)
-  return GainReport(report.workdir, trained, rows)
+  return GainReport(report.workdir, default, rows)
