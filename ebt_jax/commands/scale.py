@@ -214,11 +214,13 @@ class Report:
     return out
 
   def plot(self, folder) -> list[Path]:
-    """One log-log PNG per axis: both models' points and fitted laws."""
+    """One log-log PNG per axis with points: both models' points and fitted laws."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for axis, models in self.curves.items():
+      if not any(c.x for c in models.values()):
+        continue
       fig, ax = plt.subplots(figsize=(6, 4.2))
       for (model, c), color in zip(models.items(), ("C0", "C1")):
         if not c.x:
