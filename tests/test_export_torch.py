@@ -14,6 +14,7 @@ import pytest
 
 import ebt_jax
 import ebt_jax.cli
+import ebt_jax.training.runs
 from ebt_jax import official_hparams as oh
 from ebt_jax import tasks
 from ebt_jax.checkpoint import export_official, import_official
@@ -222,3 +223,34 @@ def test_torch_file_format(tmp_path):
   assert back["hyper_parameters"] == meta
   with pytest.raises(TypeError, match="cannot write a object"):
     save_torch_file({"x": object()}, tmp_path / "g.pt")
+
+
+@pytest.mark.slow
+def test_bare_state_dict_with_a_job_script(tmp_path, capsys):
+  """`ebt import-torch weights.pt --job-script S.sh`: the flags and GPU count from the
+  script, the vocabulary from the embedding table."""
+  c = tiny_config("default")
+  c.model.n_layers = 1
+  c.train.batch_size = 8
+  c.thinking.replay_buffer_groups = 2
+  params = _random_params(c)
+  save_torch_file(collections.OrderedDict(export_official(params, c)), tmp_path / "weights.pt")
+  script = tmp_path / "ebt_tiny.sh"
+  script.write_text("""#SBATCH --gpus-per-node=2
+export RUN_NAME="ebt--tiny"
+export MODEL_NAME="${RUN_NAME%%-*}"
+python train_model.py \\
+--modality "NLP" --model_name ${MODEL_NAME} --model_size "" --embedding_dim 16 \\
+--num_transformer_blocks 1 --multiheaded_attention_heads 2 --context_length 6 \\
+--ebt_type "default" --mcmc_num_steps 2 --mcmc_step_size 2.0 \\
+--mcmc_step_size_learnable --mcmc_step_size_lr_multiplier 1500 \\
+--normalize_initial_condition --batch_size_per_device 4 --gpus "-1"
+""")
+  assert ebt_jax.cli.main(["import-torch", str(tmp_path / "weights.pt"), "--job-script",
+                           str(script), "--out", str(tmp_path / "run")]) == 0
+  config, step, restored = ebt_jax.training.runs.restore_params(tmp_path / "run")
+  assert (config.model.vocab_size, config.train.batch_size, step) == (11, 8, 0)
+  chex.assert_trees_all_equal(restored, params)
+  assert ebt_jax.cli.main(["import-torch", str(tmp_path / "weights.pt"), "--job-script",
+                           str(tmp_path / "missing.sh"), "--out", str(tmp_path / "run2")]) == 2
+  assert "--job-script: cannot read" in capsys.readouterr().err
