@@ -281,6 +281,8 @@ _MAPPED_BY_MODALITY: dict[str, dict[str, tuple[str | None, Callable]]] = {
         "infer_recurse_diffusion_n_times": ("inference.recurse_diffusion", int),
         "infer_increase_steps": ("inference.increase_steps", int),
         "context_length": (None, _identity),   # unread by the image models
+        # train_model.py sets backbone_type=vae for every IMG run; denoising reads no encoder.
+        "backbone_type": (None, _identity), "vit_backbone_size": (None, _identity),
     },
     "VID": {
         "no_langevin_during_eval": ("thinking.no_langevin_during_eval", bool),

@@ -3,6 +3,7 @@ without torch, and import(export(run)) == run bit for bit (text EBT, Transformer
 EBT, DiT, video EBT from VAE latents and from DINOv2 features)."""
 
 import collections
+import json
 import zipfile
 from pathlib import Path
 
@@ -42,16 +43,38 @@ REFUSED = {
 KIND_OF_DIR = {"nlp": ("ebt", "transformer"), "img": ("image_ebt", "dit"), "vid": ("latent_ebt",)}
 
 
+# Every train_model.py argparse default (at the scripts' commit): what a checkpoint's
+# hyper_parameters hold beside the flags a script sets.
+DEFAULTS = json.loads((SCRIPTS / "train_model_defaults.json").read_text())
+
+
+def _as_checkpoint_hparams(flags, gpus):
+  """The hyper_parameters an official run of `flags` saves: every argparse value, after
+  train_model.py's own edits (the size preset, IMG's backbone, DINOv2's width)."""
+  h = {**DEFAULTS, **flags, "num_gpus": gpus}
+  if h["model_size"]:
+    h["embedding_dim"], h["num_transformer_blocks"], h["multiheaded_attention_heads"] = \
+        oh.MODEL_SIZES[h["model_size"]]
+  if h["modality"] == "IMG":
+    h["backbone_type"] = "vae"
+  if h["modality"] == "VID" and h["backbone_type"] == "dinov2":
+    h["vit_backbone_dim"] = h["embedding_dim"] = oh.DINO_DIMS[h["vit_backbone_size"]]
+  return h
+
+
 @pytest.mark.parametrize("script", sorted(str(p.relative_to(SCRIPTS))
                                           for p in SCRIPTS.rglob("*.sh")))
 def test_every_official_job_script_converts(script):
+  """Its flags alone, and as a checkpoint of its run would hold them, give one config."""
   flags, gpus = oh.parse_job_script((SCRIPTS / script).read_text())
   flags["vocab_size"] = 50277   # the NLP scripts' tokenizer (gpt-neox-20b), not downloaded
   if script in REFUSED:
-    with pytest.raises(ConfigError, match=REFUSED[script]):
-      oh.from_official_hparams(flags, num_devices=gpus)
+    for hparams in (flags, _as_checkpoint_hparams(flags, gpus)):
+      with pytest.raises(ConfigError, match=REFUSED[script]):
+        oh.from_official_hparams(hparams, num_devices=gpus)
     return
   c = oh.from_official_hparams(flags, num_devices=gpus)   # validates
+  assert oh.from_official_hparams(_as_checkpoint_hparams(flags, gpus)).to_dict() == c.to_dict()
   if flags.get("infer_ebt_num_steps"):   # the inference scripts' thinking steps
     assert c.inference.thinking_steps == flags["infer_ebt_num_steps"]
   assert c.model.kind in KIND_OF_DIR[script.split("/")[0]]
