@@ -135,12 +135,13 @@ def test_collectives_from_hlo_text():
                  "collective-permute": {"count": 1, "bytes": 4 * 4 * 4}}
 
 
+@pytest.mark.parametrize("command", ["compile-report", "plan"])
 @pytest.mark.parametrize("name,message", [
     ("v5e:4x4x4", "--topology: expected one of v4:NxNxN, v5e:NxN, v5p:NxNxN, v6e:NxN"),
     ("tpu:2x2", "--topology: expected one of"),
     ("v5e:3x3", "--topology v5e:3x3: INVALID_ARGUMENT"),      # libtpu has no such slice
 ])
-def test_bad_topology_is_one_line(name, message, capsys):
-  assert cli.main(["compile-report", "--config", "tiny_cpu", "--topology", name]) == 2
+def test_bad_topology_is_one_line(command, name, message, capsys):
+  assert cli.main([command, "--config", "tiny_cpu", "--topology", name]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err, err

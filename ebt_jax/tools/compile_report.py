@@ -16,7 +16,10 @@ text EBTs). Per chip it reports
   above 1 is recomputation (remat, the second-order backward), below 1 work the cost
   analysis does not see (it counts a loop body once);
 * the XLA cost model's step time, and from it tokens/s per chip and MFU: estimates of
-  the compiler's model, not measurements, and labelled so everywhere;
+  the compiler's model, not measurements, and labelled so everywhere. For most programs
+  at the paper's sizes, and for every multi-slice one, libtpu's model gives a negative
+  figure (-0.99 s for an xxs S1 step on v5e:2x2, -58 s for a tiny one on two slices):
+  then the report says so and has no step-time estimate;
 * the collectives in the compiled HLO by kind: instructions (a loop body's count once)
   and the bytes of their results per chip.
 """
@@ -86,6 +89,7 @@ class TopologyReport:
   xla_flops: float                # per chip
   xla_bytes_accessed: float       # per chip
   optimal_seconds: float | None   # the XLA cost model's step time (None: it gave none)
+  raw_optimal_seconds: float | None   # what the cost model gave (negative: no estimate)
   tokens_per_step: int
   peak_flops: float | None        # per chip
   collectives: dict
@@ -126,6 +130,7 @@ class TopologyReport:
         "compiled_over_model_flops": self.flops_ratio, "tokens_per_step": self.tokens_per_step,
         "peak_flops_per_chip": self.peak_flops,
         "estimate": {"source": ESTIMATE, "step_seconds": self.optimal_seconds,
+                     "raw_optimal_seconds": self.raw_optimal_seconds,
                      "tokens_per_s_per_chip": self.tokens_per_s_per_chip, "mfu": self.mfu},
         "collectives": self.collectives,
     }
@@ -142,7 +147,9 @@ class TopologyReport:
         f"{fmt(self.flops_ratio, '.3f')}",
         f"  step time {fmt(self.optimal_seconds, '.4g')} s, "
         f"{fmt(self.tokens_per_s_per_chip, '.4g')} tokens/s per chip, MFU "
-        f"{fmt(self.mfu and 100 * self.mfu, '.1f')} %: {ESTIMATE}",
+        f"{fmt(self.mfu and 100 * self.mfu, '.1f')} %: {ESTIMATE}"
+        + ("" if self.optimal_seconds else
+           f" (none: the cost model gave {fmt(self.raw_optimal_seconds, '.3g')} s)"),
         "  collectives (instructions in the compiled HLO, result bytes per chip):"]
     lines += [f"    {kind:<20} {c['count']:6d}   {c['bytes'] / gib:10.4f} GiB"
               for kind, c in self.collectives.items()]
@@ -208,6 +215,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
       xla_bytes_accessed=float(cost.get("bytes accessed", 0.0)),
       # Multi-slice programs get a negative figure: the model has no data-centre network.
       optimal_seconds=seconds if seconds and seconds > 0 else None,
+      raw_optimal_seconds=seconds,
       tokens_per_step=tokens, peak_flops=peak,
       collectives=collectives(compiled.as_text()))
 

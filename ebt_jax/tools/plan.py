@@ -13,7 +13,8 @@ trades compute for memory, so the next remat (dots, then full) compiles only whe
 previous one does not fit. Candidates run from the most sharded state (all fsdp) to the
 least, and once the next compile would overrun the time budget the rest are listed as not
 compiled. The table ranks layouts that fit by the XLA cost model's step time (an
-estimate), and the last line gives the overrides selecting the best.
+estimate); where the model gives none (ebt_jax/tools/compile_report.py), by XLA's FLOPs,
+then collective bytes, per chip. The last line gives the overrides selecting the best.
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ class Candidate:
     return self.report is not None and bool(self.report.memory.fits)
 
   def rank_key(self):
+    # Where the cost model gives no step time, fewer FLOPs and collective bytes per chip
+    # come first (the layouts run the same model).
     r = self.report
-    return (not self.fits, r is None, (r and r.optimal_seconds) or float("inf"),
-            r.memory.peak_bytes if r else 0)
+    if r is None:
+      return (True, True, 0.0, 0.0, 0, 0)
+    return (not self.fits, r.optimal_seconds is None, r.optimal_seconds or 0.0,
+            r.xla_flops, sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
 
 
 @dataclasses.dataclass
@@ -83,7 +88,8 @@ class Plan:
              f"compiled in {self.elapsed_s:.0f} s; step time, tokens/s and MFU are "
              f"{compile_report.ESTIMATE}",
              f"  {'#':>3} {'data':>5} {'fsdp':>5} {'tensor':>6} {'remat':>6} {'fits':>5} "
-             f"{'GiB/chip':>9} {'step s':>10} {'MFU %':>7} {'tok/s/chip':>11}"]
+             f"{'GiB/chip':>9} {'step s':>10} {'MFU %':>7} {'tok/s/chip':>11} "
+             f"{'TFLOP/chip':>10} {'coll. GiB':>9}"]
     for i, c in enumerate(self.candidates, 1):
       lay, r = c.layout, c.report
       head = f"  {i:>3} {lay.data:>5} {lay.fsdp:>5} {lay.tensor:>6} {lay.remat:>6}"
@@ -93,7 +99,8 @@ class Plan:
       num = lambda v, f, scale=1: "n/a" if v is None else format(v * scale, f)
       lines.append(f"{head} {'yes' if c.fits else 'NO':>5} {r.memory.peak_bytes / gib:9.2f} "
                    f"{num(r.optimal_seconds, '10.4g')} {num(r.mfu, '7.1f', 100)} "
-                   f"{num(r.tokens_per_s_per_chip, '11.4g')}")
+                   f"{num(r.tokens_per_s_per_chip, '11.4g')} {r.xla_flops / 1e12:10.3f} "
+                   f"{sum(c['bytes'] for c in r.collectives.values()) / gib:9.3f}")
     for reason, meshes in self.pruned.items():
       lines.append(f"  skipped {len(meshes)} mesh{'es' if len(meshes) > 1 else ''} "
                    f"(data x fsdp x tensor) {', '.join(meshes[:6])}"
@@ -160,11 +167,11 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   check(time_budget_s is None or time_budget_s > 0, "--time-budget", "seconds > 0",
         time_budget_s)
   hbm = hbm_bytes or topology.spec.hbm_bytes
+  compile_report.topology_devices(topology)   # a topology error stops here, as one line
   meshes, pruned = candidate_meshes(config, topology.num_chips, topology.num_slices, batch)
   if not meshes:
     raise ConfigError(f"--topology {topology.describe()}: no mesh of {topology.num_chips} "
                       f"chips suits this config ({'; '.join(pruned)})")
-  compile_report.topology_devices(topology)   # a topology error stops here, as one line
   t0 = time.perf_counter()
   done, not_compiled, compile_times = [], [], []
   for i, (data, fsdp, tensor) in enumerate(meshes):
