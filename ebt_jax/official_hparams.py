@@ -208,13 +208,13 @@ _MAPPED: dict[str, tuple[str | None, Callable]] = {
 }
 
 
-def _advanced_inference(c: ml_collections.ConfigDict, h: dict) -> None:
+def _advanced_inference(c: ml_collections.ConfigDict, h: dict, kind: str) -> None:
   """The official advanced inference's flags -> `c.inference` (official defaults in `h`)."""
   if not h["infer_ebt_advanced"]:
     return
-  if c.model.kind != "ebt":
+  if kind != "ebt":
     raise ConfigError(f"infer_ebt_advanced: the text EBT's advanced inference (this is a "
-                      f"{c.model.kind} run)")
+                      f"{kind} run)")
   i, n = c.inference, int(h["infer_ebt_num_steps"])
   if n < 1 and c.model.ebt_type != "default":
     raise ConfigError(f"infer_ebt_num_steps: expected a positive integer (the official code "
@@ -430,7 +430,7 @@ def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collecti
   if kind in ("image_ebt", "latent_ebt"):
     _continuous_advanced_inference(c, hparams, kind)
   else:
-    _advanced_inference(c, hparams)
+    _advanced_inference(c, hparams, kind)
   devices = _device_count(hparams, num_devices)
   c.train.batch_size = (int(hparams["batch_size_per_device"]) *
                         int(hparams["accumulate_grad_batches"]) * devices)

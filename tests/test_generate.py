@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebt_jax.inference import generate
+from ebt_jax.inference import generate, system2
 from ebt_jax import tasks
 from conftest import perturb, tiny_config, to_f64
 
@@ -29,7 +29,9 @@ def test_cached_generation_gives_the_tokens_of_naive_generation(ebt_type, best_o
   np.testing.assert_array_equal(cached.tokens[:, :3], prompt)
   np.testing.assert_allclose(cached.final_energy, naive.final_energy, rtol=1e-9)
   np.testing.assert_allclose(cached.energy_drop, naive.energy_drop, rtol=1e-9)
-  np.testing.assert_array_equal(cached.steps_used, 3)
+  # N = 3 per landscape: 3 steps per trained landscape (one landscape for a default EBT).
+  np.testing.assert_array_equal(cached.steps_used, 3 * tasks.build(config).num_landscapes)
+  assert system2.total_steps(tasks.build(config)) == 3 * tasks.build(config).num_landscapes
   if temperature > 0:   # sampling really samples: another key, other tokens
     other = generate.generate(params, prompt, tasks.build(config), jax.random.key(4), sampling)
     assert not np.array_equal(other.tokens, cached.tokens)

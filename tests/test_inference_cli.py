@@ -30,16 +30,18 @@ def test_eval_table_and_json(runs, tmp_path, capsys):
                    "--json", str(out)]) == 0
   printed = capsys.readouterr().out
   assert "N=2" in printed and "Transformer++" in printed and "Adaptive compute" in printed
+  assert "per landscape" in printed and "[12]" in printed   # 3 steps x 2 landscapes x 2
   report = json.loads(out.read_text())
-  cells = {(r["dataset"], r["thinking_steps"], r["best_of"]) for r in report["results"]}
-  assert cells == {("validation", k, n) for k in (1, 3) for n in (1, 2)}
+  cells = {(r["dataset"], r["thinking_steps"], r["best_of"], r["energy_evaluations"])
+           for r in report["results"]}
+  assert cells == {("validation", k, n, 2 * k * n) for k in (1, 3) for n in (1, 2)}
   assert all(r["perplexity"] > 1 and r["baseline_perplexity"] > 1 for r in report["results"])
-  assert len(report["ce_after_each_step"]["validation"]) == 3
+  assert len(report["ce_after_each_step"]["validation"]) == 6   # the N = 3 run's steps
   never, at_once = report["adaptive"]
-  # Threshold 0 never stops: 3 steps per token and the 3-step perplexity. A huge threshold
+  # Threshold 0 never stops: 6 steps per token and the 6-step perplexity. A huge threshold
   # stops every position after its first step (the first step always runs).
-  assert never["mean_steps"] == 3
-  assert never["ce"] == pytest.approx(report["ce_after_each_step"]["validation"][2], rel=1e-5)
+  assert never["mean_steps"] == 6
+  assert never["ce"] == pytest.approx(report["ce_after_each_step"]["validation"][5], rel=1e-5)
   assert at_once["mean_steps"] == 1
   assert at_once["ce"] == pytest.approx(report["ce_after_each_step"]["validation"][0], rel=1e-5)
 
@@ -51,6 +53,7 @@ def test_think_prints_energies_and_writes_a_heatmap(runs, tmp_path, capsys):
                    "--out", str(png), "--config.inference.thinking_steps=3"]) == 0
   printed = capsys.readouterr().out
   assert "final E" in printed and "perplexity of the text" in printed
+  assert "thinking cost: 6 energy evaluations" in printed   # 3 steps x 2 landscapes
   assert len([l for l in printed.splitlines() if l.strip()[:1].isdigit()]) == 14   # one per byte
   assert png.stat().st_size > 5000
 

@@ -259,14 +259,15 @@ def test_train_eval_plot_and_resume_in_process(tmp_path, monkeypatch):
   assert math.isclose(evals[-1]["eval/perplexity"], math.exp(evals[-1]["eval/ce_step_2"]), rel_tol=1e-6)
   assert all(f"train/{k}" in records[-2] or f"train/{k}" in records[-3]
              for k in ("loss", "tokens_per_s", "grad_norm", "alpha"))
-  # `ebt eval`'s best-of-1 column is training's evaluation.
+  # `ebt eval`'s default row (one step per landscape) is training's evaluation.
   report = evaluation.evaluate_system2(tmp_path, log=lambda *a: None)
   assert report.step == 6
-  np.testing.assert_allclose(report.ce["validation"][:, 0],
-                             [evals[-1]["eval/ce_step_1"], evals[-1]["eval/ce_step_2"]], rtol=1e-5)
+  want = [evals[-1]["eval/ce_step_1"], evals[-1]["eval/ce_step_2"]]
+  np.testing.assert_allclose(report.fixed_ce["validation"], want, rtol=1e-5)
+  np.testing.assert_allclose(report.ce["validation"][:, 0], want[-1:], rtol=1e-5)
   rows = report.as_json()["results"]
-  assert {(r["dataset"], r["thinking_steps"], r["best_of"]) for r in rows} == {
-      ("validation", 1, 1), ("validation", 2, 1)}
+  assert {(r["dataset"], r["thinking_steps"], r["best_of"], r["energy_evaluations"])
+          for r in rows} == {("validation", 1, 1, 2)}
   from ebt_jax.training import plots
   assert all(p.stat().st_size > 1000 for p in plots.plot_workdir(tmp_path))
   # Asking for more steps resumes; changing the model does not.

@@ -1,9 +1,13 @@
 """`ebt eval`: System 2 tables of a trained text EBT, with a Transformer++ baseline beside.
 
-For every dataset (validation, then each OOD suite) and every (thinking steps k, best-of
+For every dataset (validation, then each OOD suite) and every (thinking steps N, best-of
 n) cell: the mean next-token cross-entropy and perplexity of the candidate chosen among
-n after k steps. One trajectory of max(k) steps with max(n) candidates per batch gives
-every cell (see `system2.table_ce`), so the table costs one long run, not one per cell.
+n after thinking with `inference.thinking_steps` = N, counted as `inference.step_count`
+says (system2.py: per landscape by default, as the official `infer_ebt_num_steps`). Each
+cell also says what it cost: energy evaluations (forward + gradient) per token, steps x n.
+Rows whose steps are the first steps of the longest row's run (every row of a `default`
+EBT or with step_count "total"/"final_landscape") and all best-of columns come from that
+one run (see `system2.table_ce`); other rows think on their own.
 
 Adaptive compute (`stop_thresholds`): the same model with per-position stopping up to
 max(k) steps; each row reports the steps used per token and the compute saved against
@@ -20,6 +24,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -42,6 +47,9 @@ class System2Report:
   fixed_ce: dict               # dataset -> [max(k)] CE after each step, best of 1
   adaptive: list[dict]         # rows of the adaptive-compute table
   baseline: dict | None = None  # {"workdir", "step", "ce": {dataset: ce}}
+  step_count: str = "per_landscape"   # how thinking steps N count (inference.step_count)
+  evaluations: dict = dataclasses.field(default_factory=dict)  # N -> energy evaluations
+                               # (forward + gradient) per token at best of 1
 
   def rows(self) -> list[dict]:
     out = []
@@ -49,23 +57,27 @@ class System2Report:
       for i, k in enumerate(self.thinking_steps):
         for j, n in enumerate(self.best_of):
           row = {"dataset": dataset, "thinking_steps": k, "best_of": n, "ce": float(ce[i][j]),
-                 "perplexity": perplexity(ce[i][j])}
+                 "perplexity": perplexity(ce[i][j]), "step_count": self.step_count,
+                 "energy_evaluations": self.evaluations.get(k, 0) * n}
           if self.baseline:
             row["baseline_perplexity"] = perplexity(self.baseline["ce"][dataset])
           out.append(row)
     return out
 
   def table(self) -> str:
-    lines = [f"Perplexity of {self.workdir} (checkpoint {self.step}): rows thinking steps, "
-             f"columns best-of-N"]
+    unit = {"per_landscape": " per landscape", "final_landscape": " on the final landscape",
+            "total": ""}[self.step_count]
+    lines = [f"Perplexity of {self.workdir} (checkpoint {self.step}): rows thinking steps"
+             f"{unit}, columns best-of-N; [energy evaluations (forward + gradient) per token]"]
     for dataset, ce in self.ce.items():
-      header = f"  {dataset:<20}" + "".join(f"{'N=' + str(n):>11}" for n in self.best_of)
+      header = f"  {dataset:<20}" + "".join(f"{'N=' + str(n):>16}" for n in self.best_of)
       if self.baseline:
         header += f"{'Transformer++':>15}"
       lines += ["", header]
       for i, k in enumerate(self.thinking_steps):
         line = f"  {str(k) + (' step' if k == 1 else ' steps'):<20}" + "".join(
-            f"{perplexity(c):>11.5g}" for c in ce[i])
+            f"{perplexity(c):>11.5g}{self._cost(k, n):>5}"
+            for c, n in zip(ce[i], self.best_of))
         if self.baseline:
           line += f"{perplexity(self.baseline['ce'][dataset]):>15.5g}"
         lines.append(line)
@@ -84,6 +96,9 @@ class System2Report:
                      f"{100 * (1 - r['mean_steps'] / r['max_steps']):>7.0f}%")
     return "\n".join(lines)
 
+  def _cost(self, k: int, n: int) -> str:
+    return f"[{self.evaluations[k] * n}]" if k in self.evaluations else ""
+
   def as_json(self) -> dict:
     out = {"workdir": self.workdir, "checkpoint_step": self.step, "results": self.rows(),
            "ce_after_each_step": {d: [float(c) for c in ce] for d, ce in self.fixed_ce.items()},
@@ -97,16 +112,23 @@ class System2Report:
 
 
 def cells_ce(params, tokens, key, *, task, steps_list, best_of_list, mask_BxS=None):
-  """(CE [len(steps_list), len(best_of_list)] of a batch [B, S+1], CE after every step up
-  to max(steps_list) with best of 1), from one trajectory."""
+  """(CE [len(steps_list), len(best_of_list)] of a batch [B, S+1], CE after every step of
+  the longest row's run with best of 1): one run for the rows it answers, one per other row."""
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  thought = system2.think_tokens(params, inputs, task, key, steps=max(steps_list),
-                                 best_of=max(best_of_list), targets_BxS=targets)
   # Downstream answers pass their own mask (only answer tokens scored).
   mask = task.target_mask(targets) if mask_BxS is None else mask_BxS
-  every_step = range(1, max(steps_list) + 1)
   select = task.config.inference.select
-  return (system2.table_ce(thought, mask, steps_list, best_of_list, select),
+  longest = max(steps_list)
+  run = lambda n: system2.think_tokens(params, inputs, task, key, steps=n,
+                                       best_of=max(best_of_list), targets_BxS=targets)
+  thought = run(longest)
+  rows = {}
+  for n in steps_list:
+    own = thought if system2.shares_run(task, n, longest) else run(n)
+    rows[n] = system2.table_ce(own, mask, [system2.total_steps(task, n)], best_of_list,
+                               select)[0]
+  every_step = range(1, system2.total_steps(task, longest) + 1)
+  return (jnp.stack([rows[n] for n in steps_list]),
           system2.table_ce(thought, mask, every_step, [1], select)[:, 0])
 
 
@@ -157,11 +179,13 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
       c.inference.stop_on = "energy"
     adaptive_fns[threshold] = (c.inference.stop_on, jax.jit(
         functools.partial(_adaptive, task=tasks.build(c), steps=max(steps_list))))
+  evaluations = {n: system2.energy_evaluations(task, n) for n in steps_list}
   ce, fixed_ce, base_ce, adaptive_rows = {}, {}, {}, []
   with program.context():
     for split in datasets.eval_splits:
+      most = system2.total_steps(task, max(steps_list))
       log(f"evaluating {split}: {num_batches} batches of {batch_size}, up to "
-          f"{max(steps_list)} step{'s' * (max(steps_list) != 1)} x best of {max(best_of)}")
+          f"{most} step{'s' * (most != 1)} x best of {max(best_of)}")
       batches = [program.put_global(b)
                  for b in datasets.eval_batches(split, batch_size, num_batches)]
       cells = per_batch(cells_fn, params, batches, key)
@@ -173,7 +197,8 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
         fixed = _fewest_fixed_steps(fixed_ce[split], a_ce)
         adaptive_rows.append({
             "dataset": split, "stop_on": stop_on, "threshold": float(threshold),
-            "max_steps": max(steps_list), "mean_steps": steps, "ce": a_ce,
+            "max_steps": system2.total_steps(task, max(steps_list)), "mean_steps": steps,
+            "ce": a_ce,
             "perplexity": perplexity(a_ce), "fixed_steps_equal_perplexity": fixed,
             "compute_saved": None if fixed is None else 1 - steps / fixed})
       if base:
@@ -182,7 +207,7 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
   baseline_report = None if not base else {"workdir": str(baseline), "step": base["step"],
                                            "ce": base_ce}
   return System2Report(str(workdir), step, steps_list, best_of, ce, fixed_ce, adaptive_rows,
-                       baseline_report)
+                       baseline_report, config.inference.step_count, evaluations)
 
 
 def _baseline_params(workdir, config: ml_collections.ConfigDict) -> dict:

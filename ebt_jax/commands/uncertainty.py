@@ -42,6 +42,7 @@ class TokenEnergies:
   predicted: list[str]           # [S] the final candidate's most likely token
   dropped: int = 0               # leading tokens cut to fit the model's context
   landscapes: np.ndarray | None = None  # [K+1] energy landscape each row was measured in
+  evaluations: int | None = None  # energy evaluations (forward + gradient) per token
 
   @property
   def landscape_changes(self) -> list[int]:
@@ -73,6 +74,9 @@ class TokenEnergies:
     if len(self.next_token_prob):
       ce = -float(np.mean(np.log(np.maximum(self.next_token_prob, 1e-30))))
       lines.append(f"perplexity of the text after thinking: {perplexity(ce):.4g}")
+    if self.evaluations:
+      lines.append(f"thinking cost: {self.evaluations} energy evaluations (forward + "
+                   f"gradient) per token")
     if self.landscape_changes:
       after = ", ".join(str(k) for k in self.landscape_changes)
       lines.append(f"energy landscape changes after {after} step"
@@ -135,6 +139,7 @@ def think_about_text(workdir, text: str, *, overrides=None, seed: int = 0) -> To
   check(len(ids) >= 1, "--text", "a text of at least one token", text)
   dropped = max(0, len(ids) - config.model.context_length)
   ids = ids[dropped:]
+  # system2.predict's computation, keeping the chosen candidate and steps per position.
   thought = jax.jit(lambda p, x, k: system2.think_tokens(p, x, task, k))(
       params, ids[None], jax.random.key(seed))
   thought = jax.device_get(thought)
@@ -142,9 +147,9 @@ def think_about_text(workdir, text: str, *, overrides=None, seed: int = 0) -> To
   energies = np.take_along_axis(thought.energies[:, :, 0], choice[None, None], axis=1)[:, 0]
   probs = np.asarray(jax.nn.softmax(thought.logits[0], axis=-1))
   tokens = [_printable(tokenizer.decode([int(i)])) for i in ids]
-  steps = energies.shape[0] - 1
   return TokenEnergies(
-      landscapes=np.asarray(system2.landscapes(task, steps)),
+      landscapes=system2.landscapes(task),
+      evaluations=system2.energy_evaluations(task, None, config.inference.best_of),
       tokens=tokens, energies=energies, steps_used=thought.steps_used[0],
       next_token_prob=probs[np.arange(len(ids) - 1), ids[1:]],
       predicted=[_printable(tokenizer.decode([int(i)])) for i in probs.argmax(-1)],

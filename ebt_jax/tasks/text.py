@@ -26,6 +26,18 @@ training mode, `no_randomness=False`):
   `warm_up_finished` turns on its requires_grad);
 * the contrastive loss: softplus(E(true token) - E(final step's candidate)) per position,
   the official cross-entropy over the pair (-E_true, -E_fake) with target "true".
+
+Three official options the paper's runs left off, as its `forward` and
+`forward_loss_wrapper` define them:
+* `soften_target` v: the loss of step k of the K steps taken is the cross-entropy against
+  targets label-smoothed by eps_k = (K-1-k)/(K-1) * v (torch's `label_smoothing`: (1 - eps)
+  NLL + eps * mean over the vocabulary of -log p), so early steps aim at softer targets.
+  The `ce_steps` metrics stay the plain cross-entropy (the final step's eps is 0);
+* `sharpen` s: after each step (and the absolute clamp) the candidate is divided by s, in
+  training and validation; the official advanced inference does not, nor does system2;
+* `normalize_first_step_only`: the candidate is softmaxed only at official step index 0
+  (`mcmc_step == 0`: every repeat of the first landscape's step, or the first step of a
+  `default` EBT); later steps embed p - alpha * grad as it is.
 Validation keeps the official code's remaining randomness: random initial candidates and
 Langevin noise.
 """
@@ -55,11 +67,21 @@ from ebt_jax.thinking import loop
 REPLAY_KEY_SALT = 3
 
 
+def log_probs(logits_BxSxV: jax.Array) -> jax.Array:
+  return jax.nn.log_softmax(logits_BxSxV.astype(jnp.promote_types(logits_BxSxV.dtype,
+                                                                   jnp.float32)))
+
+
 def token_nll(logits_BxSxV: jax.Array, targets_BxS: jax.Array) -> jax.Array:
-  logp = jax.nn.log_softmax(logits_BxSxV.astype(jnp.promote_types(logits_BxSxV.dtype, jnp.float32)))
+  logp = log_probs(logits_BxSxV)
   # Leading axes of the logits beyond the targets' (best-of-N candidates) broadcast.
   targets = jnp.broadcast_to(targets_BxS[..., None], logp.shape[:-1] + (1,))
   return -jnp.take_along_axis(logp, targets, axis=-1)[..., 0]
+
+
+def uniform_nll(logits_BxSxV: jax.Array) -> jax.Array:
+  """-mean over the vocabulary of log p: the cross-entropy against a uniform target."""
+  return -jnp.mean(log_probs(logits_BxSxV), axis=-1)
 
 
 def masked_mean(x_BxS: jax.Array, mask_BxS: jax.Array) -> jax.Array:
@@ -158,6 +180,10 @@ class TextEBT(TextTask):
           or t.normalize_initial_condition, "thinking.contrastive_true_logit",
           "a non-zero value when normalize_initial_condition is off (as the official code)",
           t.contrastive_true_logit)
+    check(not t.normalize_first_step_only or t.grad_wrt == "probs",
+          "thinking.normalize_first_step_only",
+          "False with grad_wrt='logits' (the official option steps on probabilities)",
+          t.normalize_first_step_only)
     if t.replay_buffer:
       replay.validate(config)
 
@@ -215,10 +241,37 @@ class TextEBT(TextTask):
     K = self.thinking.num_steps
     return jnp.arange(K) if self.dims.ebt_type != "default" else jnp.zeros(K, jnp.int32)
 
+  def official_steps(self, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """(the official step index `mcmc_step` of every thinking step [K], taken [K] or None):
+    `options.step_schedule` over the official steps (training's random repeats with `key`)."""
+    return options.step_schedule(self.thinking, jnp.arange(self.thinking.num_steps), key)
+
   def step_schedule(self, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-    """(landscape of every thinking step [K], taken [K] or None): `options.step_schedule`
-    over this model's landscapes (training's random repeats with `key`)."""
-    return options.step_schedule(self.thinking, self.default_landscapes(), key)
+    """(landscape of every thinking step [K], taken [K] or None), as `official_steps`."""
+    step_K, active_K = self.official_steps(key)
+    return self.default_landscapes()[step_K], active_K
+
+  def reparam_steps(self, step_K: jax.Array) -> jax.Array | None:
+    """Which steps softmax the candidate (bool, as `step_K`), given their official step
+    indices: step 0 only with `normalize_first_step_only`; None: every step."""
+    if not self.thinking.normalize_first_step_only or self.candidate_reparam() is None:
+      return None
+    return step_K == 0
+
+  def step_losses(self, outputs, active_K, mask_BxS) -> tuple[jax.Array, jax.Array]:
+    """(loss of every step [K], its plain cross-entropy [K]) from the emitted (NLL,
+    uniform NLL) per step: the cross-entropy, or with `soften_target` the label-smoothed
+    one of the official `forward_loss_wrapper` (eps_k over the k-th of the steps taken)."""
+    nll_K, uniform_K = outputs
+    per_step = jax.vmap(masked_mean, in_axes=(0, None))
+    ce_K = per_step(nll_K, mask_BxS)
+    v = self.thinking.soften_target
+    if v == 0:
+      return ce_K, ce_K
+    taken_K = jnp.ones(ce_K.shape) if active_K is None else active_K.astype(ce_K.dtype)
+    index_K, taken = jnp.cumsum(taken_K) - 1, jnp.sum(taken_K)
+    eps_K = jnp.where(taken > 1, (taken - 1 - index_K) / jnp.maximum(taken - 1, 1) * v, 0.0)
+    return (1 - eps_K) * ce_K + eps_K * per_step(uniform_K, mask_BxS), ce_K
 
   def contrastive_loss(self, params, caches: ar_ebt.ContextCache, targets_BxS: jax.Array,
                        fake_energy_BxS: jax.Array, mask_BxS: jax.Array) -> jax.Array:
@@ -279,7 +332,8 @@ class TextEBT(TextTask):
       y0 = initial_logits.astype(self.candidate_dtype)
     y0 = constrain(y0, CANDIDATE)
 
-    landscape_K, active_K = self.step_schedule(steps_key if randomize else None)
+    step_K, active_K = self.official_steps(steps_key if randomize else None)
+    landscape_K = self.default_landscapes()[step_K]
     alpha = options.step_size(params, t)
     if randomize and t.step_size_random_scale != 1:
       alpha = options.random_step_size(alpha, alpha_key, (B, S, 1), t, self.candidate_dtype)
@@ -287,18 +341,20 @@ class TextEBT(TextTask):
     traj = loop.think(self.candidate_energy_fn(params, caches), y0, opt,
                       loop.Schedule(landscape_K, alpha, active_K), think_key,
                       reparam=self.candidate_reparam(),
-                      emit=lambda y: token_nll(y, targets_BxS),
+                      emit=lambda y: (token_nll(y, targets_BxS),
+                                      uniform_nll(y) if t.soften_target else None),
                       detach=t.detach, truncate=t.truncate,
                       pre_noise_std=options.langevin_std(
                           params, t, trainable=t.langevin_noise_learnable and warmed_up),
                       unroll=t.unroll, remat=self._step_remat(),
                       grad_clip=options.grad_clip_bound(params, t, warmed_up),
-                      value_clip=t.absolute_clamp_value)
+                      value_clip=t.absolute_clamp_value, divide_by=t.sharpen or None,
+                      reparam_K=self.reparam_steps(step_K))
     row_B = jnp.ones(B, jnp.float32) if row_mask is None else row_mask.astype(jnp.float32)
     mask_BxS = self.target_mask(targets_BxS) * row_B[:, None]
-    ce_K = jax.vmap(masked_mean, in_axes=(0, None))(traj.outputs, mask_BxS)
+    loss_K, ce_K = self.step_losses(traj.outputs, active_K, mask_BxS)
     taken_K = jnp.ones(ce_K.shape) if active_K is None else active_K.astype(ce_K.dtype)
-    reconstruction = ce_K[-1] if t.truncate else options.taken_mean(ce_K, active_K)
+    reconstruction = loss_K[-1] if t.truncate else options.taken_mean(loss_K, active_K)
     loss = t.reconstruction_coeff * reconstruction
     metrics = {}
     if t.contrastive_loss:

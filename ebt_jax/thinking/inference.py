@@ -19,6 +19,10 @@ a step or be chosen among N candidates without touching its neighbours.
   `noise_first_only`, the first (the official `infer_langevin_first_step`).
 * `select` picks one of N candidates per position by final energy (lowest or highest) or
   by the largest initial-minus-final energy drop (the official `min`, `max`, `max_gap`).
+* `per_step`: a step size and gradient clamp per step (the official
+  `infer_alpha_final_landscape` gives earlier landscapes the model's alpha); `reparam_K`:
+  which steps (and, last, the final scoring) see the candidate through `reparam` (the
+  official `normalize_initial_condition_only_first_step` softmaxes at step 0 only).
 """
 
 from __future__ import annotations
@@ -78,27 +82,35 @@ def think_per_position(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptim
                        reparam: Callable | None = None, emit: Callable | None = None,
                        noise_std=None, rules: StepRules = StepRules(), final_landscape=None,
                        event_ndim: int = 1, trajectory: bool = True, grad_clip=None,
-                       value_clip: float | None = None) -> InferenceResult:
+                       value_clip: float | None = None, per_step: bool = False,
+                       reparam_K=None) -> InferenceResult:
   """Inference thinking with per-position control; no gradient flows to the parameters.
 
   `energy_fn(z, landscape)` returns one energy per position: z.shape[:-event_ndim].
   `final_landscape` (default: the last step's) scores the final candidate. `noise_std`
   (None: no noise) may be a traced scalar, such as a learned Langevin std. `grad_clip` and
   `value_clip` are `loop.think`'s (the official `clamp_futures_grad` and `absolute_clamp`):
-  the gradient clamped before the update, the updated candidate after it.
+  the gradient clamped before the update, the updated candidate after it. With `per_step`,
+  `schedule.step_size` and `grad_clip` are [K], one per step. `reparam_K` (bool [K + 1],
+  None: all) says which steps, then the final scoring, apply `reparam`.
   """
-  reparam = reparam or (lambda y: y)
+  reparam_all = reparam or (lambda y: y)
+  if reparam_K is None:
+    reparam = lambda y, k=None: reparam_all(y)
+  else:
+    reparam_K = jnp.asarray(reparam_K)
+    reparam = lambda y, k: jnp.where(reparam_K[k], reparam_all(y), y)
   emit = emit or (lambda y: y)
   num_steps = schedule.landscape_K.shape[0]
   final_landscape = schedule.landscape_K[-1] if final_landscape is None else final_landscape
   event_axes = tuple(range(-event_ndim, 0))
 
-  def energies_and_grad(cand, landscape):
+  def energies_and_grad(z, landscape):
     def summed(z):
       e = energy_fn(z, landscape)
       return e.sum(), e
 
-    (_, e), g = jax.value_and_grad(summed, has_aux=True)(reparam(cand))
+    (_, e), g = jax.value_and_grad(summed, has_aux=True)(z)
     return e, g
 
   def step(k, cand, opt_state, active, prev_energy):
@@ -109,21 +121,23 @@ def think_per_position(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptim
       noise = noise_std * jax.random.normal(jax.random.fold_in(step_key, 0),
                                                   cand.shape, cand.dtype)
       cand = cand + (noise if not rules.noise_first_only else jnp.where(k == 0, noise, 0))
-    energy, grad = energies_and_grad(cand, landscape)
+    z = reparam(cand, k)
+    energy, grad = energies_and_grad(z, landscape)
     if rules.stop_on == "energy":
       active = active & ((k == 0) | (jnp.abs(prev_energy - energy) >= rules.stop_threshold))
     elif rules.stop_on == "grad_norm":
       grad_norm = jnp.sqrt(jnp.sum(jnp.square(grad), axis=event_axes))
       active = active & (grad_norm >= rules.stop_threshold)
-    z = reparam(cand)
     if grad_clip is not None:
-      grad = jnp.clip(grad, -grad_clip, grad_clip)
-    new, new_state = inner_opt.update(grad, opt_state, z, schedule.step_size,
+      clip = grad_clip[k] if per_step else grad_clip
+      grad = jnp.clip(grad, -clip, clip)
+    alpha = schedule.step_size[k] if per_step else schedule.step_size
+    new, new_state = inner_opt.update(grad, opt_state, z, alpha,
                                       jax.random.fold_in(step_key, 1))
     if value_clip is not None:
       new = jnp.clip(new, -value_clip, value_clip)
     if rules.accept_lower:
-      proposed_energy = energy_fn(reparam(new), landscape)
+      proposed_energy = energy_fn(reparam(new, k), landscape)
       new = _where_positions(proposed_energy < energy, new, cand)
     new = _where_positions(active, new, start)
     new_state = _where_positions(active, new_state, opt_state)
@@ -132,7 +146,7 @@ def think_per_position(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptim
   active0 = jnp.ones(y0.shape[:y0.ndim - event_ndim], bool)
   steps0 = jnp.zeros(active0.shape, jnp.int32)
   state0 = inner_opt.init(y0)
-  energy_dtype = jax.eval_shape(lambda: energy_fn(reparam(y0), schedule.landscape_K[0])).dtype
+  energy_dtype = jax.eval_shape(lambda: energy_fn(reparam_all(y0), schedule.landscape_K[0])).dtype
   zeros = jnp.zeros(active0.shape, energy_dtype)
 
   if trajectory:
@@ -144,7 +158,7 @@ def think_per_position(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptim
     init = (y0, state0, active0, zeros, steps0)
     (final, _, _, _, steps_used), (outputs, energies) = jax.lax.scan(
         body, init, jnp.arange(num_steps))
-    final_energy = energy_fn(reparam(final), final_landscape)
+    final_energy = energy_fn(reparam(final, num_steps), final_landscape)
     return InferenceResult(final, outputs, jnp.concatenate([energies, final_energy[None]]),
                            steps_used)
 
@@ -160,7 +174,7 @@ def think_per_position(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptim
 
   _, final, _, _, _, initial_energy, steps_used = jax.lax.while_loop(
       cond, body, (jnp.int32(0), y0, state0, active0, zeros, zeros, steps0))
-  final_energy = energy_fn(reparam(final), final_landscape)
+  final_energy = energy_fn(reparam(final, num_steps), final_landscape)
   return InferenceResult(final, None, jnp.stack([initial_energy, final_energy]),
                          steps_used)
 

@@ -69,7 +69,7 @@ def _time(fn, args, repeats: int, threads_state: bool = False) -> Timing:
 
 
 def _think_fns(task: TextEBT, steps: int):
-  """(cached, naive) inference thinking of `steps` steps on a batch; both -> final logits."""
+  """(cached, naive) inference thinking with N = `steps` on a batch; both -> final logits."""
   opt = options.inner_optimizer(task.thinking)
   reparam = task.candidate_reparam()
   lands = system2.landscapes(task, steps)
@@ -111,7 +111,8 @@ def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len
   B = batch_size or config.train.batch_size
   prompt_len = prompt_len or S // 2
   new_tokens = new_tokens or S - prompt_len
-  steps = think_steps or system2.num_steps(task)
+  n = think_steps or system2.num_steps(task)
+  steps = system2.total_steps(task, n)   # N counts as inference.step_count says
   rng = np.random.default_rng(config.seed)
   key = jax.random.key(config.seed)
   out = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
@@ -136,7 +137,7 @@ def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len
   params = task.init_params(key)
   inputs = jnp.asarray(rng.integers(1, V, (B, S), np.int32))
   y0 = task.initial_candidate(jax.random.fold_in(key, 1), (B, S, V))
-  cached_fn, naive_fn = _think_fns(task, steps)
+  cached_fn, naive_fn = _think_fns(task, n)
   think_args = (params, inputs, y0, jax.random.fold_in(key, 2))
   think = _time(cached_fn, think_args, repeats)
   think_naive = _time(naive_fn, think_args, repeats)
