@@ -271,18 +271,16 @@ def ddim_step_limit(c: ml_collections.ConfigDict) -> int:
              for level in (d.noise_level, d.ood_noise_level))
 
 
-def validate_continuous_thinking(c: ml_collections.ConfigDict, describe: str) -> None:
+def validate_continuous_thinking(c: ml_collections.ConfigDict, describe: str, *,
+                                 replay_buffer: bool = False) -> None:
   """What the image and video EBTs do not run (the official image model raises for its
-  replay buffer; the contrastive loss and per-step remat are text-only here)."""
+  replay buffer, which only `replay_buffer` kinds run; the contrastive loss and per-step
+  remat are text-only here)."""
   t = c.thinking
   why = f"for {describe}"
-  for field in ("replay_buffer", "contrastive_loss"):
+  for field in ("contrastive_loss",) if replay_buffer else ("replay_buffer", "contrastive_loss"):
     check(not t[field], f"thinking.{field}", f"False {why}", t[field])
   check(t.remat == "none", "thinking.remat", f"'none' {why}", t.remat)
-  for field in ("soften_target", "sharpen"):   # text EBT options (tasks/text.py)
-    check(t[field] == 0, f"thinking.{field}", f"0 {why}", t[field])
-  check(not t.normalize_first_step_only, "thinking.normalize_first_step_only", f"False {why}",
-        t.normalize_first_step_only)
 
 
 def with_step_size(params: dict, config: ml_collections.ConfigDict) -> dict:

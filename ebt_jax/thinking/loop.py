@@ -13,7 +13,11 @@ Step options follow the official code:
   stop-gradient energy gradient (they still pass alpha and, without `detach`, the
   candidate chain). Built as a scan over the first K-1 steps plus one final step, so no
   second-order work is traced and then discarded.
-* `pre_noise_std`: the official Langevin noise, added to the candidate before each step.
+* `pre_noise_std`: the official Langevin noise of the text and image models, added to the
+  candidate before each step (the step starts from the noised candidate).
+* `keyed_energy`: `energy_fn(z, landscape, key)` gets a fresh key per step, for randomness
+  only the gradient evaluation sees (the official video model's Langevin noise, added to
+  the projected candidate while the step starts from the un-noised one).
 * `unroll`: passed to `lax.scan`. Unrolling the few steps of training into straight-line
   code lets XLA drop the per-step slicing of stacked context caches (about 10% of an S1
   step on CPU); long inference runs keep the rolled loop.
@@ -28,10 +32,7 @@ Step options follow the official code:
   (put skipped steps first), so the second-order step is always the last one taken.
 * `grad_clip`: the official `clamp_futures_grad`, the energy gradient clamped to
   [-grad_clip, grad_clip] before the optimizer sees it; `value_clip`: the official
-  `absolute_clamp`, the updated candidate clamped to [-value_clip, value_clip]; then
-  `divide_by`: the official `sharpen_predicted_distribution`, the candidate divided by it.
-* `reparam_K`: which steps apply `reparam` (bool [K]; None: all); the others step on the
-  candidate as it is (the official `normalize_initial_condition_only_first_step`).
+  `absolute_clamp`, the updated candidate clamped to [-value_clip, value_clip].
 """
 
 from __future__ import annotations
@@ -66,22 +67,22 @@ def think(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptimizer, schedul
           key: jax.Array, *, reparam: Callable | None = None, emit: Callable | None = None,
           detach: bool = True, truncate: bool = False, pre_noise_std=None,
           unroll: int | bool = 1, remat: Callable | None = None, grad_clip=None,
-          value_clip: float | None = None, divide_by: float | None = None,
-          reparam_K=None) -> Trajectory:
+          value_clip: float | None = None, keyed_energy: bool = False) -> Trajectory:
   reparam = reparam or (lambda y: y)
   emit = emit or (lambda y: y)
 
-  def take_step(carry, landscape, step_key, second_order: bool, reparam_on=None):
+  def take_step(carry, landscape, step_key, second_order: bool):
     cand, opt_state = carry
     if detach:
       cand, opt_state = jax.lax.stop_gradient((cand, opt_state))
     if pre_noise_std is not None:
       noise = jax.random.normal(jax.random.fold_in(step_key, 0), cand.shape, cand.dtype)
       cand = cand + pre_noise_std * noise
-    z = reparam(cand) if reparam_on is None else jnp.where(reparam_on, reparam(cand), cand)
+    z = reparam(cand)
 
     def summed(z):
-      energies = energy_fn(z, landscape)
+      energies = (energy_fn(z, landscape, jax.random.fold_in(step_key, 2)) if keyed_energy
+                  else energy_fn(z, landscape))
       return energies.sum(), energies
 
     (_, energies), grad = jax.value_and_grad(summed, has_aux=True)(z)
@@ -94,25 +95,22 @@ def think(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptimizer, schedul
                                       jax.random.fold_in(step_key, 1))
     if value_clip is not None:
       new = jnp.clip(new, -value_clip, value_clip)
-    if divide_by is not None:
-      new = new / divide_by
     return (new, opt_state), (emit(new), energies)
 
   num_steps = schedule.landscape_K.shape[0]
-  xs = (schedule.landscape_K, jax.random.split(key, num_steps), schedule.active_K, reparam_K)
+  xs = (schedule.landscape_K, jax.random.split(key, num_steps), schedule.active_K)
   carry = (y0, inner_opt.init(y0))
   if schedule.active_K is not None:
-    out_shapes = jax.eval_shape(lambda c, x: take_step(c, x[0], x[1], False, x[3])[1], carry,
+    out_shapes = jax.eval_shape(lambda c, x: take_step(c, x[0], x[1], False)[1], carry,
                                 jax.tree_util.tree_map(lambda a: a[0], xs))
 
   def step(carry, xs, second_order: bool):
-    landscape, step_key, active, reparam_on = xs
+    landscape, step_key, active = xs
     if active is None:
-      return take_step(carry, landscape, step_key, second_order, reparam_on)
+      return take_step(carry, landscape, step_key, second_order)
     skip = lambda carry: (carry, jax.tree_util.tree_map(
         lambda a: jnp.zeros(a.shape, a.dtype), out_shapes))
-    return jax.lax.cond(active, lambda c: take_step(c, landscape, step_key, second_order,
-                                                    reparam_on),
+    return jax.lax.cond(active, lambda c: take_step(c, landscape, step_key, second_order),
                         skip, carry)
 
   if remat is not None:
