@@ -286,6 +286,7 @@ _MAPPED_BY_MODALITY: dict[str, dict[str, tuple[str | None, Callable]]] = {
     },
     "VID": {
         "no_langevin_during_eval": ("thinking.no_langevin_during_eval", bool),
+        "denoising_initial_condition": ("thinking.initial_condition", str),  # + most_recent_embedding
         "infer_video_condition_frames": ("inference.video_condition_frames", int),
         "backbone_type": (None, str), "vit_backbone_size": (None, str),   # model.latent_dim
         "image_dims": (None, _identity), "time_between_frames": (None, _identity),

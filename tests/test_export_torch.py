@@ -117,6 +117,7 @@ def _configs():
   dit.model.update(kind="dit", image_size=8, patch_size=4)
   video_vae = tiny_config("time_embed")
   video_vae.model.update(kind="latent_ebt", latent_dim=oh.VAE_LATENT_DIM, n_layers=1)
+  video_vae.thinking.initial_condition = "most_recent_embedding"   # a video-only choice
   video_dino = tiny_config("time_embed")   # DINOv2-small features: no down projection
   video_dino.model.update(kind="latent_ebt", dim=384, latent_dim=384, n_heads=6, n_layers=1)
   return {"text_ebt": text, "transformer": baseline, "image_ebt": image, "dit": dit,

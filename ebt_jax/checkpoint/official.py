@@ -4,6 +4,12 @@ The mapping is linear (transposes, head reshapes and stacking per-layer tensors 
 the `layers` axis), so it converts a dict of gradients with the official names just as it
 converts weights: the result compares leaf by leaf with `jax.grad` output. torch Linear
 weights are [out, in]; ours are [in, out] (heads split out for attention).
+
+Every model with an official counterpart: the autoregressive transformer of the text EBT,
+the Transformer++ and the video EBT (`model/ar_*.py`), and the DiT stack of the image EBT
+and the DiT baseline. Two kinds of official entries are not parameters here: the DiT
+stack's frozen sin-cos `pos_embed` (checked against the table this project computes, and
+written back on export) and the video EBT's frozen image encoder (`split_frozen`).
 """
 
 from __future__ import annotations
@@ -194,8 +200,8 @@ def import_official(state_dict: Mapping, config, dtype=np.float32) -> dict:
                      f"needs, e.g. {missing[:3]}")
   if unexpected:
     raise ConfigError(f"import_official: state_dict has {len(unexpected)} entries this config "
-                     f"does not use, e.g. {unexpected[:3]} (check model.ebt_type, "
-                     f"model.n_layers and model.tied_v2e)")
+                     f"does not use, e.g. {unexpected[:3]} (check the model kind, model.ebt_type, "
+                     f"model.n_layers, model.tied_v2e and model.latent_dim)")
   for name, table in fixed.items():
     value = _to_numpy(sd[name])
     if value.shape != table.shape or not np.allclose(value, table, atol=1e-6):
