@@ -2,7 +2,7 @@
 `s2_cpu` and `paper`.
 
 `cpu`: sized for a 2-core CPU; `s2_cpu`: the same with the official S2 recipe
-(job_scripts/vid/pretrain/ebt_s2_vae.sh without its replay buffer).
+(job_scripts/vid/pretrain/ebt_s2_vae.sh, its replay buffer included).
 
     ebt train --config configs/nextframe.py:cpu --workdir runs/nextframe_cpu
     ebt eval --workdir runs/nextframe_cpu --thinking-steps 1,2,4
@@ -104,10 +104,13 @@ VARIANTS = {
 }
 
 
-# The S2 recipe of the official job_scripts/vid/pretrain/ebt_s2_vae.sh, less its replay
-# buffer (not yet wired for video here): the image script's step flags (configs/denoise.py;
-# alpha randomized per frame here) with Langevin noise of std 1 before each step.
-S2 = {**denoise.S2, "thinking.langevin_noise": 1.0}
+# The S2 recipe of the official job_scripts/vid/pretrain/ebt_s2_vae.sh: the image script's
+# step flags (configs/denoise.py; alpha randomized per frame here) with Langevin noise of
+# std 1 at each step's gradient evaluation, no detach between steps, a fixed step size (no
+# --mcmc_step_size_learnable) and the replay buffer at its official defaults (192
+# sequences, half the batch replayed).
+S2 = {**denoise.S2, "thinking.langevin_noise": 1.0, "thinking.detach": False,
+      "thinking.step_size_learnable": False, "thinking.replay_buffer": True}
 VARIANTS["s2_cpu"] = {**VARIANTS["cpu"], **S2}
 
 

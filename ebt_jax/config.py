@@ -21,6 +21,7 @@ from ml_collections import config_dict
 from ebt_jax.errors import check
 from ebt_jax.parallel.logical import DEFAULT_RULES
 
+STEP_COUNTS = ("per_landscape", "final_landscape", "total")   # inference.step_count
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
 
@@ -90,6 +91,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.thinking.clamp_grad_max_change_after_warmup = 0.0  # [clamp_max_after_warm_up] != 0: the
                                        # max change from the end of warmup on
   c.thinking.absolute_clamp = 0.0      # [absolute_clamp] != 0: candidates clamped to +-this
+  # Text EBT options the paper's runs left off (ebt_jax/tasks/text.py).
+  c.thinking.soften_target = 0.0       # [soften_target_prob_dist] v: step k of K trains against
+                                       # targets label-smoothed by (K-1-k)/(K-1) * v
+  c.thinking.sharpen = 0.0             # [sharpen_predicted_distribution] != 0: training's and
+                                       # validation's candidate divided by this after each step
+  c.thinking.normalize_first_step_only = False  # [normalize_initial_condition_only_first_step]
+                                       # softmax the candidate only at official step 0
   c.thinking.reconstruction_coeff = 1.0   # [reconstruction_coeff] weight of the CE loss
   c.thinking.contrastive_loss = False  # [contrastive_loss] also push the true token's energy
                                        # below the final candidate's (IRED-style)
@@ -161,8 +169,17 @@ def base_config() -> ml_collections.ConfigDict:
   # System 2 thinking at evaluation and generation (ebt_jax/inference); `ebt eval`,
   # `ebt think` and `ebt generate` flags override these. [infer_*] are the official names.
   c.inference = ml_collections.ConfigDict()
-  c.inference.thinking_steps = 0       # [infer_ebt_num_steps] 0: thinking.num_steps; steps past
-                                       # the trained landscapes repeat the final one
+  c.inference.thinking_steps = 0       # [infer_ebt_num_steps] N, counted as step_count says;
+                                       # 0: the official fallback (infer_ebt_num_steps=1): a
+                                       # default EBT thinking.num_steps steps, time_embed/adaln
+                                       # max(1, random_steps_min) per landscape ('total':
+                                       # the steps validation takes)
+  c.inference.step_count = "per_landscape"  # text EBTs: per_landscape (official: N steps on every
+                                       # landscape) | final_landscape ([infer_steps_final_landscape]:
+                                       # one on each earlier landscape, N on the final one) |
+                                       # total (N steps in all, the extras on the final one)
+  c.inference.step_size_final_landscape = False  # [infer_alpha_final_landscape] step_size and
+                                       # step_size_scale only on the final landscape
   c.inference.best_of = 1              # [infer_generated_samples] candidates per position
   c.inference.select = "min"           # [infer_energy_sampling_technique] min | max | max_gap
   c.inference.initial_noise_scale = -1.0  # initial candidates' noise; -1: thinking's
@@ -239,6 +256,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "a number >= 0", t.clamp_grad_max_change_after_warmup)
   check(t.absolute_clamp >= 0, "thinking.absolute_clamp", "a number >= 0 (0: off)",
          t.absolute_clamp)
+  check(0 <= t.soften_target <= 1, "thinking.soften_target", "a number in [0, 1] (0: off)",
+         t.soften_target)
+  check(t.sharpen >= 0, "thinking.sharpen", "a number >= 0 (0: off)", t.sharpen)
 
   i = c.inference
   check(isinstance(i.thinking_steps, int) and i.thinking_steps >= 0, "inference.thinking_steps",
@@ -256,6 +276,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check(i.stop_on in ("none", "energy", "grad_norm"), "inference.stop_on",
          "'none', 'energy' or 'grad_norm'", i.stop_on)
   check(i.stop_threshold >= 0, "inference.stop_threshold", "a number >= 0", i.stop_threshold)
+  check(i.step_count in STEP_COUNTS, "inference.step_count", f"one of {STEP_COUNTS}",
+         i.step_count)
 
   o = c.optimizer
   for field in ("peak_lr", "min_lr_scale"):

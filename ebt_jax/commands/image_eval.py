@@ -7,7 +7,10 @@
   Table 4); a PNG grid of clean / noisy / denoised images in WORKDIR/plots/denoise.png;
 * DiT workdir alone: its PSNR per DDIM step count, and the same PNG;
 * latent EBT workdir (next frame): SmoothL1 and MSE to the true next latent per thinking
-  step, beside copying the last frame.
+  step, teacher-forced (every frame predicted from the true frames before it) and rolled
+  out (the official `generate_video`: from the first `inference.video_condition_frames`
+  true frames, each later frame predicted from the frames generated before it, with that
+  many thinking steps per frame), beside copying the last frame.
 
 PSNR is that of the mean pixel MSE over all evaluated images (the official PSNR of one
 batch holding them all). Batches, keys and noise are those of training's evaluation
@@ -33,7 +36,7 @@ import numpy as np
 from ebt_jax import tasks
 from ebt_jax.data import images
 from ebt_jax.errors import check
-from ebt_jax.tasks.base import per_batch
+from ebt_jax.tasks.base import mean_batches, per_batch
 from ebt_jax.tasks.image import DiT, ImageEBT, ImageTask, psnr_of_mse, with_step_size
 from ebt_jax.tasks.video import NextFrame
 from ebt_jax.training import runs
@@ -59,6 +62,7 @@ class ContinuousReport:
   baseline: dict | None = None      # {"workdir", "checkpoint_step", "results"}
   png: str | None = None
   copy_last: dict | None = None     # latent EBT: SmoothL1 / MSE of copying the last frame
+  rollout: list[dict] | None = None   # latent EBT: the rollout per thinking step count
 
   def as_json(self) -> dict:
     out = {"workdir": self.workdir, "checkpoint_step": self.step, "kind": self.model,
@@ -67,6 +71,8 @@ class ContinuousReport:
       out["baseline"] = self.baseline
     if self.copy_last:
       out["copy_last_frame"] = self.copy_last
+    if self.rollout:
+      out["rollout"] = self.rollout
     if self.png:
       out["png"] = self.png
     return out
@@ -110,16 +116,26 @@ class ContinuousReport:
             for label, cells in by_label.items()]
 
   def _latent_table(self) -> str:
+    rolled = {r["thinking_steps"]: r for r in self.rollout or ()}
     lines = [f"Next-frame prediction of {self.workdir} (checkpoint {self.step}) on "
              f"{self.num_images} validation sequences: error to the true next frame latent",
-             "", f"  {'':<24}{'SmoothL1':>12}{'MSE':>12}{'energy':>12}"]
+             "", f"  {'':<24}{'teacher-forced':>36}{'rollout':>36}",
+             f"  {'':<24}" + f"{'SmoothL1':>12}{'MSE':>12}{'energy':>12}" * 2]
     for r in self.results:
       k = r["thinking_steps"]
+      row = rolled.get(k)
+      cells = ("" if row is None else
+               f"{row['smooth_l1']:>12.4g}{row['mse']:>12.4g}{row['energy']:>12.4g}")
       lines.append(f"  {str(k) + ' thinking step' + ('s' if k > 1 else ''):<24}"
-                   f"{r['smooth_l1']:>12.4g}{r['mse']:>12.4g}{r['energy']:>12.4g}")
+                   f"{r['smooth_l1']:>12.4g}{r['mse']:>12.4g}{r['energy']:>12.4g}{cells}")
     if self.copy_last:
       lines.append(f"  {'copy the last frame':<24}{self.copy_last['smooth_l1']:>12.4g}"
                    f"{self.copy_last['mse']:>12.4g}{'':>12}")
+    if rolled:
+      first = next(iter(rolled.values()))
+      lines += ["", f"Rollout: frames {first['condition_frames']} on predicted one at a time "
+                f"from the first {first['condition_frames']} true frames and the predicted "
+                f"ones (energy: that of the last step's start)."]
     return "\n".join(lines)
 
 
@@ -294,10 +310,21 @@ def _latent_report(workdir, step, task: NextFrame, params, batches, key,
            "smooth_l1": float(means["smooth_l1_steps"][k - 1]),
            "mse": float(means["mse_steps"][k - 1]), "energy": float(means["energy_steps"][k - 1])}
           for k in steps]
+  rollout = []
+  for k in steps:
+    fn = jax.jit(functools.partial(task.rollout_batch, num_steps=k))
+    r = mean_batches(per_batch(fn, params, batches, key))
+    rollout.append({"thinking_steps": k,
+                    "condition_frames": task.config.inference.video_condition_frames,
+                    **{name: float(r[name]) for name in ("smooth_l1", "mse",
+                                                         "smooth_l1_first_frame",
+                                                         "mse_first_frame")},
+                    "energy": float(r["energy_steps"][k - 1])})
   host = [np.asarray(jax.device_get(b), np.float64) for b in batches]
   diff = [np.abs(b[:, 1:] - b[:, :-1]) for b in host]
   copy = {"smooth_l1": float(np.mean([np.mean(np.where(d < 1, 0.5 * d * d, d - 0.5))
                                       for d in diff])),
           "mse": float(np.mean([np.mean(d * d) for d in diff]))}
   n = sum(len(b) for b in host)
-  return ContinuousReport(str(workdir), step, task.name, n, rows, copy_last=copy)
+  return ContinuousReport(str(workdir), step, task.name, n, rows, copy_last=copy,
+                          rollout=rollout)

@@ -100,11 +100,15 @@ def encode_context(params: dict, latents_BxSxL: jax.Array, landscape,
 
 
 def prediction_energy(params: dict, cache: ContextCache, cand_BxSxL: jax.Array, landscape,
-                      m: LatentEBTDims) -> jax.Array:
-  """Energy [B, S] of each candidate next-frame latent given the cached context."""
+                      m: LatentEBTDims, noise_BxSxD: jax.Array | None = None) -> jax.Array:
+  """Energy [B, S] of each candidate next-frame latent given the cached context;
+  `noise_BxSxD` is added to the projected candidate (the official Langevin noise)."""
   prefix = m.text_dims.prefix
   pred_index_S = jnp.arange(cand_BxSxL.shape[1])
-  h = blocks.prediction_stream(params["blocks"], project(params, cand_BxSxL, m),
+  x_BxSxD = project(params, cand_BxSxL, m)
+  if noise_BxSxD is not None:
+    x_BxSxD = x_BxSxD + noise_BxSxD.astype(x_BxSxD.dtype)
+  h = blocks.prediction_stream(params["blocks"], x_BxSxD,
                                pred_index_S + 1 + prefix, pred_index_S + prefix, cache,
                                _modulations(params, landscape, m), m.stack)
   h = layers.rms_norm(h, params["final_norm"], m.stack.norm_eps)

@@ -281,6 +281,10 @@ def validate_continuous_thinking(c: ml_collections.ConfigDict, describe: str, *,
   for field in ("contrastive_loss",) if replay_buffer else ("replay_buffer", "contrastive_loss"):
     check(not t[field], f"thinking.{field}", f"False {why}", t[field])
   check(t.remat == "none", "thinking.remat", f"'none' {why}", t.remat)
+  for field in ("soften_target", "sharpen"):   # text EBT options (tasks/text.py)
+    check(t[field] == 0, f"thinking.{field}", f"0 {why}", t[field])
+  check(not t.normalize_first_step_only, "thinking.normalize_first_step_only", f"False {why}",
+        t.normalize_first_step_only)
 
 
 def with_step_size(params: dict, config: ml_collections.ConfigDict) -> dict:

@@ -19,6 +19,12 @@ while fewer than n records are filled (the first step: none) the rows past the f
 count are masked out of the loss, as if they were not there. Filled slots are always the
 prefix [0, fill) of each group, and sampling draws a uniform random key per slot and
 takes the n largest among the filled ones (a uniform subset in random order).
+
+The text EBT's records are tokens [S+1] with logits [S, V] (`init`, `draw`); the latent
+(video) EBT's are frame latents [S+1, L] with candidate latents [S, L] (the official video
+model uses the same `CausalReplayBuffer`): it builds its buffer with `empty` and its
+batches from `sample`, `append` and `row_mask`, whose pieces `draw` is made of. `push` and
+`shape` serve both.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ from ebt_jax.parallel.logical import constrain
 
 
 class ReplayBuffer(NamedTuple):
-  tokens: jax.Array    # int32 [G, C, S+1] sequences (inputs and targets)
-  logits: jax.Array    # [G, C, S, V] their final candidates
+  # (Field names are the text EBT's, kept so its checkpoints restore.)
+  tokens: jax.Array    # [G, C, S+1, ...] sequences (inputs and targets): int32 tokens
+  logits: jax.Array    # [G, C, S, ...] their final candidates: logits [S, V] for text
   pointer: jax.Array   # int32 []: the slot the next record goes to, in every group
   fill: jax.Array      # int32 []: filled slots [0, fill) of every group
 
@@ -69,8 +76,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         t.replay_buffer_sample_fraction)
 
 
-# `task` below is the text EBT's task (tasks/text.py `TextEBT`): its frozen thinking
-# options, its config's batch size and shapes, and its initial candidates.
+# `task` below is a task with a buffer: its frozen `thinking` options and its config's
+# batch size; `init` and `draw` also use the text EBT's shapes and initial candidates.
 
 def shape(task) -> tuple[int, int, int, int]:
   """(groups G, capacity C per group, fresh rows b per group, replayed rows n per group)."""
@@ -82,36 +89,63 @@ def shape(task) -> tuple[int, int, int, int]:
   return groups, t.replay_buffer_size, fresh, replayed
 
 
-def init(task) -> ReplayBuffer:
-  """An empty buffer."""
+def empty(task, record: jax.ShapeDtypeStruct, candidate: jax.ShapeDtypeStruct) -> ReplayBuffer:
+  """An empty buffer of `record`s (one batch row) and their `candidate`s."""
   G, C, _, _ = shape(task)
-  S, V = task.config.model.context_length, task.vocab_size
-  return ReplayBuffer(jnp.zeros((G, C, S + 1), jnp.int32),
-                      jnp.zeros((G, C, S, V), task.candidate_dtype),
+  return ReplayBuffer(jnp.zeros((G, C, *record.shape), record.dtype),
+                      jnp.zeros((G, C, *candidate.shape), candidate.dtype),
                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array, task) -> ReplayBatch:
-  """The batch with replayed rows appended to each group's rows (official `get_batch`)."""
-  G, C, b, n = shape(task)
-  sample_key, noise_key = jax.random.split(key)
+def init(task) -> ReplayBuffer:
+  """The text EBT's empty buffer."""
+  S, V = task.config.model.context_length, task.vocab_size
+  return empty(task, jax.ShapeDtypeStruct((S + 1,), jnp.int32),
+               jax.ShapeDtypeStruct((S, V), task.candidate_dtype))
+
+
+def sample(buffer: ReplayBuffer, key: jax.Array, task):
+  """(records [G, n, ...], candidates [G, n, ...], valid [n]): n records per group drawn
+  uniformly without replacement from its filled slots (official `random.sample`); slots
+  past the filled count are drawn only when fewer than n are filled, and are not valid."""
+  G, C, _, n = shape(task)
 
   def pick(k):
     u = jax.random.uniform(k, (C,))
     return jax.lax.top_k(jnp.where(jnp.arange(C) < buffer.fill, u, -1.0), n)[1]
 
-  slots_GxN = jax.vmap(pick)(jax.random.split(sample_key, G))
+  slots_GxN = jax.vmap(pick)(jax.random.split(key, G))
   take = jax.vmap(lambda rows, slots: rows[slots])
-  tokens = jnp.concatenate([tokens_BxT.reshape(G, b, -1), take(buffer.tokens, slots_GxN)], 1)
+  valid_N = (jnp.arange(n) < buffer.fill).astype(jnp.float32)
+  return take(buffer.tokens, slots_GxN), take(buffer.logits, slots_GxN), valid_N
+
+
+def append(fresh_Bx: jax.Array, replayed_GxNx: jax.Array, task) -> jax.Array:
+  """[G*(b+n), ...]: each group's b fresh rows followed by its n replayed rows."""
+  G, _, b, n = shape(task)
+  rows = jnp.concatenate([fresh_Bx.reshape(G, b, *fresh_Bx.shape[1:]), replayed_GxNx], 1)
+  return rows.reshape(G * (b + n), *fresh_Bx.shape[1:])
+
+
+def row_mask(valid_N: jax.Array, task) -> jax.Array:
+  """[G*(b+n)]: 1 for fresh rows and valid replayed rows, 0 for the others."""
+  G, _, b, n = shape(task)
+  return append(jnp.ones((G * b,)), jnp.broadcast_to(valid_N, (G, n)), task)
+
+
+def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array, task) -> ReplayBatch:
+  """The text batch with replayed rows appended to each group's rows (official
+  `get_batch`)."""
+  G, _, b, n = shape(task)
+  sample_key, noise_key = jax.random.split(key)
+  records, candidates, valid_N = sample(buffer, sample_key, task)
   rows = G * (b + n)
   S, V = buffer.logits.shape[2:]
   noise = task.initial_candidate(noise_key, (G, b + n, S, V))
-  initial = noise.at[:, b:].set(take(buffer.logits, slots_GxN))
-  valid_N = (jnp.arange(n) < buffer.fill).astype(jnp.float32)
-  row_mask = jnp.concatenate([jnp.ones((G, b)), jnp.broadcast_to(valid_N, (G, n))], 1)
-  return ReplayBatch(constrain(tokens.reshape(rows, -1), ("act_batch", None)),
+  initial = noise.at[:, b:].set(candidates)
+  return ReplayBatch(constrain(append(tokens_BxT, records, task), ("act_batch", None)),
                      constrain(initial.reshape(rows, S, V), CANDIDATE),
-                     row_mask.reshape(rows))
+                     row_mask(valid_N, task))
 
 
 def push(buffer: ReplayBuffer, tokens_BxT: jax.Array, final_logits: jax.Array,
@@ -123,7 +157,7 @@ def push(buffer: ReplayBuffer, tokens_BxT: jax.Array, final_logits: jax.Array,
   # just those keeps the scatter free of duplicate indices.
   kept = min(b, C)
   slots = (buffer.pointer + (b - kept) + jnp.arange(kept)) % C
-  tokens = tokens_BxT.reshape(G, b, -1)[:, b - kept:]
+  tokens = tokens_BxT.reshape(G, b, *tokens_BxT.shape[1:])[:, b - kept:]
   logits = final_logits.reshape(G, b + n, *final_logits.shape[1:])[:, b - kept:b]
   logits = jax.lax.stop_gradient(logits).astype(buffer.logits.dtype)
   return ReplayBuffer(buffer.tokens.at[:, slots].set(tokens),

@@ -32,7 +32,10 @@ Step options follow the official code:
   (put skipped steps first), so the second-order step is always the last one taken.
 * `grad_clip`: the official `clamp_futures_grad`, the energy gradient clamped to
   [-grad_clip, grad_clip] before the optimizer sees it; `value_clip`: the official
-  `absolute_clamp`, the updated candidate clamped to [-value_clip, value_clip].
+  `absolute_clamp`, the updated candidate clamped to [-value_clip, value_clip]; then
+  `divide_by`: the official `sharpen_predicted_distribution`, the candidate divided by it.
+* `reparam_K`: which steps apply `reparam` (bool [K]; None: all); the others step on the
+  candidate as it is (the official `normalize_initial_condition_only_first_step`).
 """
 
 from __future__ import annotations
@@ -67,18 +70,19 @@ def think(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptimizer, schedul
           key: jax.Array, *, reparam: Callable | None = None, emit: Callable | None = None,
           detach: bool = True, truncate: bool = False, pre_noise_std=None,
           unroll: int | bool = 1, remat: Callable | None = None, grad_clip=None,
-          value_clip: float | None = None, keyed_energy: bool = False) -> Trajectory:
+          value_clip: float | None = None, keyed_energy: bool = False,
+          divide_by: float | None = None, reparam_K=None) -> Trajectory:
   reparam = reparam or (lambda y: y)
   emit = emit or (lambda y: y)
 
-  def take_step(carry, landscape, step_key, second_order: bool):
+  def take_step(carry, landscape, step_key, second_order: bool, reparam_on=None):
     cand, opt_state = carry
     if detach:
       cand, opt_state = jax.lax.stop_gradient((cand, opt_state))
     if pre_noise_std is not None:
       noise = jax.random.normal(jax.random.fold_in(step_key, 0), cand.shape, cand.dtype)
       cand = cand + pre_noise_std * noise
-    z = reparam(cand)
+    z = reparam(cand) if reparam_on is None else jnp.where(reparam_on, reparam(cand), cand)
 
     def summed(z):
       energies = (energy_fn(z, landscape, jax.random.fold_in(step_key, 2)) if keyed_energy
@@ -95,22 +99,25 @@ def think(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptimizer, schedul
                                       jax.random.fold_in(step_key, 1))
     if value_clip is not None:
       new = jnp.clip(new, -value_clip, value_clip)
+    if divide_by is not None:
+      new = new / divide_by
     return (new, opt_state), (emit(new), energies)
 
   num_steps = schedule.landscape_K.shape[0]
-  xs = (schedule.landscape_K, jax.random.split(key, num_steps), schedule.active_K)
+  xs = (schedule.landscape_K, jax.random.split(key, num_steps), schedule.active_K, reparam_K)
   carry = (y0, inner_opt.init(y0))
   if schedule.active_K is not None:
-    out_shapes = jax.eval_shape(lambda c, x: take_step(c, x[0], x[1], False)[1], carry,
+    out_shapes = jax.eval_shape(lambda c, x: take_step(c, x[0], x[1], False, x[3])[1], carry,
                                 jax.tree_util.tree_map(lambda a: a[0], xs))
 
   def step(carry, xs, second_order: bool):
-    landscape, step_key, active = xs
+    landscape, step_key, active, reparam_on = xs
     if active is None:
-      return take_step(carry, landscape, step_key, second_order)
+      return take_step(carry, landscape, step_key, second_order, reparam_on)
     skip = lambda carry: (carry, jax.tree_util.tree_map(
         lambda a: jnp.zeros(a.shape, a.dtype), out_shapes))
-    return jax.lax.cond(active, lambda c: take_step(c, landscape, step_key, second_order),
+    return jax.lax.cond(active, lambda c: take_step(c, landscape, step_key, second_order,
+                                                    reparam_on),
                         skip, carry)
 
   if remat is not None:
