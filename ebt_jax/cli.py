@@ -318,6 +318,9 @@ def _eval_downstream(args, overrides):
   """`ebt eval --downstream TASK=PATH,...` of a text EBT run (commands/downstream.py)."""
   from ebt_jax.commands import downstream
   from ebt_jax.data.downstream import parse_spec
+  for flag, value in (("--stop-thresholds", args.stop_thresholds), ("--batches", args.batches)):
+    if value is not None:
+      raise ConfigError(f"{flag}: not with --downstream (it scores every example of each file)")
   report = downstream.evaluate_downstream(
       args.workdir, parse_spec(args.downstream),
       thinking_steps=_int_list("--thinking-steps", args.thinking_steps),

@@ -210,6 +210,9 @@ def test_eval_downstream_cli(trained, tmp_path, capsys):
                    "--json", str(out)]) == 0
   printed = capsys.readouterr().out
   assert "lambada (2 examples, 10 answer tokens)" in printed and "Transformer++" in printed
+  for bad in (["--batches", "1"], ["--downstream-limit", "0"]):
+    assert cli.main(["eval", "--workdir", str(ebt_dir), "--downstream", spec, *bad]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"ebt eval: error: {bad[0]}")
   assert "accuracy (choice of lowest energy" in printed
   data = json.loads(out.read_text())["tasks"]
   assert len(data["arc"]["answer_perplexity"]) == 4 and data["arc"]["answer_tokens"] == 2

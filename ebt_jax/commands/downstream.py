@@ -225,6 +225,7 @@ def evaluate_downstream(workdir, files: dict[str, str], *, thinking_steps=None, 
   best_of = sorted(set(best_of))
   for name, values in (("--thinking-steps", steps_list), ("--best-of", best_of)):
     check(all(isinstance(v, int) and v >= 1 for v in values), name, "positive integers", values)
+  check(limit is None or limit >= 1, "--downstream-limit", "a positive integer", limit)
   batch_size = batch_size or config.train.batch_size
   tokenizer = make_tokenizer(config.data)
   C = config.model.context_length
