@@ -208,6 +208,10 @@ def test_video_import_leaves_out_the_frozen_encoder(tmp_path, capsys):
   assert oh.from_official_hparams(back["hyper_parameters"]).to_dict() == \
       oh.from_official_hparams(hparams).to_dict()
   assert back["global_step"] == 0
+  (tmp_path / "a_file").write_text("")
+  assert ebt_jax.cli.main(["export-torch", "--workdir", str(tmp_path / "run"),
+                           "--out", str(tmp_path / "a_file" / "out.ckpt")]) == 2
+  assert "--out: cannot write" in capsys.readouterr().err
 
 
 def test_configs_without_an_official_counterpart_are_refused():

@@ -288,7 +288,10 @@ def export_torch_checkpoint(workdir, out) -> tuple[Path, int]:
       (official.LIGHTNING_PREFIX + name, np.asarray(value, np.float32))
       for name, value in official.export_official(params, config).items())
   out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  save_torch_file({"epoch": 0, "global_step": int(step), "state_dict": state_dict,
-                   "hyper_parameters": hparams}, out)
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_torch_file({"epoch": 0, "global_step": int(step), "state_dict": state_dict,
+                     "hyper_parameters": hparams}, out)
+  except OSError as e:
+    raise ConfigError(f"--out: cannot write {out} ({e.strerror or type(e).__name__})") from None
   return out, int(step)
