@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"            # activation dtype; parameters stay float32
   c.model.scan_layers = True
   c.model.remat = "none"               # per transformer block: none | full | dots
+  c.model.attention = "dense"          # dense | blockwise (online softmax over key blocks:
+                                       # temporaries linear in context; models/attention.py)
+  c.model.attention_block = 512        # blockwise: queries and keys per block
   # Images (image_ebt, dit) and frame latents (latent_ebt). ffn_dim_multiplier is the DiT
   # blocks' mlp_ratio (None: 1, as the official denoising scripts' --ffn_dim_multiplier 1).
   c.model.image_size = 32              # [image_dims] square images, pixels per side
@@ -234,6 +237,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check(m.weight_init in ("xavier", "he"), "model.weight_init", "'xavier' or 'he'", m.weight_init)
   check(m.dtype in DTYPES, "model.dtype", f"one of {tuple(DTYPES)}", m.dtype)
   check(m.norm_eps > 0, "model.norm_eps", "a positive number", m.norm_eps)
+  check(m.attention in ("dense", "blockwise"), "model.attention", "'dense' or 'blockwise'",
+        m.attention)
+  check(isinstance(m.attention_block, int) and m.attention_block >= 1, "model.attention_block",
+        "a positive integer", m.attention_block)
 
   t = c.thinking
   check(isinstance(t.num_steps, int) and t.num_steps >= 1, "thinking.num_steps",

@@ -8,9 +8,10 @@ Two streams run through the same weights:
 * the *context stream* (real tokens, causal) returns the per-layer keys/values it made,
   which is everything the prediction stream needs from it (`ContextCache`);
 * the *prediction stream* (candidate embeddings) attends, per layer, to a prefix of
-  those cached keys/values and to itself only (`layers.prediction_attention`);
+  those cached keys/values and to itself only (`Attention.prediction`);
 * in generation, new real tokens extend that cache in place (`extend_cache`), each layer
-  attending over a fixed-capacity buffer (`layers.buffer_attention`).
+  attending over a fixed-capacity buffer (`Attention.buffer`).
+Which attention implementation runs (dense or blockwise) is the dims' `attention`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ebt_jax.models import layers
+from ebt_jax.models.attention import Attention
 from ebt_jax.models.params import Param, constant, stacked, torch_default_linear_init, torch_linear
 
 
@@ -39,6 +41,7 @@ class StackDims:
   dtype: Any = jnp.float32       # activation dtype; parameters are cast to it at use
   scan_layers: bool = True
   remat: str = "none"            # per-block rematerialisation: none | full | dots (REMAT_POLICIES)
+  attention: Attention = Attention()   # dense or blockwise (models/attention.py)
 
   @property
   def head_dim(self) -> int:
@@ -152,7 +155,7 @@ def context_stream(bp: dict, x_BxCxD, positions_C, mods_Lx6xD, d: StackDims):
   """Causal pass over the real stream; returns its output and the per-layer K/V."""
 
   def attend(q, k, v):
-    return layers.causal_attention(q, k, v), (k, v)
+    return d.attention.causal(q, k, v), (k, v)
 
   def body(x, layer):
     p, mod = layer
@@ -196,7 +199,7 @@ def extend_cache(bp: dict, cache: ContextCache, x_BxTxD, positions_T, mods_Lx6xD
   `positions_T` are contiguous absolute positions and also the buffer entries written;
   `positions_T[0]` may be traced, so generation grows the cache inside one compiled loop
   instead of re-encoding the prefix. Each layer writes the new K/V into its buffer slice
-  and attends over the buffer (`layers.buffer_attention` masks entries past each query).
+  and attends over the buffer (`Attention.buffer` masks entries past each query).
   As in `context_cache`, the last layer stops after its K/V projections. Writes must stay
   inside the capacity: `dynamic_update_slice` clamps the start instead of failing.
   """
@@ -211,7 +214,7 @@ def extend_cache(bp: dict, cache: ContextCache, x_BxTxD, positions_T, mods_Lx6xD
 
     def attend(q, k, v):
       k_buf_BxCxNxH, v_buf_BxCxNxH = write(k_buf, k), write(v_buf, v)
-      out = layers.buffer_attention(q, k_buf_BxCxNxH, v_buf_BxCxNxH, positions_T)
+      out = d.attention.buffer(q, k_buf_BxCxNxH, v_buf_BxCxNxH, positions_T)
       return out, (k_buf_BxCxNxH, v_buf_BxCxNxH)
 
     return _block(p, x, positions_T, mod, attend, d)
@@ -240,7 +243,7 @@ def prediction_stream(bp: dict, x_BxSxD, positions_S, last_ctx_S, cache: Context
     p, ctx_k, ctx_v, mod = layer
 
     def attend(q, k, v):
-      return layers.prediction_attention(q, k, v, ctx_k, ctx_v, last_ctx_S), None
+      return d.attention.prediction(q, k, v, ctx_k, ctx_v, last_ctx_S), None
 
     return _block(p, x, positions_S, mod, attend, d)
 

@@ -36,6 +36,7 @@ import numpy as np
 from jax.nn.initializers import glorot_uniform
 
 from ebt_jax.models import layers
+from ebt_jax.models.attention import Attention
 from ebt_jax.models.blocks import run_layers
 from ebt_jax.models.params import Param, constant, stacked
 
@@ -53,6 +54,7 @@ class DiTStackDims:
   dtype: Any = jnp.float32       # activation dtype; parameters are cast to it at use
   scan_layers: bool = True
   remat: str = "none"            # per-block rematerialisation: none | full | dots
+  attention: Attention = Attention()   # dense or blockwise (models/attention.py)
 
   def __post_init__(self):
     if self.dim % self.n_heads:
@@ -162,15 +164,6 @@ def modulations(c_BxD: jax.Array, w_DxM: jax.Array, b_M: jax.Array, chunks: int)
   return m_BxM.reshape(c_BxD.shape[0], chunks, -1)
 
 
-def full_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH) -> jax.Array:
-  """Bidirectional attention, softmax in float32 or wider (float64 under x64)."""
-  wide = layers.wide_dtype(q_BxTxNxH.dtype)
-  scale = q_BxTxNxH.shape[-1] ** -0.5
-  scores = jnp.einsum("bqnh,bknh->bnqk", q_BxTxNxH, k_BxTxNxH).astype(wide) * scale
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxTxNxH.dtype)
-  return jnp.einsum("bnqk,bknh->bqnh", probs, v_BxTxNxH)
-
-
 def _block(p: dict, x_BxTxD, c_BxD, d: DiTStackDims):
   dtype = d.dtype
   cast = lambda a: a.astype(dtype)
@@ -178,7 +171,7 @@ def _block(p: dict, x_BxTxD, c_BxD, d: DiTStackDims):
   h = layers.modulate(layer_norm(x_BxTxD), mod[:, None, 0], mod[:, None, 1])
   qkv = jnp.einsum("btd,dknh->kbtnh", h, cast(p["qkv_w"])) + cast(p["qkv_b"])[:, None, None]
   qkv = layers.constrain(qkv, (None, *layers.HEADS))
-  attn = full_attention(qkv[0], qkv[1], qkv[2])
+  attn = d.attention.bidirectional(qkv[0], qkv[1], qkv[2])
   attn = jnp.einsum("btnh,nhd->btd", attn, cast(p["out_w"])) + cast(p["out_b"])
   x_BxTxD = x_BxTxD + mod[:, 2][:, None, :] * attn
   h = layers.modulate(layer_norm(x_BxTxD), mod[:, None, 3], mod[:, None, 4])

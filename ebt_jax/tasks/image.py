@@ -38,6 +38,7 @@ from ebt_jax import config as config_lib
 from ebt_jax.data import continuous as continuous_data
 from ebt_jax.errors import check
 from ebt_jax.models import bi_ebt, diffusion, dit
+from ebt_jax.models.attention import Attention
 from ebt_jax.models.dit_blocks import DiTStackDims
 from ebt_jax.models.params import axes_tree
 from ebt_jax.tasks import base, continuous, flops, options
@@ -257,7 +258,8 @@ def dit_stack_dims(c: ml_collections.ConfigDict) -> DiTStackDims:
   m = c.model
   return DiTStackDims(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
                       mlp_ratio=1.0 if m.ffn_dim_multiplier is None else m.ffn_dim_multiplier,
-                      dtype=config_lib.DTYPES[m.dtype], scan_layers=m.scan_layers, remat=m.remat)
+                      dtype=config_lib.DTYPES[m.dtype], scan_layers=m.scan_layers, remat=m.remat,
+                      attention=Attention(m.attention, m.attention_block))
 
 
 def ddim_step_limit(c: ml_collections.ConfigDict) -> int:

@@ -58,6 +58,7 @@ from ebt_jax.data.tokenizers import make_tokenizer
 from ebt_jax.errors import check
 from ebt_jax.models import ar_ebt, blocks, transformer
 from ebt_jax.models.ar_ebt import EBT_TYPES
+from ebt_jax.models.attention import Attention
 from ebt_jax.models.layers import CANDIDATE
 from ebt_jax.parallel.logical import constrain
 from ebt_jax.tasks import base, flops, options, replay
@@ -94,7 +95,8 @@ def stack_dims(c: ml_collections.ConfigDict, adaln: bool = False) -> blocks.Stac
   return blocks.StackDims(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
                           ffn_hidden=ffn_hidden, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
                           adaln=adaln, dtype=config_lib.DTYPES[m.dtype],
-                          scan_layers=m.scan_layers, remat=m.remat)
+                          scan_layers=m.scan_layers, remat=m.remat,
+                          attention=Attention(m.attention, m.attention_block))
 
 
 def text_ebt_dims(c: ml_collections.ConfigDict) -> ar_ebt.TextEBTDims:
