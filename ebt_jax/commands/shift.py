@@ -5,13 +5,15 @@ best (thinking steps, best-of-N) cell of the table:
 
     gain = 1 - perplexity(best cell) / perplexity(reference) = 1 - exp(ce_best - ce_ref)
 
-with two references, both best of 1: one thinking step, and the run's default inference
-steps (`system2.num_steps`: `inference.thinking_steps`, else the steps the model was
-trained and validated with). The shift of a dataset is read from the synthetic data config:
+with two references, both best of 1: the row N=1 and the run's default N
+(`system2.num_steps`), both counted as the table counts thinking steps
+(`inference.step_count`: with the official per_landscape default N=1 is one step on every
+trained landscape; `--step-count total` makes N=1 a single step and the default N the
+steps the model was validated with). The shift of a dataset is read from the synthetic data config:
 Dyck validation words nest at most `data.dyck.train_max_depth` deep and suite
 `dyck_depth_D` exactly D deep; arithmetic validation operands have at most
 `data.arithmetic.train_max_digits` digits and suite `arithmetic_digits_N` exactly N. The
-paper's claim to test is that the gain grows with the shift (Figure 6).
+paper's claim to test is that the gain grows with the shift.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class GainReport:
   def table(self) -> str:
     lines = ["", "System 2 gain per dataset: 1 - perplexity(best cell) / perplexity(reference), "
              f"references best of 1 after 1 step and after the run's default "
-             f"{self.default_steps} (inference.thinking_steps, else as trained)",
+             f"N={self.default_steps} (inference.thinking_steps, else as trained)",
              f"  {'dataset':<20}{'shift':>14}{'1 step':>10}{'default':>10}{'best cell':>12}"
              f"{'best':>10}{'gain vs 1':>11}{'vs default':>12}"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
@@ -77,7 +79,7 @@ class GainReport:
     points = sorted((r for r in points if r["family"] == family), key=lambda r: r["shift"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("gain_vs_1_step", "vs 1 step"),
-                       ("gain_vs_default", f"vs the default {self.default_steps} steps")):
+                       ("gain_vs_default", f"vs the default N={self.default_steps}")):
       xs = [r["shift"] for r in points if r[key] is not None]
       ax.plot(xs, [100 * r[key] for r in points if r[key] is not None], "o-", label=label)
     ax.set_xlabel(f"{SHIFT_AXES[family]} (validation: the training maximum)")
