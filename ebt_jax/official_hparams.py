@@ -352,13 +352,28 @@ def _set(c: ml_collections.ConfigDict, path: str, value) -> None:
 
 def _device_count(hparams: dict, num_devices: int) -> int:
   """GPUs of an official run: `num_gpus` (which its trainer records in checkpoints), an
-  explicit `gpus` count or list, else `num_devices` (`gpus="-1"` means all of them)."""
+  explicit `gpus` count or list of device ids (Lightning's "0,1" string included), else
+  `num_devices` (`gpus="-1"` means all of them)."""
   if "num_gpus" in hparams:
     return int(hparams["num_gpus"])
-  text = str(hparams["gpus"]).strip()
-  if text.startswith("["):
-    return len(json.loads(text))
-  return num_devices if int(text) == -1 else int(text)
+  gpus = hparams["gpus"]
+  if isinstance(gpus, (list, tuple)):
+    return len(gpus)
+  text = str(gpus).strip()
+  try:
+    if text.startswith("["):
+      count = len(json.loads(text))
+    elif "," in text:   # device ids as Lightning reads them ("0," is one device); the
+      # official train_model.py counts only the bracketed form and stops on this one
+      count = len([int(i) for i in text.split(",") if i.strip()])
+    else:
+      count = int(text)
+  except ValueError:
+    count = None
+  if count is None or count == 0 or count < -1:
+    raise ConfigError(f"gpus: expected a GPU count, -1 (all) or device ids like '0,1', "
+                      f"got {gpus!r}")
+  return num_devices if count == -1 else count
 
 
 def from_official_hparams(hparams: dict, *, num_devices: int = 1) -> ml_collections.ConfigDict:

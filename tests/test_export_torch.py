@@ -4,6 +4,7 @@ EBT, DiT, video EBT from VAE latents and from DINOv2 features)."""
 
 import collections
 import json
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -25,7 +26,10 @@ from ebt_jax.errors import ConfigError
 from ebt_jax.models.params import shapes_tree
 from conftest import tiny_config
 
-SCRIPTS = Path(__file__).parent / "data" / "official_job_scripts"
+# What the official job scripts pass to train_model.py, and the GPUs they ask for (see
+# tests/data/official_job_scripts/README.md).
+DATA = Path(__file__).parent / "data" / "official_job_scripts"
+JOB_SCRIPTS = json.loads((DATA / "job_scripts.json").read_text())
 # Scripts refused in one line, and why: text-to-image is not a task here, the video
 # Transformer++ baseline is not a model here, and the video EBT inference scripts ask for
 # an advanced inference the official video EBT does not have (it raises there).
@@ -45,7 +49,7 @@ KIND_OF_DIR = {"nlp": ("ebt", "transformer"), "img": ("image_ebt", "dit"), "vid"
 
 # Every train_model.py argparse default (at the scripts' commit): what a checkpoint's
 # hyper_parameters hold beside the flags a script sets.
-DEFAULTS = json.loads((SCRIPTS / "train_model_defaults.json").read_text())
+DEFAULTS = json.loads((DATA / "train_model_defaults.json").read_text())
 
 
 def _as_checkpoint_hparams(flags, gpus):
@@ -62,11 +66,10 @@ def _as_checkpoint_hparams(flags, gpus):
   return h
 
 
-@pytest.mark.parametrize("script", sorted(str(p.relative_to(SCRIPTS))
-                                          for p in SCRIPTS.rglob("*.sh")))
+@pytest.mark.parametrize("script", sorted(JOB_SCRIPTS))
 def test_every_official_job_script_converts(script):
   """Its flags alone, and as a checkpoint of its run would hold them, give one config."""
-  flags, gpus = oh.parse_job_script((SCRIPTS / script).read_text())
+  flags, gpus = dict(JOB_SCRIPTS[script]["flags"]), JOB_SCRIPTS[script]["gpus"]
   flags["vocab_size"] = 50277   # the NLP scripts' tokenizer (gpt-neox-20b), not downloaded
   if script in REFUSED:
     for hparams in (flags, _as_checkpoint_hparams(flags, gpus)):
@@ -83,27 +86,67 @@ def test_every_official_job_script_converts(script):
   assert c.optimizer.peak_lr == float(flags["peak_learning_rate"])
 
 
-def test_job_script_shell_expansions():
-  script = """#SBATCH --nodes=2
+# A job script in the official scripts' form: #SBATCH resources, shell variables and
+# one-element-per-array-task arrays, bash expansions, `\` continuations (blank ones too).
+JOB_SCRIPT = """### resources ###
+#SBATCH --array=0-1
+#SBATCH --nodes=2
 #SBATCH --gpus-per-node=4
 export RUN_NAME="ebt-large-s2_x"
 export MODEL_NAME="${RUN_NAME%%-*}"
 export MODEL_SIZE="${RUN_NAME#*-}"; export MODEL_SIZE="${MODEL_SIZE%%-*}"
-lr=(0.0001 0.0002) # two array tasks
-python train_model.py \\
+mkdir -p logs/
+lr=(0.0001 0.0002) # one per array task
+SETS=("pajama" "lambada")
+DATASET=${SETS[$SLURM_ARRAY_TASK_ID]}
+
+${SLURM_ARRAY_TASK_ID:+srun} python train_model.py \\
 --run_name ${RUN_NAME}${lr[${SLURM_ARRAY_TASK_ID}]} \\
 --model_name ${MODEL_NAME} --model_size ${MODEL_SIZE} \\
+\\
 --peak_learning_rate ${lr[$SLURM_ARRAY_TASK_ID]} --image_dims 128 128 \\
---truncate_mcmc --dataset_dir ${DATA_DIR} --gpus "-1" \\
+--truncate_mcmc --dataset_name ${DATASET} --dataset_dir ${DATA_DIR} --gpus "-1" \\
+--wandb_project 'two words' \\
 ${SLURM_ARRAY_TASK_ID:+--is_slurm_run}
 """
-  flags, gpus = oh.parse_job_script(script, array_index=1)
+
+
+def test_job_script_parsing():
+  flags, gpus = oh.parse_job_script(JOB_SCRIPT, array_index=1)
   assert gpus == 8
   assert flags == {"run_name": "ebt-large-s2_x0.0002", "model_name": "ebt", "model_size": "large",
                    "peak_learning_rate": 0.0002, "image_dims": [128, 128], "truncate_mcmc": True,
-                   "dataset_dir": "${DATA_DIR}", "gpus": -1, "is_slurm_run": True}
+                   "dataset_name": "lambada", "dataset_dir": "${DATA_DIR}", "gpus": -1,
+                   "wandb_project": "two words", "is_slurm_run": True}
+  # The same arguments as bash gives `python` running the script (unset directories kept
+  # literal, as the parser keeps them).
+  stub = 'python() { shift; printf "%s\\0" "$@"; }; srun() { "$@"; }; mkdir() { :; }\n'
+  argv = subprocess.run(["bash", "-c", stub + JOB_SCRIPT], capture_output=True, text=True,
+                        check=True, env={"SLURM_ARRAY_TASK_ID": "1", "DATA_DIR": "${DATA_DIR}"}
+                        ).stdout.split("\0")[:-1]
+  assert argv == [word for name, value in flags.items() for word in
+                  [f"--{name}"] + ([] if value is True else [str(v) for v in np.atleast_1d(value)])]
+  assert oh.parse_job_script("#SBATCH --nodes=3\npython train_model.py --x") == ({"x": True}, None)
   with pytest.raises(ConfigError, match="no `python train_model.py"):
     oh.parse_job_script("echo hi\n")
+  with pytest.raises(ConfigError, match="a value 'stray' before any --flag"):
+    oh.parse_job_script("python train_model.py stray --x 1\n")
+
+
+@pytest.mark.parametrize("gpus,count", [("0,1", 2), ("1,", 1), ("[0, 1, 2]", 3), ([0, 3], 2),
+                                        ("3", 3), (-1, 4), ("-1", 4)])
+def test_gpu_count_of_the_gpus_flag(gpus, count):
+  """`gpus` as Lightning reads it (device ids or a count; -1 is every device)."""
+  assert oh._device_count({"gpus": gpus}, num_devices=4) == count
+
+
+def test_gpu_list_sets_the_batch():
+  flags = {"vocab_size": 11, "model_size": "4xs", "context_length": 8,
+           "batch_size_per_device": 3, "accumulate_grad_batches": 2}
+  assert oh.from_official_hparams({**flags, "gpus": "0,1"}).train.batch_size == 12
+  for bad in ("two", "0", "-2", ","):
+    with pytest.raises(ConfigError, match=f"gpus: expected a GPU count.*got '{bad}'"):
+      oh.from_official_hparams({**flags, "gpus": bad})
 
 
 def _configs():
