@@ -301,6 +301,7 @@ def _cmd_eval(args, overrides):
   print(report.table())
   results = report.as_json()
   config = runs.load_config(args.workdir)
+  _inference_overrides(args, overrides)(config)   # the table's step counting and default N
   if config.data.ood_suites:
     from ebt_jax.commands import shift
     gain = shift.gain_report(report, config)
