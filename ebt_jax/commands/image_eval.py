@@ -133,9 +133,9 @@ class ContinuousReport:
                    f"{self.copy_last['mse']:>12.4g}{'':>12}")
     if rolled:
       first = next(iter(rolled.values()))
-      lines += ["", f"Rollout: frames {first['condition_frames']} on predicted one at a time "
-                f"from the first {first['condition_frames']} true frames and the predicted "
-                f"ones (energy: that of the last step's start)."]
+      lines += ["", f"Rollout: the {first['generated_frames']} frames after the first "
+                f"{first['condition_frames']} true ones, each predicted from the true and "
+                f"predicted frames before it (energy: where the last step started)."]
     return "\n".join(lines)
 
 
@@ -316,6 +316,8 @@ def _latent_report(workdir, step, task: NextFrame, params, batches, key,
     r = mean_batches(per_batch(fn, params, batches, key))
     rollout.append({"thinking_steps": k,
                     "condition_frames": task.config.inference.video_condition_frames,
+                    "generated_frames": task.config.model.context_length + 1
+                                        - task.config.inference.video_condition_frames,
                     **{name: float(r[name]) for name in ("smooth_l1", "mse",
                                                          "smooth_l1_first_frame",
                                                          "mse_first_frame")},
