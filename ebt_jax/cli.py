@@ -256,6 +256,10 @@ INFERENCE_FLAGS = {
                                   help="adaptive stopping rule per position")),
     "stop_threshold": ("--stop-threshold", dict(type=float,
                                                 help="stop a position below this change/norm")),
+    "step_count": ("--step-count", dict(choices=("per_landscape", "final_landscape", "total"),
+                                        help="text EBTs: how thinking steps N count: N on "
+                                        "every landscape (official default), one on each "
+                                        "earlier and N on the final one, or N in all")),
 }
 
 
@@ -608,8 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "dataset for every (thinking steps, best-of-N) cell; for image runs PSNR "
                      "per thinking step (EBT) or DDIM step count (DiT) and a PNG", **thinking)
   p.add_argument("--workdir", required=True)
-  p.add_argument("--thinking-steps", help="comma-separated step counts, e.g. 1,2,4,8 "
-                 "(default 1..inference.thinking_steps)")
+  p.add_argument("--thinking-steps", help="comma-separated step counts N, e.g. 1,2,4,8, "
+                 "counted as --step-count says (default 1..inference.thinking_steps)")
   p.add_argument("--best-of", help="comma-separated candidate counts, e.g. 1,4,16 (default 1)")
   p.add_argument("--baseline", help="a Transformer++ run directory to put beside the table "
                  "(an image EBT: a DiT run directory)")

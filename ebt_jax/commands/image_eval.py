@@ -49,7 +49,9 @@ _TEXT_ONLY = (("best_of", 1, "--best-of"), ("select", "min", "--select"),
               ("stop_on", "none", "--stop-on"), ("accept_lower", False, "--accept-lower"),
               ("langevin_first_step_only", False, "--langevin-first-step-only"),
               ("langevin_noise", -1.0, "--langevin-noise"),
-              ("initial_noise_scale", -1.0, "--initial-noise-scale"))
+              ("initial_noise_scale", -1.0, "--initial-noise-scale"),
+              ("step_count", "per_landscape", "--step-count"),
+              ("step_size_final_landscape", False, "inference.step_size_final_landscape"))
 
 
 @dataclasses.dataclass
