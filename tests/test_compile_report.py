@@ -145,3 +145,13 @@ def test_bad_topology_is_one_line(command, name, message, capsys):
   assert cli.main([command, "--config", "tiny_cpu", "--topology", name]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err, err
+
+
+def test_xla_out_of_memory_message_is_read():
+  """libtpu refuses programs over the chip's usable HBM; the report keeps both figures."""
+  message = ("Ran out of memory on HBM, the total memory required for HLO temporaries "
+             "(34.41G) exceeds available HBM (31.25G).")
+  need, have = compile_report._OUT_OF_MEMORY.search(message).groups()
+  assert compile_report._parse_bytes(need) == int(34.41 * 2**30)
+  assert compile_report._parse_bytes(have) == int(31.25 * 2**30)
+  assert compile_report._parse_bytes("1.43T") == int(1.43 * 2**40)

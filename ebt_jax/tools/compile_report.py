@@ -86,13 +86,14 @@ class TopologyReport:
   topology: str
   program: str
   memory: memory.MemoryReport     # per chip, device_limit_bytes the chip's HBM
-  xla_flops: float                # per chip
-  xla_bytes_accessed: float       # per chip
+  xla_flops: float | None         # per chip (None: not compiled, out of memory)
+  xla_bytes_accessed: float | None   # per chip
   optimal_seconds: float | None   # the XLA cost model's step time (None: it gave none)
   raw_optimal_seconds: float | None   # what the cost model gave (negative: no estimate)
   tokens_per_step: int
   peak_flops: float | None        # per chip
   collectives: dict
+  out_of_memory: str | None = None   # XLA's refusal where the program needs more than HBM
 
   @property
   def num_chips(self) -> int:
@@ -101,7 +102,7 @@ class TopologyReport:
   @property
   def flops_ratio(self) -> float | None:
     model = self.memory.model_flops_per_step
-    return self.xla_flops * self.num_chips / model if model else None
+    return self.xla_flops * self.num_chips / model if model and self.xla_flops else None
 
   @property
   def tokens_per_s_per_chip(self) -> float | None:
@@ -132,7 +133,7 @@ class TopologyReport:
         "estimate": {"source": ESTIMATE, "step_seconds": self.optimal_seconds,
                      "raw_optimal_seconds": self.raw_optimal_seconds,
                      "tokens_per_s_per_chip": self.tokens_per_s_per_chip, "mfu": self.mfu},
-        "collectives": self.collectives,
+        "collectives": self.collectives, "out_of_memory": self.out_of_memory,
     }
 
   def table(self) -> str:
@@ -141,6 +142,8 @@ class TopologyReport:
     fmt = lambda v, f: "n/a" if v is None else format(v, f)
     lines = [m.table().replace(f"{m.num_devices} x {m.device_kind}",
                                f"{self.topology} ({m.num_devices} x {m.device_kind})")]
+    if self.out_of_memory:
+      return "\n".join(lines[:1] + [f"  DOES NOT FIT: {self.out_of_memory}"])
     lines += [
         f"  XLA FLOPs per chip {self.xla_flops:.4g}, bytes accessed per chip "
         f"{self.xla_bytes_accessed / gib:.3f} GiB; compiled x chips / model FLOPs "
@@ -181,6 +184,16 @@ def _lowerable(program: program_lib.Program, which: str):
   return fn, (state.params, prompt, key), B * sampling.max_new_tokens, None
 
 
+# "... memory required for HLO temporaries (34.41G) exceeds available HBM (31.25G)."
+_OUT_OF_MEMORY = re.compile(r"\(([\d.]+[KMGTP]?)\) exceeds available HBM \(([\d.]+[KMGTP]?)\)")
+
+
+def _parse_bytes(text: str) -> int:
+  """XLA's human-readable bytes (binary prefixes): 34.41G -> 36947637616."""
+  scale = 1024 ** (" KMGTP".index(text[-1]) if text[-1] in "KMGTP" else 0)
+  return int(float(text.rstrip("KMGTP")) * scale)
+
+
 @functools.cache
 def topology_devices(topology: topology_lib.Topology) -> list:
   """The topology's compile-only devices, made once per process."""
@@ -196,19 +209,33 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
   devices = topology_devices(topology)
   prog = program_lib.build(config, mesh_lib.make_mesh(config.mesh, devices))
   fn, args, tokens, model_flops = _lowerable(prog, program)
-  t0 = time.perf_counter()
-  with prog.context():
-    compiled = fn.lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  seconds = cost.get("optimal_seconds")
   kind = devices[0].device_kind
   peak = config.train.get("peak_tflops")
   peak = peak * 1e12 if peak else flops_lib.peak_per_device(kind, config.model.dtype)
-  mem = memory.MemoryReport.of(
-      compiled, device_kind=kind, num_devices=len(devices), mesh=dict(prog.mesh.shape),
-      device_limit_bytes=hbm_bytes or topology.spec.hbm_bytes, compile_s=compile_s,
-      model_flops_per_step=model_flops, program=f"{program.capitalize()} program")
+  fields = dict(device_kind=kind, num_devices=len(devices), mesh=dict(prog.mesh.shape),
+                model_flops_per_step=model_flops, program=f"{program.capitalize()} program")
+  t0 = time.perf_counter()
+  try:
+    with prog.context():
+      compiled = fn.lower(*args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    # libtpu refuses a program that needs more than the chip's usable HBM.
+    message = str(e).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+    need = _OUT_OF_MEMORY.search(message)
+    mem = memory.MemoryReport(
+        argument_bytes=0, output_bytes=0, alias_bytes=0,
+        temp_bytes=_parse_bytes(need.group(1)) if need else 0,
+        device_limit_bytes=_parse_bytes(need.group(2)) if need else 0,
+        compile_s=time.perf_counter() - t0, **fields)
+    return TopologyReport(topology.describe(), program, mem, None, None, None, None, tokens,
+                          peak, {}, out_of_memory=f"XLA: {message}")
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  seconds = cost.get("optimal_seconds")
+  mem = memory.MemoryReport.of(compiled, device_limit_bytes=hbm_bytes or topology.spec.hbm_bytes,
+                               compile_s=compile_s, **fields)
   return TopologyReport(
       topology=topology.describe(), program=program, memory=mem,
       xla_flops=float(cost.get("flops", 0.0)),

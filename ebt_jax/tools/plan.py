@@ -61,7 +61,7 @@ class Candidate:
     if r is None:
       return (True, True, 0.0, 0.0, 0, 0)
     return (not self.fits, r.optimal_seconds is None, r.optimal_seconds or 0.0,
-            r.xla_flops, sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
+            r.xla_flops or 0.0, sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ class Plan:
       num = lambda v, f, scale=1: "n/a" if v is None else format(v * scale, f)
       lines.append(f"{head} {'yes' if c.fits else 'NO':>5} {r.memory.peak_bytes / gib:9.2f} "
                    f"{num(r.optimal_seconds, '10.4g')} {num(r.mfu, '7.1f', 100)} "
-                   f"{num(r.tokens_per_s_per_chip, '11.4g')} {r.xla_flops / 1e12:10.3f} "
+                   f"{num(r.tokens_per_s_per_chip, '11.4g')} {num(r.xla_flops, '10.3f', 1e-12)} "
                    f"{sum(c['bytes'] for c in r.collectives.values()) / gib:9.3f}")
     for reason, meshes in self.pruned.items():
       lines.append(f"  skipped {len(meshes)} mesh{'es' if len(meshes) > 1 else ''} "
