@@ -15,9 +15,9 @@ config is the base config plus `--config.<setting>` overrides: exactly what the 
   embeddings and heads included);
 * depth: `depths` at the base width; x = layers;
 * batch: `batch_sizes` at the base size and step count; x = batch size;
-* flops: no runs of its own; the evaluations of the params runs at their training FLOPs
-  (the task's analytic FLOPs per step x step), keeping the compute frontier (records no
-  cheaper record beats).
+* flops: no runs of its own; the evaluations of the params runs after their learning-rate
+  warmup at their training FLOPs (the task's analytic FLOPs per step x step), keeping the
+  compute frontier (records no cheaper record beats).
 The two models (`models`: name -> the settings that make it, configs/scale.py: the EBT,
 then the Transformer++ of configs/transformer.py) train at every point. The loss is the
 validation cross-entropy of the final prediction (the EBT's last thinking step). Fits:
@@ -299,7 +299,8 @@ def aggregate(study, points: list[Point], failed=(), log=print) -> Report:
       config = p.config
       per_step = tasks.build(config).flops(config.train.batch_size)
       curves["flops"][p.model] += [(per_step * s, loss)
-                                   for s, loss in validation_losses(p.workdir).items()]
+                                   for s, loss in validation_losses(p.workdir).items()
+                                   if s > config.optimizer.warmup_steps]
   out = {}
   for axis, models in curves.items():
     out[axis] = {}
