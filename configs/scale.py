@@ -10,7 +10,7 @@ the axes to run and each axis's values.
 
       ebt scale --config scale:micro --workdir runs/scale_micro
 
-* `cpu` (about 50 minutes on a 2-core CPU shared with other jobs, load ~16): configs/
+* `cpu` (39 minutes on a 2-core VM shared with other jobs, load 16-23): configs/
   default.py's byte-level models on the embedded corpus (the Python standard library's
   source) at context 64 and batch 16: the data axis at width 32 and depth 2 (1200 steps,
   evaluated every 75), and a width/depth ladder of four sizes (400 steps each, evaluated
