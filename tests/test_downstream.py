@@ -18,9 +18,9 @@ from ebt_jax.data.tokenizers import ByteTokenizer
 from ebt_jax.errors import ConfigError
 from ebt_jax.inference import system2
 from ebt_jax.models import transformer
-from ebt_jax.training import trainer
+from ebt_jax.training import runs, trainer
 
-from conftest import perturb, run_config
+from conftest import run_config
 
 DATA = Path(__file__).parent / "data"
 BYTES = ByteTokenizer()
@@ -113,56 +113,75 @@ def test_exact_match_and_f1():
 
 
 @pytest.fixture(scope="module")
-def ebt():
-  config = run_config()
-  # One landscape: row k of the table is k thinking steps however steps are counted.
+def run_dir(tmp_path_factory):
+  """A one-step run of a `default` EBT: one landscape, so row k of the table is k thinking
+  steps however steps are counted."""
+  config = run_config(num_steps=1)
   config.model.ebt_type = "default"
-  task = tasks.build(config)
-  return task, perturb(tasks.init_params(config, jax.random.key(0)), jax.random.key(1), 0.3)
+  config.thinking.num_steps = 1
+  workdir = tmp_path_factory.mktemp("ebt")
+  trainer.train(config, workdir, progress=False, log=lambda *a: None)
+  return workdir
 
 
-def _answer_positions(example):
-  """Indices of the answer's targets in the unpadded, untruncated sequence."""
-  p, a = len(example.prompt.encode()), len(example.answer.encode())
-  return np.arange(p - 1, p + a - 1)
-
-
-def _ebt_and_reference(params, tokens, mask, key, *, task):
-  """ebt_cells, greedy hits and choice scores, beside the raw trajectories and energies."""
-  batch = (tokens, mask)
-  out = report_lib.ebt_cells(params, batch, key, task=task, steps_list=(1, 2),
-                             best_of_list=(1, 2))
-  hits = report_lib.ebt_greedy_hits(params, batch, key, task=task)
-  scores = report_lib.ebt_choice_scores(params, batch, None, task=task)
+def _reference(params, tokens, key, *, task):
+  """The raw trajectory (NLL per step, first candidate), the default run's argmax and the
+  energies of the true tokens, from which the downstream figures are read."""
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  nll = system2.think_tokens(params, inputs, task, key, steps=2, best_of=2,
-                             targets_BxS=targets).outputs
+  nll = system2.think_tokens(params, inputs, task, key, steps=2, best_of=1,
+                             targets_BxS=targets).outputs[:, 0]
   argmax = jnp.argmax(system2.think_tokens(params, inputs, task, key,
                                            trajectory=False).logits, -1)
   caches = task.encode_landscapes(params, inputs)
   landscape = system2.landscapes(task, system2.num_steps(task))[-1]
   energy = task.candidate_energy_fn(params, caches)(jax.nn.one_hot(targets, 256), landscape)
-  return out, hits, scores, nll, argmax, energy
+  return nll, argmax, energy
 
 
-def test_ebt_answer_perplexity_against_reference(ebt):
-  task, params = ebt
-  examples = [downstream.Example("x = 1;", " y", ("y",)), downstream.Example("ab", "cdef", ())]
-  (tokens, mask), = downstream.encode_all(BYTES, [(e.prompt, e.answer) for e in examples],
-                                          16, batch_size=3)
-  fn = jax.jit(functools.partial(_ebt_and_reference, task=task))
-  out, hits, scores, nll_KxNxBxS, argmax, energy = jax.device_get(
-      fn(params, tokens, mask, jax.random.key(2)))
-  for k in (1, 2):   # best of 1 = the first candidate
-    nll = np.concatenate([nll_KxNxBxS[k - 1, 0, b][_answer_positions(e)]
-                          for b, e in enumerate(examples)])
-    np.testing.assert_allclose(out["ce"][k - 1, 0], nll.mean(), rtol=1e-5)
-  assert out["count"] == 6
-  np.testing.assert_array_equal(hits[:2], [
-      all(argmax[b, i] == tokens[b, i + 1] for i in _answer_positions(e))
-      for b, e in enumerate(examples)])
-  for b, e in enumerate(examples):
-    np.testing.assert_allclose(scores[b], -energy[b][_answer_positions(e)].sum(), rtol=1e-5)
+@pytest.mark.slow
+def test_eval_downstream_against_reference(run_dir, tmp_path, capsys):
+  """`ebt eval --downstream` on LAMBADA and ARC: answer perplexity per step, LAMBADA's
+  greedy accuracy and ARC's lowest-energy accuracy against the trajectory read by hand at
+  the answer positions; EM against the generations; bad flags."""
+  out = tmp_path / "downstream.json"
+  spec = f"lambada={DATA / 'lambada.jsonl'},arc={DATA / 'arc.jsonl'}"
+  assert cli.main(["eval", "--workdir", str(run_dir), "--downstream", spec, "--thinking-steps",
+                   "1,2", "--downstream-new-tokens", "2", "--batch-size", "4",
+                   "--json", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "lambada (2 examples, 10 answer tokens)" in printed
+  assert "accuracy (choice of lowest energy" in printed
+  for bad in (["--batches", "1"], ["--downstream-limit", "0"]):
+    assert cli.main(["eval", "--workdir", str(run_dir), "--downstream", spec, *bad]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"ebt eval: error: {bad[0]}")
+  data = json.loads(out.read_text())["tasks"]
+
+  task, _, params = runs.restore_ebt(run_dir)
+  reference = jax.jit(functools.partial(_reference, task=task))
+  key = jax.random.fold_in(task.eval_key(), 0)   # evaluation's key of the first batch
+  lam = downstream.load("lambada", DATA / "lambada.jsonl")
+  # Both sequences are longer than the context: the answer ends at the last target.
+  (tokens, _), = downstream.encode_all(BYTES, [(e.prompt, e.answer) for e in lam], 16, 4)
+  nll, argmax, _ = jax.device_get(reference(params, tokens, key))
+  answer = [np.arange(16 - len(e.answer), 16) for e in lam]
+  for k, cell in enumerate(data["lambada"]["answer_perplexity"]):
+    assert cell["thinking_steps"] == k + 1
+    ce = np.concatenate([nll[k, b][i] for b, i in enumerate(answer)]).mean()
+    np.testing.assert_allclose(cell["ce"], ce, rtol=1e-5)
+  hits = [np.all(argmax[b][i] == tokens[b][i + 1]) for b, i in enumerate(answer)]
+  assert data["lambada"]["accuracy"] == np.mean(hits)
+
+  arc = downstream.load("arc", DATA / "arc.jsonl")   # 4 + 3 one-token choices
+  pairs = [(e.prompt, c) for e in arc for c in e.choices]
+  energies = np.concatenate([jax.device_get(reference(params, t, key)[2])[:, -1]
+                             for t, _ in downstream.encode_all(BYTES, pairs, 16, 4)])
+  picks = [np.argmin(energies[:4]), np.argmin(energies[4:7])]
+  assert data["arc"]["accuracy"] == np.mean([p in e.correct for p, e in zip(picks, arc)])
+  for name, refs in (("lambada", [["there"], ["mat"]]), ("arc", [["B"], ["2"]])):
+    r = data[name]
+    assert r["baseline_accuracy"] is None and len(r["generations"]) == 2
+    assert r["exact_match"] == np.mean([report_lib.exact_match(g, ref)
+                                        for g, ref in zip(r["generations"], refs)])
 
 
 def test_baseline_answer_perplexity_against_reference():
@@ -186,39 +205,3 @@ def test_baseline_answer_perplexity_against_reference():
   assert count == len(nll)
   np.testing.assert_allclose(ce, np.mean(nll), rtol=1e-5)
   np.testing.assert_allclose([c["score"][0] for c in cells], scores, rtol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  out = []
-  for kind in ("ebt", "transformer"):
-    workdir = tmp_path_factory.mktemp(kind)
-    trainer.train(run_config(kind, num_steps=1), workdir,
-                  progress=False, log=lambda *a: None)
-    out.append(workdir)
-  return out
-
-
-@pytest.mark.slow
-def test_eval_downstream_cli(trained, tmp_path, capsys):
-  ebt_dir, base_dir = trained
-  out = tmp_path / "downstream.json"
-  spec = f"lambada={DATA / 'lambada.jsonl'},arc={DATA / 'arc.jsonl'}"
-  assert cli.main(["eval", "--workdir", str(ebt_dir), "--downstream", spec, "--baseline",
-                   str(base_dir), "--thinking-steps", "1,2", "--best-of", "1,2",
-                   "--downstream-new-tokens", "2", "--batch-size", "4",
-                   "--json", str(out)]) == 0
-  printed = capsys.readouterr().out
-  assert "lambada (2 examples, 10 answer tokens)" in printed and "Transformer++" in printed
-  for bad in (["--batches", "1"], ["--downstream-limit", "0"]):
-    assert cli.main(["eval", "--workdir", str(ebt_dir), "--downstream", spec, *bad]) == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith(f"ebt eval: error: {bad[0]}")
-  assert "accuracy (choice of lowest energy" in printed
-  data = json.loads(out.read_text())["tasks"]
-  assert len(data["arc"]["answer_perplexity"]) == 4 and data["arc"]["answer_tokens"] == 2
-  for name, refs in (("lambada", [["there"], ["mat"]]), ("arc", [["B"], ["2"]])):
-    r = data[name]
-    assert 0 <= r["accuracy"] <= 1 and 0 <= r["baseline_accuracy"] <= 1
-    assert len(r["generations"]) == 2
-    assert r["exact_match"] == np.mean([report_lib.exact_match(g, ref)
-                                        for g, ref in zip(r["generations"], refs)])
