@@ -33,6 +33,7 @@ import optax
 
 import ebt_jax
 from ebt_jax import config as config_lib
+from ebt_jax import official_hparams
 from ebt_jax.checkpoint import import_official
 
 
@@ -80,27 +81,13 @@ def load_official(repo: str, vocab_size: int):
 
 
 def official_namespace(c) -> argparse.Namespace:
-  """The official flags that build the model `c` describes."""
-  t = c.thinking
+  """The official flags that build the model `c` describes: `to_official_hparams` (what a
+  checkpoint of it holds), and the flags the official model reads that no config field
+  sets, at their official values."""
   return argparse.Namespace(
-      tokenizer="-", embedding_dim=c.model.dim, num_transformer_blocks=c.model.n_layers,
-      multiheaded_attention_heads=c.model.n_heads, context_length=c.model.context_length,
-      ffn_dim_multiplier=c.model.ffn_dim_multiplier, ebt_type=c.model.ebt_type,
-      weight_initialization_method=c.model.weight_init,
-      weight_initialization_gain=c.model.weight_init_gain,
-      vocab_to_embed_uses_prob_dist=c.model.tied_v2e, mcmc_num_steps=t.num_steps,
-      mcmc_step_size=t.step_size, mcmc_step_size_learnable=t.step_size_learnable,
-      normalize_initial_condition=t.normalize_initial_condition,
-      denoising_initial_condition=t.initial_condition,
-      gaussian_random_noise_scaling=t.initial_noise_scale, truncate_mcmc=t.truncate,
-      no_mcmc_detach=not t.detach, langevin_dynamics_noise=0.0, batch_size_per_device=8,
-      ebt_norm="rms", ebt_act_func="silu", dyt_alpha_init=0.5,
-      num_modality_processing_mlp_layers=1, mcmc_replay_buffer=False,
-      debug_unused_parameters=False, randomize_mcmc_step_size_scale=1,
-      randomize_mcmc_num_steps=0, normalize_initial_condition_only_first_step=False,
-      clamp_futures_grad=False, absolute_clamp=0.0, sharpen_predicted_distribution=0.0,
-      soften_target_prob_dist=0.0, contrastive_loss=False, reconstruction_coeff=1.0,
-      execution_mode="pretrain")
+      **official_hparams.to_official_hparams(c), tokenizer="-", ebt_norm="rms",
+      ebt_act_func="silu", dyt_alpha_init=0.5, num_modality_processing_mlp_layers=1,
+      debug_unused_parameters=False, execution_mode="pretrain")
 
 
 def _max_rel_err(ours, theirs) -> float:
