@@ -17,6 +17,9 @@ randomized x U[1/2, 2], Langevin noise 3, the replay buffer, truncated non-detac
 
     ebt train --config configs/dyck_ood.py:s2 --workdir runs/dyck_ood_s2
     ebt eval --workdir runs/dyck_ood_s2
+
+S2 took 1.8x S1's wall time on the same (loaded) 2-core machine, so about 9 minutes idle
+(an estimate). Measured gains: docs/benchmarks.md.
 """
 
 from ebt_jax.config import base_config
