@@ -18,10 +18,16 @@ The tokenizer and a text corpus are files you provide (nothing is downloaded):
         --config.data.source=shards --config.data.path=data/pile_shards \\
         --config.data.tokenizer=tokenizer.json
 
+Precision: bfloat16 mixed precision (`model.dtype`; parameters and optimizer state stay
+float32, and candidates, softmaxes, energies, the candidate gradient and losses float32;
+tests/test_bf16.py), the counterpart of the script's `--set_matmul_precision medium`
+(bfloat16-precision float32 matmuls); `--config.model.dtype=float32` for full precision.
+
 Expected run time (xxs): 4.6e13 model FLOPs per step (`ebt_jax.training.flops`), so about
-0.25 s per step on one H100 at 40% MFU in float32 (TF32), about 3 days for the official
-1M steps; an estimate from the FLOP count, not yet a measurement. On a 2-core CPU one
-step at batch 8 and context 128 takes ~3.2 s (docs/benchmarks.md): use accelerators.
+0.12 s per step on one H100 at 40% MFU in bfloat16 (0.23 s in float32 as TF32), about 1.4
+days for the official 1M steps; an estimate from the FLOP count, not yet a measurement. On
+a 2-core CPU one step at batch 8 and context 128 takes ~3.2 s in float32
+(docs/benchmarks.md): use accelerators.
 """
 
 from ebt_jax.config import base_config
@@ -35,6 +41,7 @@ RECIPE = {
     "model.ebt_type": "time_embed",
     "model.vocab_size": 50277,
     "model.context_length": 256,
+    "model.dtype": "bfloat16",
     "thinking.num_steps": 2,
     "thinking.step_size": 500.0,
     "thinking.step_size_learnable": True,

@@ -31,7 +31,7 @@ e.g. `ebt train --config configs/ebt_s2.py:cpu --workdir runs/s2_no_replay
 
 `xxs`: the S1 xxs model of configs/ebt_s1.py (6 layers, width 384, 6 heads, context 256,
 `time_embed`, AdamW at 1.2e-3, 10k warmup steps, cosine to a tenth, batch 256,
-GPT-NeoX-20B's tokenizer) with the S2 recipe of the script's flags:
+GPT-NeoX-20B's tokenizer, bfloat16 mixed precision) with the S2 recipe of the script's flags:
   --mcmc_num_steps 1 --randomize_mcmc_num_steps 2 --randomize_mcmc_num_steps_min 2
       one landscape, its step taken 2 or 3 times per batch (validation: 3)
   --mcmc_step_size 5 --randomize_mcmc_step_size_scale 2

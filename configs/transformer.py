@@ -8,8 +8,9 @@ softmax head instead of thinking:
         --config.data.source=shards --config.data.path=data/pile_shards \\
         --config.data.tokenizer=tokenizer.json
 
-Expected run time (xxs): 1.0e13 model FLOPs per step, about 0.05 s per step on one H100
-at 40% MFU in float32 (an estimate from the FLOP count, not a measurement).
+bfloat16 mixed precision as configs/ebt_s1.py. Expected run time (xxs): 1.0e13 model FLOPs
+per step, about 0.025 s per step on one H100 at 40% MFU in bfloat16 (an estimate from the
+FLOP count, not a measurement).
 """
 
 from ebt_jax.configs import ebt_s1, update

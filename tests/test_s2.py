@@ -422,6 +422,10 @@ def test_s2_job_script_converts_to_the_xxs_config():
   module = {}
   exec((CONFIGS / "ebt_s2.py").read_text(), module)
   ours = module["get_config"]("xxs")
+  # The accelerator configs run bfloat16 mixed precision, the script float32 (with
+  # bfloat16-precision matmuls: --set_matmul_precision medium).
+  assert (converted.model.dtype, ours.model.dtype) == ("float32", "bfloat16")
+  converted.model.dtype = "bfloat16"
   for section in ("model", "thinking", "optimizer"):
     assert converted[section].to_dict() == ours[section].to_dict(), section
   assert (converted.train.batch_size, converted.train.num_steps) == (256, 1000000)

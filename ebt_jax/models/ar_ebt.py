@@ -129,10 +129,14 @@ def extend_context(params: dict, cache: ContextCache, tokens_BxT: jax.Array, sta
 
 
 def candidate_embedding(params: dict, probs_BxSxV: jax.Array, m: TextEBTDims) -> jax.Array:
+  """probs @ W_v2e in float32 (or wider) under any activation dtype: thinking steps on the
+  gradient with respect to the probabilities, which this map's transpose computes; in
+  bfloat16 it would come back rounded to 8 bits. The one matmul kept wide (on TPUs a
+  float32 matmul at default precision is one bfloat16 pass, on GPUs TF32)."""
   dtype = m.stack.dtype
   w_VxD = params["embed"] if m.tied_v2e else params["v2e"]
-  probs_BxSxV = layers.constrain(probs_BxSxV.astype(dtype), layers.CANDIDATE)
-  return layers.constrain(probs_BxSxV @ w_VxD.astype(dtype), layers.HIDDEN)
+  probs_BxSxV = layers.constrain(probs_BxSxV, layers.CANDIDATE)
+  return layers.constrain(layers.wide_linear(probs_BxSxV, w_VxD).astype(dtype), layers.HIDDEN)
 
 
 def prediction_energy(params: dict, cache: ContextCache, probs_BxSxV: jax.Array, landscape,
@@ -154,8 +158,7 @@ def prediction_energy(params: dict, cache: ContextCache, probs_BxSxV: jax.Array,
     shift_scale = jax.nn.silu(step_D) @ params["final_mod_w"] + params["final_mod_b"]
     shift_D, scale_D = jnp.split(shift_scale.astype(h.dtype), 2)
     h = layers.modulate(h, shift_D, scale_D)
-  energy_BxS = h @ params["head"].astype(h.dtype)
-  return energy_BxS.astype(layers.wide_dtype(energy_BxS.dtype))
+  return layers.wide_linear(h, params["head"])
 
 
 def energy(params: dict, tokens_BxS: jax.Array, probs_BxSxV: jax.Array, landscape,

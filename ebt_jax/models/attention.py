@@ -13,10 +13,12 @@ The blockwise form (`model.attention=blockwise`) never builds a [S, C] score mat
 go in blocks of `block` (`lax.map`), and each query block runs a `lax.scan` over key
 blocks carrying the running max m, normaliser l and weighted value sum (the online
 softmax of Milakov & Gimelshein; Rabe & Staats, "Self-attention does not need O(n^2)
-memory"). Each query block is rematerialised (`jax.checkpoint`), so the backward pass and
-the double backward of the EBT's training step (gradients of the candidate gradient) keep
-only the block inputs and recompute the scores: temporaries grow linearly with context
-at a fixed number of tokens per batch, where dense attention's grow with its square. It is
+memory"). Query blocks and key-block steps are rematerialised (`jax.checkpoint`; the outer
+one alone still lets the double backward of the EBT's training step, the gradient of the
+candidate gradient, stack every block pair's scores), so both backward passes keep only
+block inputs and running statistics and recompute the scores: temporaries grow linearly
+with context at a fixed number of tokens per batch, where dense attention's grow with its
+square (tests/test_blockwise_attention.py; docs/benchmarks.md). It is
 plain jnp, so JAX differentiates it to any order with no custom rules; the running max
 is a stop-gradient shift, exact for every derivative because softmax does not depend on
 it. Scores, the softmax and its accumulators are float32 or wider (float64 under x64), as

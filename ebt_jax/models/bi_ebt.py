@@ -79,8 +79,7 @@ def token_energies(params: dict, tokens_BxTxD: jax.Array, m: ImageEBTDims) -> ja
   c_1xD = params["condition"][None]
   h = dit_blocks.run_blocks(params["blocks"], tokens_BxTxD, c_1xD, m.stack)
   h = dit_blocks.final_norm(params, h, c_1xD)
-  energy_BxT = h @ params["head"].astype(h.dtype)
-  return energy_BxT.astype(layers.wide_dtype(energy_BxT.dtype))
+  return layers.wide_linear(h, params["head"])
 
 
 def patch_energies(params: dict, image_BxHxWxC: jax.Array, m: ImageEBTDims) -> jax.Array:

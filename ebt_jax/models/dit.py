@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ebt_jax.models import dit_blocks
+from ebt_jax.models import dit_blocks, layers
 from ebt_jax.models.dit_blocks import DiTStackDims
 from ebt_jax.models.params import Param, constant, normal
 
@@ -82,7 +82,7 @@ def forward(params: dict, x_BxHxWxC: jax.Array, t_B: jax.Array, m: DiTDims) -> j
   c_BxD = c_BxD @ params["t_w2"].astype(dtype) + params["t_b2"].astype(dtype)
   h = dit_blocks.run_blocks(params["blocks"], x, c_BxD, m.stack)
   h = dit_blocks.final_norm(params, h, c_BxD)
-  out = h @ params["out_w"].astype(dtype) + params["out_b"].astype(dtype)
+  out = layers.wide_linear(h, params["out_w"]) + params["out_b"]   # epsilon in float32
   return dit_blocks.unpatchify(out, m.patch_size, m.grid, m.grid)
 
 

@@ -112,11 +112,11 @@ def patch_embed_specs(p: int, channels: int, dim: int) -> dict:
 
 
 def embed_patches(params: dict, image_BxHxWxC: jax.Array, p: int, dtype) -> jax.Array:
-  """The patch embedding (without positions): [B, T, D]."""
+  """The patch embedding (without positions): [B, T, D], computed in float32 or wider (the
+  image EBT's candidate gradient comes back through it unrounded) and cast to `dtype`."""
   w = params["patch_w"]
-  x_BxTxP = patchify(image_BxHxWxC.astype(dtype), p)
-  x_BxTxD = x_BxTxP @ w.reshape(-1, w.shape[-1]).astype(dtype) + params["patch_b"].astype(dtype)
-  return layers.constrain(x_BxTxD, layers.HIDDEN)
+  x_BxTxD = layers.wide_linear(patchify(image_BxHxWxC, p), w.reshape(-1, w.shape[-1]))
+  return layers.constrain((x_BxTxD + params["patch_b"]).astype(dtype), layers.HIDDEN)
 
 
 def block_specs(d: DiTStackDims) -> dict:

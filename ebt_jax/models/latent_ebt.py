@@ -71,12 +71,12 @@ def param_specs(m: LatentEBTDims) -> dict:
 
 
 def project(params: dict, latents_BxSxL: jax.Array, m: LatentEBTDims) -> jax.Array:
-  """The shared down projection of real and candidate latents to the model width."""
-  dtype = m.stack.dtype
-  x = latents_BxSxL.astype(dtype)
+  """The shared down projection of real and candidate latents to the model width (in
+  float32 or wider: the candidate's gradient comes back through it unrounded)."""
+  x = latents_BxSxL
   if m.projects:
-    x = x @ params["proj_w"].astype(dtype) + params["proj_b"].astype(dtype)
-  return layers.constrain(x, layers.HIDDEN)
+    x = layers.wide_linear(x, params["proj_w"]) + params["proj_b"]
+  return layers.constrain(x.astype(m.stack.dtype), layers.HIDDEN)
 
 
 def _modulations(params, landscape, m: LatentEBTDims):
@@ -117,8 +117,7 @@ def prediction_energy(params: dict, cache: ContextCache, cand_BxSxL: jax.Array, 
     shift_scale = jax.nn.silu(step_D) @ params["final_mod_w"] + params["final_mod_b"]
     shift_D, scale_D = jnp.split(shift_scale.astype(h.dtype), 2)
     h = layers.modulate(h, shift_D, scale_D)
-  energy_BxS = h @ params["head"].astype(h.dtype)
-  return energy_BxS.astype(layers.wide_dtype(energy_BxS.dtype))
+  return layers.wide_linear(h, params["head"])
 
 
 def energy(params: dict, latents_BxSxL: jax.Array, cand_BxSxL: jax.Array, landscape,

@@ -26,6 +26,14 @@ def wide_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def wide_linear(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x @ w in float32 or wider, whatever the activation dtype: for the maps where precision
+  matters under bfloat16, the candidate's embedding (so the energy's gradient with respect
+  to the candidate comes back unrounded) and the energy/logit heads."""
+  wide = wide_dtype(x.dtype)
+  return x.astype(wide) @ w.astype(wide)
+
+
 def embed_tokens(table_VxD: jax.Array, tokens_BxS: jax.Array, dtype) -> jax.Array:
   """Token embedding lookup. The table is gathered whole first (it is sharded over vocab
   and width for its gradient and optimizer state); a gather from the sharded table makes
@@ -84,7 +92,8 @@ def causal_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH) -> jax.Array:
   seq = q_BxSxNxH.shape[1]
   wide = wide_dtype(q_BxSxNxH.dtype)
   scale = q_BxSxNxH.shape[-1] ** -0.5
-  scores_BxNxSxS = jnp.einsum("bqnh,bknh->bnqk", q_BxSxNxH, k_BxSxNxH).astype(wide) * scale
+  scores_BxNxSxS = jnp.einsum("bqnh,bknh->bnqk", q_BxSxNxH, k_BxSxNxH,
+                              preferred_element_type=wide) * scale
   allowed_SxS = jnp.arange(seq)[:, None] >= jnp.arange(seq)[None, :]
   probs = jax.nn.softmax(_masked_scores(scores_BxNxSxS, allowed_SxS), axis=-1)
   return jnp.einsum("bnqk,bknh->bqnh", probs.astype(v_BxSxNxH.dtype), v_BxSxNxH)
@@ -102,10 +111,12 @@ def prediction_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, ctx_k_BxCxNxH, ctx_v_B
   wide = wide_dtype(q_BxSxNxH.dtype)
   scale = q_BxSxNxH.shape[-1] ** -0.5
   ctx_len = ctx_k_BxCxNxH.shape[1]
-  ctx_scores_BxNxSxC = jnp.einsum("bsnh,bcnh->bnsc", q_BxSxNxH, ctx_k_BxCxNxH).astype(wide)
+  ctx_scores_BxNxSxC = jnp.einsum("bsnh,bcnh->bnsc", q_BxSxNxH, ctx_k_BxCxNxH,
+                                  preferred_element_type=wide)
   allowed_SxC = jnp.arange(ctx_len)[None, :] <= last_ctx_S[:, None]
   ctx_scores_BxNxSxC = _masked_scores(ctx_scores_BxNxSxC * scale, allowed_SxC)
-  self_scores_BxNxS = jnp.einsum("bsnh,bsnh->bns", q_BxSxNxH, k_BxSxNxH).astype(wide) * scale
+  self_scores_BxNxS = jnp.einsum("bsnh,bsnh->bns", q_BxSxNxH, k_BxSxNxH,
+                                 preferred_element_type=wide) * scale
   scores = jnp.concatenate([ctx_scores_BxNxSxC, self_scores_BxNxS[..., None]], axis=-1)
   probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxNxH.dtype)
   from_ctx = jnp.einsum("bnsc,bcnh->bsnh", probs[..., :ctx_len], ctx_v_BxCxNxH)
@@ -124,7 +135,8 @@ def buffer_attention(q_BxTxNxH, k_BxCxNxH, v_BxCxNxH, positions_T) -> jax.Array:
   wide = wide_dtype(q_BxTxNxH.dtype)
   scale = q_BxTxNxH.shape[-1] ** -0.5
   capacity = k_BxCxNxH.shape[1]
-  scores_BxNxTxC = jnp.einsum("btnh,bcnh->bntc", q_BxTxNxH, k_BxCxNxH).astype(wide) * scale
+  scores_BxNxTxC = jnp.einsum("btnh,bcnh->bntc", q_BxTxNxH, k_BxCxNxH,
+                              preferred_element_type=wide) * scale
   allowed_TxC = jnp.arange(capacity)[None, :] <= positions_T[:, None]
   probs = jax.nn.softmax(_masked_scores(scores_BxNxTxC, allowed_TxC), axis=-1)
   return jnp.einsum("bntc,bcnh->btnh", probs.astype(v_BxCxNxH.dtype), v_BxCxNxH)

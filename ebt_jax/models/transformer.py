@@ -41,5 +41,5 @@ def logits(params: dict, tokens_BxS: jax.Array, m: TransformerDims) -> jax.Array
   h, _ = blocks.context_stream(params["blocks"], x_BxSxD, jnp.arange(tokens_BxS.shape[1]),
                                None, m.stack)
   h = layers.rms_norm(h, params["final_norm"], m.stack.norm_eps)
-  out_BxSxV = h @ params["out"].astype(dtype)
-  return out_BxSxV.astype(layers.wide_dtype(out_BxSxV.dtype))
+  return jnp.einsum("bsd,dv->bsv", h, params["out"].astype(dtype),
+                    preferred_element_type=layers.wide_dtype(dtype))
