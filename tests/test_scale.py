@@ -173,3 +173,6 @@ def test_paper_grid_plans_every_axis_and_bad_axes_are_one_line_errors(tmp_path, 
   err = capsys.readouterr().err.strip()
   assert err == ("ebt scale: error: --config.axes: expected axes from ('data', 'params', "
                  "'depth', 'batch', 'flops'), got 'size'")
+  assert cli.main(["scale", "--config", "tiny_cpu", "--workdir", str(tmp_path)]) == 2
+  assert capsys.readouterr().err.startswith("ebt scale: error: --config: not a scaling study "
+                                            "(no base, settings, models, axes,")

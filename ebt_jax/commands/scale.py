@@ -59,6 +59,8 @@ from ebt_jax.training import runs  # noqa: E402
 from ebt_jax.training import trainer  # noqa: E402
 
 AXES = ("data", "params", "depth", "batch", "flops")
+STUDY_FIELDS = ("base", "settings", "models", "axes", "data_steps", "sizes", "depths",
+                "batch_sizes")
 AXIS_LABELS = {"data": "tokens seen", "params": "parameters", "depth": "layers",
                "batch": "batch size", "flops": "training FLOPs (analytic)"}
 
@@ -84,6 +86,9 @@ def plan(study: ml_collections.ConfigDict, workdir, make_config: Callable) -> li
 
   `make_config(overrides)`: the base run config with `--config.<field>=<value>` overrides
   applied, as `ebt train` builds it (the CLI passes its own loader)."""
+  if missing := [f for f in STUDY_FIELDS if f not in study]:
+    raise ConfigError(f"--config: not a scaling study (no {', '.join(missing)}); use one of "
+                      "configs/scale.py's, e.g. --config scale:cpu")
   axes = tuple(study.axes)
   for axis in axes:
     check(axis in AXES, "--config.axes", f"axes from {AXES}", axis)
