@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -176,3 +177,19 @@ def test_paper_grid_plans_every_axis_and_bad_axes_are_one_line_errors(tmp_path, 
   assert cli.main(["scale", "--config", "tiny_cpu", "--workdir", str(tmp_path)]) == 2
   assert capsys.readouterr().err.startswith("ebt scale: error: --config: not a scaling study "
                                             "(no base, settings, models, axes,")
+
+
+@pytest.mark.slow
+def test_a_run_of_another_config_is_left_out(study, tmp_path):
+  root = tmp_path / "copy"
+  shutil.copytree(study["root"], root)
+  config_file = root / "data" / "transformer" / "config.json"
+  config = json.loads(config_file.read_text())
+  config["model"]["dim"] = 32
+  config_file.write_text(json.dumps(config))
+  printed = _cli("scale", "--config", "scale:micro", "--workdir", str(root), "--aggregate-only")
+  assert "data/transformer: left out, its run differs from the study's point in model.dim" \
+      in printed
+  report = json.loads((root / "scale.json").read_text())
+  assert report["missing"] == ["data/transformer"]
+  assert report["axes"]["data"]["models"]["ebt"]["loss"]   # the other point still counts

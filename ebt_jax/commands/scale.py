@@ -133,17 +133,18 @@ def is_finished(point: Point) -> bool:
       r["step"] == last and "eval/ce_step_1" in r for r in _history(point.workdir))
 
 
-# Fields whose difference makes a run another point's (what is learned, and how long).
-_SAME_RUN = ("model.", "thinking.", "optimizer.", "data.source", "data.path",
-             "data.tokenizer", "data.seed", "train.num_steps", "train.batch_size", "seed")
+# Fields a run may change on resume (runs.RESUMABLE_CHANGES) that still make it another point.
+_POINT_FIELDS = ("train.num_steps", "train.batch_size")
 
 
 def mismatch(point: Point) -> list[str]:
-  """The fields where the run in the point's directory differs from the point's config."""
+  """The fields where the run in the point's directory differs from the point's config:
+  those the trainer would refuse to resume with, and the point's length and batch."""
   def flat(config):
     return traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
   want, have = flat(point.config), flat(runs.load_config(point.workdir))
-  return sorted(k for k in want if k.startswith(_SAME_RUN) and have.get(k) != want[k])
+  return sorted(k for k in want if have.get(k) != want[k] and (
+      k in _POINT_FIELDS or not k.startswith(runs.RESUMABLE_CHANGES)))
 
 
 def _history(workdir) -> list[dict]:
