@@ -107,6 +107,8 @@ def test_exact_match_and_f1():
   # common tokens {cat, sat}: precision 2/3, recall 2/4, F1 = 2 pr / (p + r) = 4/7.
   assert report_lib.f1("The cat sat.", ["a cat sat down"]) == pytest.approx(4 / 7)
   assert report_lib.f1("x", ["y", "x"]) == 1.0 and report_lib.f1("", ["x"]) == 0.0
+  # The official normalisation empties punctuation-only answers (dyck_languages).
+  assert report_lib.exact_match("] )", ["]"]) == 1.0 and report_lib.f1("]", ["]"]) == 0.0
   arc = downstream.load("arc", DATA / "arc.jsonl")   # 4 + 3 choices, right: 1 and 1
   scores = np.array([0, 5, 1, 2, 9, 3, 0], np.float32)
   assert report_lib._choice_accuracy(scores, arc) == 0.5

@@ -15,6 +15,9 @@ Per task (formats and prompts: data/downstream.py), beside a Transformer++ `--ba
   punctuation, whitespace collapsed; F1 over whitespace tokens, which is what nltk's word
   tokenizer gives on such text), the best over a task's references, generated greedily by
   `inference/generate.py` with the run's inference settings, cut at the end-of-text token.
+  As with the official metric, an answer made only of punctuation (dyck_languages'
+  brackets) normalises to the empty string: every punctuation-only generation matches it
+  (EM 1) with F1 0.
 """
 
 from __future__ import annotations
@@ -139,11 +142,13 @@ class DownstreamReport:
     lines = [f"Downstream tasks of {self.workdir} (checkpoint {self.step}): perplexity of the "
              f"answer tokens given the question; rows thinking steps, columns best-of-N"]
     for name, r in self.results.items():
-      header = f"  {name} ({r.examples} examples, {r.answer_tokens} answer tokens)"
-      lines += ["", f"{header:<40}" + "".join(f"{'N=' + str(n):>11}" for n in self.best_of)
+      header = (f"  {name} ({r.examples} example{'s' * (r.examples != 1)}, "
+                f"{r.answer_tokens} answer tokens)")
+      width = max(40, len(header) + 1)
+      lines += ["", f"{header:<{width}}" + "".join(f"{'N=' + str(n):>11}" for n in self.best_of)
                 + (f"{'Transformer++':>15}" if self.baseline else "")]
       for i, k in enumerate(self.thinking_steps):
-        line = f"  {str(k) + (' step' if k == 1 else ' steps'):<38}" + "".join(
+        line = f"  {str(k) + (' step' if k == 1 else ' steps'):<{width - 2}}" + "".join(
             f"{perplexity(c):>11.5g}" for c in r.ce[i])
         if self.baseline:
           line += f"{perplexity(r.baseline_ce):>15.5g}"
