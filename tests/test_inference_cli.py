@@ -104,7 +104,7 @@ def test_sweep_inner_runs_every_optimizer(runs, tmp_path, capsys):
   ebt, _ = runs
   out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
   assert cli.main(["sweep-inner", "--workdir", str(ebt), "--steps", "1,2", "--batches", "1",
-                   "--json", str(out), "--plot", str(png)]) == 0
+                   "--step-count", "total", "--json", str(out), "--plot", str(png)]) == 0
   rows = json.loads(out.read_text())["results"]
   from ebt_jax.commands import sweep
   assert {r["optimizer"] for r in rows} == set(sweep.DEFAULT_SWEEP)

@@ -101,6 +101,7 @@ def think_per_position(energy_fn: Callable, y0: jax.Array, inner_opt: InnerOptim
     reparam_K = jnp.asarray(reparam_K)
     reparam = lambda y, k: jnp.where(reparam_K[k], reparam_all(y), y)
   emit = emit or (lambda y: y)
+  schedule = schedule._replace(landscape_K=jnp.asarray(schedule.landscape_K))   # numpy too
   num_steps = schedule.landscape_K.shape[0]
   final_landscape = schedule.landscape_K[-1] if final_landscape is None else final_landscape
   event_axes = tuple(range(-event_ndim, 0))

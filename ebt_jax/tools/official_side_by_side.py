@@ -7,9 +7,12 @@ is a dependency of the project. The official NLP model imports Lightning, torchv
 diffusers and transformers only for features these checks do not touch; they are replaced
 by inert stand-ins before import, and its tokenizer by one of the configured size.
 
-* `--parity`: for every ebt_type and step option (detach, no detach, truncation), the same
-  weights (through `import_official`) and the same initial candidate give the official
-  loss, metrics and every parameter gradient, in float64 (both sides upcast as one).
+* `--parity`: for every ebt_type and step option (detach, no detach, truncation, the
+  official soften/sharpen/first-step-softmax options), the same weights (through
+  `import_official`) and the same initial candidate give the official loss, metrics and
+  every parameter gradient, in float64 (both sides upcast as one); and
+  `system2.predict` gives the official `ebt_advanced_inference`'s final logits and
+  per-step energies for each step-count mode, the final-landscape alpha and the clamp.
 * `--bench`: the S1 training step of the issue's reference size (D=384, 6 layers, 6 heads,
   S=128, B=8, V=4096, two steps, time_embed, float32, AdamW update included), each side
   timed in its own fresh processes, alternating; prints the medians and their ratio.
@@ -81,13 +84,21 @@ def load_official(repo: str, vocab_size: int):
 
 
 def official_namespace(c) -> argparse.Namespace:
-  """The official flags that build the model `c` describes: `to_official_hparams` (what a
-  checkpoint of it holds), and the flags the official model reads that no config field
-  sets, at their official values."""
+  """The official flags that build the model `c` describes and its advanced inference:
+  `to_official_hparams` (what a checkpoint of it holds), the flags the official model
+  reads that no config field sets (at their official values), and the `infer_*` flags."""
+  i = c.inference
   return argparse.Namespace(
       **official_hparams.to_official_hparams(c), tokenizer="-", ebt_norm="rms",
       ebt_act_func="silu", dyt_alpha_init=0.5, num_modality_processing_mlp_layers=1,
-      debug_unused_parameters=False, execution_mode="pretrain")
+      debug_unused_parameters=False, execution_mode="pretrain",
+      infer_ebt_num_steps=i.thinking_steps or 1,
+      infer_steps_final_landscape=i.step_count == "final_landscape",
+      infer_alpha_final_landscape=i.step_size_final_landscape,
+      infer_ebt_override_alpha=i.step_size or (i.step_size_scale if i.step_size_scale != 1 else 0),
+      infer_generated_samples=i.best_of, infer_energy_sampling_technique=i.select,
+      infer_langevin_dynamics_noise=0.0, infer_langevin_first_step=False,
+      infer_accept_lower_energies=i.accept_lower, infer_debug_sample_distances=False)
 
 
 def _max_rel_err(ours, theirs) -> float:
@@ -110,7 +121,9 @@ def parity(repo: str) -> float:
     for kind, ebt_type in [("ebt", t) for t in ("default", "time_embed", "adaln", "adaln_zero")] + \
         [("transformer", "default")]:
       options = [dict(detach=True, truncate=False), dict(detach=False, truncate=False),
-                 dict(detach=False, truncate=True)] if kind == "ebt" else [{}]
+                 dict(detach=False, truncate=True),
+                 dict(soften_target=0.3, sharpen=1.5, normalize_first_step_only=True)] \
+          if kind == "ebt" else [{}]
       for opts in options:
         c = config_lib.base_config()
         c.model.update(kind=kind, ebt_type=ebt_type, vocab_size=vocab, dim=32, n_layers=2,
@@ -141,10 +154,49 @@ def parity(repo: str) -> float:
         loss_err = abs(float(loss) - out["loss"].item()) / abs(out["loss"].item())
         worst = max(worst, err, loss_err)
         label = ",".join(k for k, v in opts.items() if (v if k != "detach" else not v)) or "-"
-        label = label.replace("detach", "no_detach")
+        label = label.replace("detach", "no_detach").replace(
+            "soften_target,sharpen,normalize_first_step_only", "soften,sharpen,first")
         print(f"{ebt_type if kind == 'ebt' else 'transformer':<12} {label:<20} "
               f"{float(loss):>14.8f} {out['loss'].item():>16.8f} {err:>17.2e}")
   print(f"worst relative difference (loss or any gradient): {worst:.2e}")
+  return max(worst, parity_inference(EBT_NLP, vocab))
+
+
+def parity_inference(EBT_NLP, vocab: int) -> float:
+  """`system2.predict` against the official `ebt_advanced_inference` (float64, no noise)."""
+  import torch
+  from ebt_jax.inference import system2
+  worst = 0.0
+  print(f"\n{'advanced inference':<24} {'steps':>5} {'max rel err logits':>19} "
+        f"{'max rel err energies':>21}")
+  with jax.enable_x64(True):
+    for ebt_type, count in (("default", "per_landscape"), ("time_embed", "per_landscape"),
+                            ("time_embed", "final_landscape"), ("adaln", "per_landscape")):
+      c = config_lib.base_config()
+      c.model.update(ebt_type=ebt_type, vocab_size=vocab, dim=32, n_layers=2, n_heads=4,
+                     context_length=12, dtype="float64")
+      c.thinking.update(num_steps=3, step_size=5.0, clamp_grad=True, clamp_grad_max_change=2.0)
+      c.inference.update(thinking_steps=2, step_count=count, step_size=8.0,
+                         step_size_final_landscape=True)
+      torch.manual_seed(1)
+      tokens = torch.randint(1, vocab, (3, 12))
+      model = EBT_NLP(official_namespace(c))
+      with torch.no_grad():
+        for p in model.parameters():
+          p.add_(0.02 * torch.randn_like(p))
+        # Its advanced inference adds noise of this std whatever the flags say: none here.
+        model.langevin_dynamics_noise_std.zero_()
+      y0 = torch.randn(3, 12, vocab)
+      model.corrupt_embeddings = lambda emb: y0.clone()
+      logits, energies, _ = model.ebt_advanced_inference(tokens, learning=False)
+      params = import_official(model.state_dict(), c, dtype=np.float64)
+      ours = system2.predict(params, jnp.asarray(tokens.numpy()), c, key=jax.random.key(0),
+                             initial_logits=jnp.asarray(y0.numpy()))
+      e_err = _max_rel_err(ours.energies[:, 0], np.stack([e.numpy() for e in energies]))
+      l_err = _max_rel_err(ours.logits, logits.detach().numpy())
+      worst = max(worst, e_err, l_err)
+      print(f"{ebt_type + ', ' + count:<24} {len(energies) - 1:>5} {l_err:>19.2e} {e_err:>21.2e}")
+  print(f"worst relative difference (advanced inference): {worst:.2e}")
   return worst
 
 
