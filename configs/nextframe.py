@@ -2,7 +2,8 @@
 `s2_cpu` and `paper`.
 
 `cpu`: sized for a 2-core CPU; `s2_cpu`: the same with the official S2 recipe
-(job_scripts/vid/pretrain/ebt_s2_vae.sh, its replay buffer included).
+(job_scripts/vid/pretrain/ebt_s2_vae.sh, its replay buffer included; Langevin std 0.1,
+see `S2` below).
 
     ebt train --config configs/nextframe.py:cpu --workdir runs/nextframe_cpu
     ebt eval --workdir runs/nextframe_cpu --thinking-steps 1,2,4
@@ -111,7 +112,10 @@ VARIANTS = {
 # sequences, half the batch replayed).
 S2 = {**denoise.S2, "thinking.langevin_noise": 1.0, "thinking.detach": False,
       "thinking.step_size_learnable": False, "thinking.replay_buffer": True}
-VARIANTS["s2_cpu"] = {**VARIANTS["cpu"], **S2}
+# On the moving digits the script's std 1 diverges (measured, 200 steps: validation SmoothL1
+# 21.2 after 4 thinking steps, 35.3 at std 0.3) where std 0.1 learns (0.171; 0.182 without
+# noise), so the CPU variant keeps the recipe with std 0.1.
+VARIANTS["s2_cpu"] = {**VARIANTS["cpu"], **S2, "thinking.langevin_noise": 0.1}
 
 
 def get_config(arg=None):
