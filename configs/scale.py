@@ -1,14 +1,15 @@
-"""Scaling studies for `ebt scale` (ebt_jax/commands/scale.py); the variant is the grid.
+"""Scaling studies for `ebt scale --grid VARIANT` (ebt_jax/commands/scale.py).
 
-A study config names its base run config (`base`, as `ebt train --config` takes it), the
-settings every point adds to it (`settings`, "field=value"), the models (`ebt`, and the
+A study names its default base run config (`base`, as `ebt train --config` takes it; `ebt
+scale --config F` gives another), the settings every point adds to it (`settings`,
+"field=value"; `--config.FIELD=VALUE` adds more), the models (`ebt`, and the
 same-size Transformer++ of configs/transformer.py, each with the settings that make it),
 the axes to run and each axis's values.
 
 * `micro` (tests, seconds): a 16-wide one-layer model, both models along the data axis,
   evaluated every 2 of 8 steps:
 
-      ebt scale --config scale:micro --workdir runs/scale_micro
+      ebt scale --grid micro --workdir runs/scale_micro
 
 * `cpu` (39 minutes on a 2-core VM shared with other jobs, load 16-23): configs/
   default.py's byte-level models on the embedded corpus (the Python standard library's
@@ -16,17 +17,19 @@ the axes to run and each axis's values.
   evaluated every 75), and a width/depth ladder of four sizes (400 steps each, evaluated
   every 50, which also gives the FLOPs axis):
 
-      ebt scale --config scale:cpu --workdir runs/scale_cpu
+      ebt scale --grid cpu --workdir runs/scale_cpu
 
 * `paper` (accelerators): the paper's S1 recipe (configs/ebt_s1.py) along the official size
   ladder 4xs..small, the data axis at xxs, depth 2..12 at width 384 and batch 64..1024. Data
-  and tokenizer are files you provide (see configs/ebt_s1.py for `ebt prepare`); print the
-  runs for a launcher and aggregate once they are done:
+  and tokenizer are files you provide (see configs/ebt_s1.py for `ebt prepare`; `--config.
+  data.path=...`, `--config.data.tokenizer=...` point every run at them); print the runs
+  for a launcher and aggregate once they are done:
 
-      ebt scale --config scale:paper --workdir /shared/runs/scale --print-commands
-      ebt scale --config scale:paper --workdir /shared/runs/scale --aggregate-only
+      ebt scale --grid paper --workdir /shared/runs/scale --print-commands
+      ebt scale --grid paper --workdir /shared/runs/scale --aggregate-only
 
-Any field can be overridden: `--config.axes=data,params`, `--config.data_steps=100,200,400`.
+Any field but `base` can be overridden: `--grid.axes=data,params`,
+`--grid.data_steps=100,200,400`.
 """
 
 import ml_collections

@@ -26,7 +26,7 @@ DEFAULT_CONFIG = "default"
 DEFAULT_NEW_TOKENS = 64    # `ebt generate`'s most new tokens by default (fewer if the context ends)
 
 
-def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
+def load_config_file(spec: str, flag: str = "--config") -> tuple[ml_collections.ConfigDict, str]:
   """(config, name) from `FILE[:ARG]`, FILE a path or the name of a bundled config.
 
   A bundled config is a file of the repository's `configs/` (installed as
@@ -47,7 +47,7 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   if not path.exists():
     bundled = bundled_dir / f"{file.removesuffix('.py')}.py"
     if not bundled.is_file():
-      raise ConfigError(f"--config: no file {file!r} and no bundled config of that name "
+      raise ConfigError(f"{flag}: no file {file!r} and no bundled config of that name "
                         f"(bundled: {', '.join(bundled_config_names())})")
     path = Path(str(bundled))
   module_spec = importlib.util.spec_from_file_location(f"ebt_config_{path.stem}", path)
@@ -55,24 +55,35 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   try:
     module_spec.loader.exec_module(module)
   except Exception as e:
-    raise ConfigError(f"--config: {path} failed to load ({_one_line(e)})") from None
+    raise ConfigError(f"{flag}: {path} failed to load ({_one_line(e)})") from None
   get_config = getattr(module, "get_config", None)
   if get_config is None:
-    raise ConfigError(f"--config: {path} defines no get_config()")
+    raise ConfigError(f"{flag}: {path} defines no get_config()")
   if arg is not None and not inspect.signature(get_config).parameters:
-    raise ConfigError(f"--config {spec}: {path.name} has no variants (its get_config() "
+    raise ConfigError(f"{flag} {spec}: {path.name} has no variants (its get_config() "
                       "takes no argument)")
   try:
     config = get_config() if arg is None else get_config(arg)
   except ConfigError as e:
-    raise ConfigError(f"--config {spec}: {e}") from None
+    raise ConfigError(f"{flag} {spec}: {e}") from None
   except Exception as e:
-    raise ConfigError(f"--config {spec}: get_config() failed ({_one_line(e)})") from None
+    raise ConfigError(f"{flag} {spec}: get_config() failed ({_one_line(e)})") from None
   if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f"--config {spec}: get_config() returned a {type(config).__name__}, "
+    raise ConfigError(f"{flag} {spec}: get_config() returned a {type(config).__name__}, "
                       "expected an ml_collections.ConfigDict (start from "
                       "ebt_jax.config.base_config())")
   name = path.stem if arg is None else f"{path.stem}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', arg)}"
+  return config, name
+
+
+def load_run_config(spec: str) -> tuple[ml_collections.ConfigDict, str]:
+  """`load_config_file` for the commands that build a model (train, bench, prepare, ...):
+  a one-line error for a config of another kind (a scaling study, configs/scale.py)."""
+  from ebt_jax.config import base_config
+  config, name = load_config_file(spec)
+  if missing := [k for k in base_config() if k not in config]:
+    raise ConfigError(f"--config {spec}: not a run config (no {', '.join(missing)}); expected "
+                      "one built on ebt_jax.config.base_config(), e.g. default or ebt_s1:xxs")
   return config, name
 
 
@@ -153,8 +164,32 @@ def _parse_value(raw: str, current, field_type):
   return raw
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-  """Applies `--config.a.b=value` (or `--config.a.b value`) overrides in order.
+def split_overrides(overrides: list[str], flags=("--config",)) -> list[tuple[str, str, str]]:
+  """(flag, field, value) of each `FLAG.a.b=value` or `FLAG.a.b value` argument, in order
+  (`ebt scale` takes two: --grid.* for its study, --config.* for the run configs)."""
+  out, i = [], 0
+  while i < len(overrides):
+    arg = overrides[i]
+    flag = next((f for f in flags if arg.startswith(f"{f}.")), None)
+    if flag is None:
+      raise ConfigError(f"{arg}: unexpected argument (overrides look like "
+                        f"{' or '.join(f + '.model.dim=64' for f in flags)})")
+    if "=" in arg:
+      name, raw = arg[len(flag) + 1:].split("=", 1)
+    elif i + 1 < len(overrides):
+      name, raw = arg[len(flag) + 1:], overrides[i + 1]
+      i += 1
+    else:
+      raise ConfigError(f"{arg}: missing a value")
+    out.append((flag, name, raw))
+    i += 1
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str],
+                    flag: str = "--config") -> None:
+  """Applies `--config.a.b=value` (or `--config.a.b value`) overrides in order (`flag`:
+  the prefix they take).
 
   Values are read by the field's type: `true`/`false` (also 1/0, yes/no) for booleans,
   Python literals or comma-separated lists for tuples (`--config.data.ood_suites=a,b`,
@@ -177,38 +212,26 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     inside the message; and it reads the overrides out of an argv list by regex, so
     leftover arguments that are not overrides pass unreported.
   """
-  i = 0
-  while i < len(overrides):
-    arg = overrides[i]
-    if not arg.startswith("--config."):
-      raise ConfigError(f"{arg}: unexpected argument (overrides look like --config.model.dim=64)")
-    if "=" in arg:
-      name, raw = arg[len("--config."):].split("=", 1)
-    elif i + 1 < len(overrides):
-      name, raw = arg[len("--config."):], overrides[i + 1]
-      i += 1
-    else:
-      raise ConfigError(f"{arg}: missing a value")
+  for _, name, raw in split_overrides(overrides, (flag,)):
     *parents, leaf = name.split(".")
     node = config
     for p in parents:
       if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-        raise ConfigError(f"--config.{name}: the config has no section {p!r}")
+        raise ConfigError(f"{flag}.{name}: the config has no section {p!r}")
       node = node[p]
     if leaf not in node:
-      raise ConfigError(f"--config.{name}: the config has no such field")
+      raise ConfigError(f"{flag}.{name}: the config has no such field")
     try:
       node[leaf] = _parse_value(raw, node[leaf], node.get_type(leaf))
     except (ValueError, TypeError, SyntaxError) as e:
-      raise ConfigError(f"--config.{name}: cannot use {raw!r} ({e})") from None
-    i += 1
+      raise ConfigError(f"{flag}.{name}: cannot use {raw!r} ({e})") from None
 
 
 def _cmd_train(args, overrides):
   from ebt_jax.parallel import distributed
   from ebt_jax.training import trainer
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  config, name = load_config_file(args.config)
+  config, name = load_run_config(args.config)
   apply_overrides(config, overrides)
   workdir = args.workdir or str(Path("runs") / name)
   trainer.train(config, workdir, progress=not args.no_progress, overwrite=args.overwrite)
@@ -424,7 +447,7 @@ def _cmd_sweep_inner(args, overrides):
 
 def _cmd_bench(args, overrides):
   from ebt_jax.tools import bench
-  config, _ = load_config_file(args.config)
+  config, _ = load_run_config(args.config)
   apply_overrides(config, overrides)
   result = bench.run_bench(config, repeats=args.repeats, batch_size=args.batch_size,
                            prompt_len=args.prompt_len, new_tokens=args.new_tokens,
@@ -437,7 +460,7 @@ def _cmd_bench(args, overrides):
 
 def _cmd_prepare(args, overrides):
   from ebt_jax.data.prepare import prepare_shards
-  config, _ = load_config_file(args.config)
+  config, _ = load_run_config(args.config)
   apply_overrides(config, overrides)
   meta = prepare_shards(config, args.out)
   print(json.dumps(meta, indent=2))
@@ -451,7 +474,7 @@ def _cmd_import_torch(args, overrides):
   if args.config and args.job_script:
     raise ConfigError("--config, --job-script: give one of them (or neither, for a .ckpt)")
   if args.config:
-    config, _ = load_config_file(args.config)
+    config, _ = load_run_config(args.config)
     apply_overrides(config, overrides)
   if args.job_script:
     from ebt_jax import official_hparams
@@ -487,7 +510,7 @@ def _cmd_compile_report(args, overrides):
       if value is not None:
         raise ConfigError(f"{flag}: only with --topology")
     from ebt_jax.training import memory
-    config, _ = load_config_file(args.config)
+    config, _ = load_run_config(args.config)
     apply_overrides(config, overrides)
     print(memory.compile_report(config).table())
     return
@@ -513,7 +536,7 @@ def _topology_and_config(args, overrides):
   from ebt_jax.parallel import topology
   parsed = topology.parse(args.topology, args.num_slices or 1)
   topology.prepare_environment(parsed)
-  config, _ = load_config_file(args.config)
+  config, _ = load_run_config(args.config)
   apply_overrides(config, overrides)
   return parsed, config
 
@@ -538,11 +561,22 @@ def _print_and_write(table: str, as_json: dict, path: str | None) -> None:
 
 def _cmd_scale(args, overrides):
   from ebt_jax.commands import scale
-  study, _ = load_config_file(args.config)
-  apply_overrides(study, overrides)
+  # A bare name is a variant of configs/scale.py; FILE.py[:ARG] (or NAME:ARG) a study file.
+  grid = args.grid if ":" in args.grid or args.grid.endswith(".py") else f"scale:{args.grid}"
+  study, _ = load_config_file(grid, flag="--grid")
+  split = split_overrides(overrides, ("--grid", "--config"))
+  if any(f == "--grid" and n == "base" for f, n, _ in split):
+    raise ConfigError("--grid.base: give the base run config as --config")
+  apply_overrides(study, [f"{f}.{n}={v}" for f, n, v in split if f == "--grid"], "--grid")
+  scale.check_study(study)
+  # --config.* goes into every point after the grid's settings (its models and axes still
+  # set their own fields), so the printed `ebt train` commands carry it too.
+  study.settings = tuple(study.settings) + tuple(f"{n}={v}" for f, n, v in split
+                                                 if f == "--config")
+  study.base = args.config or study.base
 
   def make_config(point_overrides):
-    config, _ = load_config_file(study.base)
+    config, _ = load_run_config(study.base)
     apply_overrides(config, point_overrides)
     return config
 
@@ -731,8 +765,12 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("scale", help="scaling study of the EBT against the same-size "
                      "Transformer++: train a grid of runs, fit power laws (table, JSON, PNGs)",
                      **with_config)
-  p.add_argument("--config", required=True, help="a study config, e.g. scale:cpu "
-                 "(configs/scale.py); it names the base run config and the grid")
+  p.add_argument("--grid", required=True, help="the study: micro, cpu or paper "
+                 "(configs/scale.py), or a study file FILE.py[:ARG]; --grid.FIELD=VALUE "
+                 "overrides its fields (--grid.axes=data,params)")
+  p.add_argument("--config", help="the base run config of every point, as `ebt train` takes "
+                 "it (default: the grid's own, e.g. cpu's default); --config.SECTION.FIELD="
+                 "VALUE overrides apply to every point")
   p.add_argument("--workdir", required=True, help="study folder: one run directory per point")
   p.add_argument("--json", help="also write the fits to this JSON file (always: "
                  "WORKDIR/scale.json)")

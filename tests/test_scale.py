@@ -78,7 +78,7 @@ def study(tmp_path_factory):
   """The micro study: the Transformer++ trained elsewhere from its printed command, the EBT
   killed at step 4 of 8 (its printed command, stopped early), then `ebt scale` twice."""
   root = tmp_path_factory.mktemp("scale")
-  base = ("scale", "--config", "scale:micro", "--workdir", str(root))
+  base = ("scale", "--grid", "micro", "--workdir", str(root))
   commands = _cli(*base, "--print-commands").strip().splitlines()
   transformer, ebt = root / "data" / "transformer", root / "data" / "ebt"
   by_dir = {shlex.split(c)[shlex.split(c).index("--workdir") + 1]: c for c in commands}
@@ -155,7 +155,7 @@ def test_study_outputs_fit_the_runs(study):
 
 
 def test_paper_grid_plans_every_axis_and_bad_axes_are_one_line_errors(tmp_path, capsys):
-  commands = _cli("scale", "--config", "scale:paper", "--workdir", str(tmp_path),
+  commands = _cli("scale", "--grid", "paper", "--workdir", str(tmp_path),
                   "--print-commands").strip().splitlines()
   workdirs = [shlex.split(c)[shlex.split(c).index("--workdir") + 1] for c in commands]
   names = sorted(w[len(str(tmp_path)) + 1:] for w in workdirs)
@@ -169,14 +169,37 @@ def test_paper_grid_plans_every_axis_and_bad_axes_are_one_line_errors(tmp_path, 
   assert small.startswith("ebt train --config ebt_s1:xxs ") and small.endswith(
       "--config.model.kind=transformer --config.model.ebt_type=default --config.model.dim=768 "
       "--config.model.n_layers=12 --config.model.n_heads=12")
-  assert cli.main(["scale", "--config", "scale:micro", "--workdir", str(tmp_path),
-                   "--config.axes=data,size"]) == 2
-  err = capsys.readouterr().err.strip()
-  assert err == ("ebt scale: error: --config.axes: expected axes from ('data', 'params', "
-                 "'depth', 'batch', 'flops'), got 'size'")
-  assert cli.main(["scale", "--config", "tiny_cpu", "--workdir", str(tmp_path)]) == 2
-  assert capsys.readouterr().err.startswith("ebt scale: error: --config: not a scaling study "
-                                            "(no base, settings, models, axes,")
+  for argv, err in (
+      (["--grid", "micro", "--grid.axes=data,size"], "--grid.axes: expected axes from ('data', "
+       "'params', 'depth', 'batch', 'flops'), got 'size'"),
+      (["--grid", "default.py"], "--grid: not a scaling study (no base, settings, models, axes,"),
+      (["--grid", "mini"], "--grid scale:mini: unknown variant 'mini'; valid variants: micro,"),
+      (["--grid", "micro", "--grid.base=default"], "--grid.base: give the base run config as "
+       "--config"),
+      (["--grid", "micro", "--config", "scale:cpu"], "--config scale:cpu: not a run config")):
+    assert cli.main(["scale", *argv, "--workdir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"ebt scale: error: {err}")
+
+
+def test_config_and_its_overrides_reach_every_point_and_grid_overrides_the_study(tmp_path):
+  """--config replaces the grid's base, --config.* sets every point's run config where the
+  grid's models and axes leave the field alone, --grid.* changes the study."""
+  commands = _cli("scale", "--grid", "paper", "--config", "ebt_s1:small", "--workdir",
+                  str(tmp_path), "--grid.axes=data,params", "--config.model.dim", "576",
+                  "--config.data.path=/shards", "--print-commands").strip().splitlines()
+  assert len(commands) == 12 and all(c.startswith("ebt train --config ebt_s1:small ")
+                                     for c in commands)
+  configs = {}
+  for command in commands:
+    argv = shlex.split(command)
+    config, _ = cli.load_run_config(argv[3])
+    cli.apply_overrides(config, argv[7:])
+    configs[argv[5][len(str(tmp_path)) + 1:]] = config
+  assert configs["data/ebt"].model.dim == 576 and configs["data/transformer"].model.dim == 576
+  assert configs["params/ebt-d128l2h2"].model.dim == 128       # the axis sets its own width
+  assert configs["data/transformer"].model.kind == "transformer"
+  assert configs["data/ebt"].model.n_layers == 12               # ebt_s1:small, not the xxs base
+  assert {c.data.path for c in configs.values()} == {"/shards"}
 
 
 @pytest.mark.slow
@@ -187,7 +210,7 @@ def test_a_run_of_another_config_is_left_out(study, tmp_path):
   config = json.loads(config_file.read_text())
   config["model"]["dim"] = 32
   config_file.write_text(json.dumps(config))
-  printed = _cli("scale", "--config", "scale:micro", "--workdir", str(root), "--aggregate-only")
+  printed = _cli("scale", "--grid", "micro", "--workdir", str(root), "--aggregate-only")
   assert "data/transformer: left out, its run differs from the study's point in model.dim" \
       in printed
   report = json.loads((root / "scale.json").read_text())

@@ -57,6 +57,13 @@ def test_missing_config_suggests_the_bundled_names(capsys):
   assert f"(bundled: {', '.join(names)})" in line
 
 
+def test_a_config_that_is_not_a_run_config(tmp_path, capsys):
+  line = one_line_error(capsys, ["train", "--config", "scale:cpu", "--workdir", str(tmp_path)])
+  assert line.startswith("ebt train: error: --config scale:cpu: not a run config (no data, "
+                         "denoise,")
+  assert "expected one built on ebt_jax.config.base_config()" in line
+
+
 @pytest.mark.parametrize("command", ["train", "bench", "prepare", "import-torch",
                                      "compile-report"])
 def test_help_shows_the_config_forms_and_bundled_names(capsys, command):

@@ -1,14 +1,17 @@
 """`ebt scale`: a scaling study of the EBT against the same-size Transformer++.
 
-    ebt scale --config scale:cpu --workdir runs/scale_cpu [--json OUT] [--print-commands]
-        [--aggregate-only] [--config.axes=data,params]
+    ebt scale --grid cpu --workdir runs/scale_cpu [--config BASE] [--json OUT]
+        [--print-commands] [--aggregate-only] [--grid.axes=data,params]
+        [--config.train.batch_size=8]
 
-The study config (configs/scale.py, `get_config(variant)`) names the base run config
-(`base`, a config spec as `ebt train --config` takes it) and the settings every point adds
-(`settings`, `field=value` strings); it is the one place a study's runs are defined. Each
-point of the grid is a normal run directory, `WORKDIR/<axis>/<model>[-<value>]`, whose
-config is the base config plus `--config.<setting>` overrides: exactly what the printed
-`ebt train` command builds. Axes (`axes`):
+The study (`--grid`: configs/scale.py's `get_config(variant)` or a study file; fields
+overridden by `--grid.FIELD=VALUE`) names the grid's default base run config (`base`, a
+config spec as `ebt train --config` takes it; `--config BASE` replaces it) and the settings
+every point adds (`settings`, `field=value` strings, which the CLI extends with its
+`--config.*` overrides); it is the one place a study's runs are defined. Each point of the
+grid is a normal run directory, `WORKDIR/<axis>/<model>[-<value>]`, whose config is the
+base config plus `--config.<setting>` overrides: exactly what the printed `ebt train`
+command builds. Axes (`axes`):
 * data: one run per model, evaluated at `data_steps` (the run's eval interval is their
   gcd); x = tokens seen (step x batch x context);
 * params: the `sizes` ladder of (width, depth, heads); x = parameter count (all of them,
@@ -81,24 +84,29 @@ class Point:
     return f"{self.axis}/{self.model}" + (f"-{self.value}" if self.value else "")
 
 
+def check_study(study: ml_collections.ConfigDict) -> None:
+  """A one-line error unless `study` has a scaling study's fields (configs/scale.py's)."""
+  if missing := [f for f in STUDY_FIELDS if f not in study]:
+    raise ConfigError(f"--grid: not a scaling study (no {', '.join(missing)}); use one of "
+                      "configs/scale.py's, e.g. --grid cpu")
+
+
 def plan(study: ml_collections.ConfigDict, workdir, make_config: Callable) -> list[Point]:
   """The study's runs, in training order (axis by axis, both models per value).
 
   `make_config(overrides)`: the base run config with `--config.<field>=<value>` overrides
   applied, as `ebt train` builds it (the CLI passes its own loader)."""
-  if missing := [f for f in STUDY_FIELDS if f not in study]:
-    raise ConfigError(f"--config: not a scaling study (no {', '.join(missing)}); use one of "
-                      "configs/scale.py's, e.g. --config scale:cpu")
+  check_study(study)
   axes = tuple(study.axes)
   for axis in axes:
-    check(axis in AXES, "--config.axes", f"axes from {AXES}", axis)
-  check(len(study.models) == 2, "--config.models", "two models (the first's scaling rate "
+    check(axis in AXES, "--grid.axes", f"axes from {AXES}", axis)
+  check(len(study.models) == 2, "--grid.models", "two models (the first's scaling rate "
         "is compared with the second's)", tuple(study.models.keys()))
-  check(len(axes) > 0, "--config.axes", "at least one axis", axes)
+  check(len(axes) > 0, "--grid.axes", "at least one axis", axes)
   grid: list[tuple[str, str, tuple[str, ...]]] = []
   if "data" in axes:
     steps = tuple(study.data_steps)
-    check(len(steps) >= 2 and min(steps) >= 1, "--config.data_steps",
+    check(len(steps) >= 2 and min(steps) >= 1, "--grid.data_steps",
           "at least 2 positive step counts", steps)
     grid.append(("data", "", (f"train.num_steps={max(steps)}",
                                f"train.eval_every={math.gcd(*steps)}")))
