@@ -90,13 +90,15 @@ def layer_modulations(step_vec_D, mod_w_LxDxM, mod_b_LxM) -> jax.Array:
   return m_LxM.reshape(m_LxM.shape[0], 6, -1)
 
 
-def _qkv(p: dict, x_BxSxD, positions_S, mod_6xD, d: StackDims):
+def _qkv(p: dict, x_BxSxD, positions_S, mod_6xD, d: StackDims, queries: bool = True):
+  """(queries, keys, values), RoPE on queries and keys, from one matmul; (keys, values)
+  with `queries=False` (a last block whose output nothing reads)."""
   h = layers.rms_norm(x_BxSxD, p["attn_norm"], d.norm_eps)
   if mod_6xD is not None:
     h = layers.modulate(h, mod_6xD[0].astype(d.dtype), mod_6xD[1].astype(d.dtype))
-  q = layers.rope(layers.project_heads(h, p["wq"]), positions_S, d.rope_theta)
-  k = layers.rope(layers.project_heads(h, p["wk"]), positions_S, d.rope_theta)
-  return q, k, layers.project_heads(h, p["wv"])
+  names = ("wq", "wk", "wv") if queries else ("wk", "wv")
+  *rotated, v = layers.project_heads(h, *(p[name] for name in names))
+  return (*(layers.rope(a, positions_S, d.rope_theta) for a in rotated), v)
 
 
 def _block(p: dict, x_BxSxD, positions_S, mod_6xD, attend: Callable, d: StackDims):
@@ -181,7 +183,7 @@ def context_cache(bp: dict, x_BxCxD, positions_C, mods_Lx6xD, d: StackDims) -> C
                                     dataclasses.replace(d, n_layers=d.n_layers - 1))
   else:
     x_BxCxD, cache = x_BxCxD.astype(d.dtype), None
-  _, k, v = _qkv(last, x_BxCxD, positions_C, last_mod, d)
+  k, v = _qkv(last, x_BxCxD, positions_C, last_mod, d, queries=False)
   if cache is None:
     return ContextCache(k[None], v[None])
   return ContextCache(jnp.concatenate([cache.k_LxBxCxNxH, k[None]]),
@@ -228,7 +230,7 @@ def extend_cache(bp: dict, cache: ContextCache, x_BxTxD, positions_T, mods_Lx6xD
     per_layer = (_split_last(bp), k_LxBxCxNxH[:-1], v_LxBxCxNxH[:-1], head_mods)
     x_BxTxD, (k_head, v_head) = run_layers(body, x_BxTxD, per_layer, scan=d.scan_layers,
                                            remat_policy=d.remat)
-  _, k, v = _qkv(last, x_BxTxD, positions_T, last_mod, d)
+  k, v = _qkv(last, x_BxTxD, positions_T, last_mod, d, queries=False)
   k_last, v_last = write(k_LxBxCxNxH[-1], k)[None], write(v_LxBxCxNxH[-1], v)[None]
   if d.n_layers == 1:
     return ContextCache(k_last, v_last)
