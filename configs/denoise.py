@@ -112,7 +112,8 @@ EBT = {
 }
 # The S2 recipe of the official job_scripts/img/pretrain_denoising/ebt_s2.sh: one step
 # repeated randint(2, 4) times per batch (validation: 3), alpha x U[1/2, 2] per image,
-# second order through the last step only.
+# second order through the last step only, no detach between steps, and a fixed step size
+# (the script passes --no_mcmc_detach and not --mcmc_step_size_learnable).
 S2 = {
     "thinking.num_steps": 1,
     "thinking.truncate": True,
@@ -120,6 +121,8 @@ S2 = {
     "thinking.random_steps": 2,
     "thinking.random_steps_min": 2,
     "thinking.langevin_noise": 0.0,
+    "thinking.detach": False,
+    "thinking.step_size_learnable": False,
 }
 VARIANTS = {
     "cpu": {"thinking.num_steps": 2, "inference.thinking_steps": 4},

@@ -106,12 +106,10 @@ VARIANTS = {
 
 
 # The S2 recipe of the official job_scripts/vid/pretrain/ebt_s2_vae.sh: the image script's
-# step flags (configs/denoise.py; alpha randomized per frame here) with Langevin noise of
-# std 1 at each step's gradient evaluation, no detach between steps, a fixed step size (no
-# --mcmc_step_size_learnable) and the replay buffer at its official defaults (192
-# sequences, half the batch replayed).
-S2 = {**denoise.S2, "thinking.langevin_noise": 1.0, "thinking.detach": False,
-      "thinking.step_size_learnable": False, "thinking.replay_buffer": True}
+# step flags (configs/denoise.py: no detach, a fixed step size; alpha randomized per frame
+# here) with Langevin noise of std 1 at each step's gradient evaluation and the replay
+# buffer at its official defaults (192 sequences, half the batch replayed).
+S2 = {**denoise.S2, "thinking.langevin_noise": 1.0, "thinking.replay_buffer": True}
 # On the moving digits the script's std 1 diverges (measured, 200 steps: validation SmoothL1
 # 21.2 after 4 thinking steps, 35.3 at std 0.3) where std 0.1 learns (0.171; 0.182 without
 # noise), so the CPU variant keeps the recipe with std 0.1.
