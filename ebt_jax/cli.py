@@ -316,6 +316,8 @@ def _cmd_eval(args, overrides):
     return _eval_continuous(args, overrides)
   if args.ddim_steps is not None:
     raise ConfigError("--ddim-steps: only for image runs (a DiT, or an image EBT's --baseline)")
+  if args.noise_levels is not None:
+    raise ConfigError("--noise-levels: only for image runs (an image EBT or a DiT)")
   if args.downstream:
     return _eval_downstream(args, overrides)
   from ebt_jax.commands import evaluation
@@ -371,11 +373,22 @@ def _eval_continuous(args, overrides):
   report = image_eval.evaluate_workdir(
       args.workdir, thinking_steps=_int_list("--thinking-steps", args.thinking_steps),
       ddim_steps=_int_list("--ddim-steps", args.ddim_steps), baseline=args.baseline,
+      noise_levels=_float_list("--noise-levels", args.noise_levels) or None,
       num_batches=args.batches, batch_size=args.batch_size,
       overrides=_inference_overrides(args, overrides))
   print(report.table())
+  results = report.as_json()
+  if report.model == "image_ebt":
+    from ebt_jax.commands import shift
+    from ebt_jax.training import runs
+    config = runs.load_config(args.workdir)
+    _inference_overrides(args, overrides)(config)
+    gain = shift.image_gain_report(report, config)
+    results["system2_gain"] = gain.as_json()
+    print(gain.table())
+    print(f"Wrote {gain.plot(Path(args.workdir) / 'plots' / 'shift_gain.png')}")
   if args.json:
-    Path(args.json).write_text(json.dumps(report.as_json(), indent=2))
+    Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"Wrote {args.json}")
 
 
@@ -651,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--best-of", help="comma-separated candidate counts, e.g. 1,4,16 (default 1)")
   p.add_argument("--baseline", help="a Transformer++ run directory to put beside the table "
                  "(an image EBT: a DiT run directory)")
+  p.add_argument("--noise-levels", help="image runs: comma-separated noise levels to evaluate "
+                 "at, e.g. 0.1,0.2,0.3 (default denoise.noise_level and ood_noise_level; the "
+                 "training level is always evaluated, as validation)")
   p.add_argument("--ddim-steps", help="DiT: comma-separated DDIM step counts (network "
                  "evaluations), e.g. 1,5,100 (default inference.ddim_steps, else every timestep)")
   p.add_argument("--stop-thresholds", help="comma-separated thresholds: also report adaptive "

@@ -1,4 +1,5 @@
-"""The System 2 gain per dataset against its shift (commands/shift.py), on a hand-made table."""
+"""The System 2 gain per dataset against its shift (commands/shift.py), on hand-made tables:
+perplexity per Dyck suite (text), pixel MSE / PSNR per noise level (images)."""
 
 import math
 
@@ -7,7 +8,8 @@ import pytest
 
 from ebt_jax.commands import shift
 from ebt_jax.commands.evaluation import System2Report
-from ebt_jax.configs import dyck_ood
+from ebt_jax.commands.image_eval import ContinuousReport
+from ebt_jax.configs import denoise, dyck_ood
 from ebt_jax.errors import ConfigError
 
 
@@ -22,7 +24,7 @@ def test_gain_per_suite_and_plot(tmp_path):
         "dyck_depth_8": [[2.0, 1.9], [1.5, 1.6], [1.2, 1.3]],
         "dyck_depth_12": [[3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]}
   gain = shift.gain_report(_report(ce), config)
-  assert gain.default_steps == 2
+  assert gain.references == {"1_step": "N=1", "default": "the default N=2"}
   rows = {r["dataset"]: r for r in gain.rows}
   assert [(r["family"], r["shift"]) for r in gain.rows] == [("dyck", 4), ("dyck", 8), ("dyck", 12)]
   v, d8 = rows["validation"], rows["dyck_depth_8"]
@@ -52,6 +54,47 @@ def test_shift_values_and_missing_references():
     shift.shift_of(config.data, "depth_8")
   report = System2Report("r", 1, [2, 4], [2], {"validation": np.zeros((2, 1))}, {}, [])
   gain = shift.gain_report(report, config)     # no 1-step cell, no best-of-1 column
-  assert gain.default_steps == 3
+  assert gain.references["default"] == "the default N=3"
   assert gain.rows[0]["gain_vs_1_step"] is None and gain.rows[0]["gain_vs_default"] is None
   assert gain.plot("unused.png") is None and "  validation" in gain.table()
+
+
+def _image_report(mse):
+  """Rows of `ebt eval` on an image EBT: {(dataset, level): pixel MSE per thinking step 1..}."""
+  rows = [{"dataset": d, "noise_level": level, "thinking_steps": k, "pixel_mse": m,
+           "psnr": 10 * math.log10(255 ** 2 / m), "psnr_noisy": 10.0}
+          for (d, level), per_step in mse.items() for k, m in enumerate(per_step, start=1)]
+  return ContinuousReport("runs/denoise", 2000, "image_ebt", 256, rows)
+
+
+def test_image_gain_per_noise_level_and_plot(tmp_path):
+  config = denoise.get_config("cpu")      # trained with 2 thinking steps
+  mse = {("validation", 0.1): [40.0, 20.0, 25.0, 30.0],
+         ("ood_noise_0.2", 0.2): [200.0, 100.0, 80.0, 50.0],
+         ("ood_noise_0.3", 0.3): [500.0, 500.0, 500.0, 600.0]}
+  gain = shift.image_gain_report(_image_report(mse), config)
+  assert gain.references == {"1_step": "1 step", "trained": "the trained 2 steps"}
+  rows = {r["dataset"]: r for r in gain.rows}
+  assert [(r["family"], r["shift"], r["best_steps"]) for r in gain.rows] == [
+      ("noise", 0.1, 2), ("noise", 0.2, 4), ("noise", 0.3, 1)]
+  v, o2, o3 = rows["validation"], rows["ood_noise_0.2"], rows["ood_noise_0.3"]
+  assert v["gain_vs_1_step"] == pytest.approx(0.5) and v["gain_vs_trained"] == 0
+  assert o2["gain_vs_1_step"] == pytest.approx(0.75) and o2["gain_vs_trained"] == pytest.approx(0.5)
+  # PSNR gain = 10 log10(MSE(ref) / MSE(best)): a halved MSE is +3.01 dB.
+  assert v["psnr_gain_vs_1_step"] == pytest.approx(10 * math.log10(2))
+  assert o2["psnr_gain_vs_1_step"] == pytest.approx(10 * math.log10(4))
+  assert o2["psnr_best"] == pytest.approx(10 * math.log10(255 ** 2 / 50))
+  assert o3["gain_vs_1_step"] == 0 and o3["psnr_gain_vs_trained"] == 0
+  text = gain.table()
+  assert "ood_noise_0.2" in text and "+6.02" in text and "+75.0%" in text
+  assert gain.as_json()["rows"][1]["pixel_mse_trained"] == 100.0
+  path = gain.plot(tmp_path / "gain.png")
+  assert path.read_bytes()[:4] == b"\x89PNG"
+  # Without a 1-step row the gain from it is unknown, not zero.
+  partial = {k: [m] for k, (_, m, *_) in mse.items()}
+  report = _image_report(partial)
+  for r in report.results:
+    r["thinking_steps"] = 2
+  row = shift.image_gain_report(report, config).rows[0]
+  assert row["gain_vs_1_step"] is None and row["psnr_gain_vs_1_step"] is None
+  assert row["gain_vs_trained"] == 0

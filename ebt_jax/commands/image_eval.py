@@ -2,9 +2,11 @@
 
 * image EBT workdir: PSNR (dB) after each thinking step at the training noise level
   (dataset `validation`) and at `denoise.ood_noise_level` (dataset `ood_noise_<level>`),
-  with the noisy input's PSNR; with `--baseline` a DiT workdir, the DiT's PSNR per DDIM
-  step count (network evaluations, NFE) on the same noisy images beside it (the paper's
-  Table 4); a PNG grid of clean / noisy / denoised images in WORKDIR/plots/denoise.png;
+  or at every level of `noise_levels` (`ebt eval --noise-levels`), with the noisy input's
+  PSNR; with `--baseline` a DiT workdir, the DiT's PSNR per DDIM step count (network
+  evaluations, NFE) on the same noisy images beside it (the paper's Table 4); a PNG grid
+  of clean / noisy / denoised images in WORKDIR/plots/denoise.png; the System 2 gain per
+  noise level (commands/shift.py, printed by `ebt eval`);
 * DiT workdir alone: its PSNR per DDIM step count, and the same PNG;
 * latent EBT workdir (next frame): SmoothL1 and MSE to the true next latent per thinking
   step, teacher-forced (every frame predicted from the true frames before it) and rolled
@@ -18,6 +20,12 @@ batch holding them all). Batches, keys and noise are those of training's evaluat
 last `eval/psnr_step_k` (tested). The JSON has the text report's shape: `{"results":
 [{"dataset", "thinking_steps" (or "ddim_steps"), "psnr", "psnr_noisy", ...}], "baseline":
 {"results": [...]}}`.
+
+Each level other than the training one is evaluated like the run's out-of-distribution
+level, with the same key (`_level_tasks`): every level noises the same images with the same
+Gaussian draws, only scaled to its level, so the gain against level (commands/shift.py) is
+not blurred by different draws. (Each extra level's pass also re-evaluates `validation`;
+its rows are kept once.)
 
 Compute: an EBT thinking step is one forward and one backward pass through the network
 (the gradient of the energy with respect to the image); a DDIM step is one forward pass.
@@ -35,7 +43,7 @@ import numpy as np
 
 from ebt_jax import tasks
 from ebt_jax.data import images
-from ebt_jax.errors import check
+from ebt_jax.errors import ConfigError, check
 from ebt_jax.tasks.base import mean_batches, per_batch
 from ebt_jax.tasks.image import DiT, ImageEBT, ImageTask, psnr_of_mse, with_step_size
 from ebt_jax.tasks.video import NextFrame
@@ -162,13 +170,15 @@ def _grid_rows(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=None,
-                     num_batches: int | None = None, batch_size: int | None = None,
-                     overrides=None, write_png: bool = True, log=print) -> ContinuousReport:
+                     noise_levels=None, num_batches: int | None = None,
+                     batch_size: int | None = None, overrides=None, write_png: bool = True, log=print) -> ContinuousReport:
   """The report of an image EBT, DiT or latent EBT run directory's newest checkpoint.
 
   `overrides(config)` may edit the restored configs' `inference` sections (CLI flags);
   `thinking_steps` (default 1..inference.thinking_steps or thinking.num_steps) and
-  `ddim_steps` (default inference.ddim_steps, or every timestep) pick the rows.
+  `ddim_steps` (default inference.ddim_steps, or every timestep) pick the rows;
+  `noise_levels` (image runs; default the training and `denoise.ood_noise_level`) the
+  datasets, the training level always evaluated (as `validation`).
   """
   task, step, params = runs.restore_task(workdir, overrides)
   config = task.config
@@ -178,6 +188,11 @@ def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=
   if baseline is not None:
     check(isinstance(task, ImageEBT), "--baseline", "given with an image EBT workdir only",
           baseline)
+  if isinstance(task, NextFrame):
+    check(noise_levels is None, "--noise-levels", "none for a latent EBT run (image runs "
+          "only)", noise_levels)
+  else:
+    level_tasks = _level_tasks(task, noise_levels)
   if isinstance(task, DiT):
     check(not thinking_steps, "--thinking-steps", "none for a DiT run (use --ddim-steps)",
           thinking_steps)
@@ -198,27 +213,65 @@ def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=
     if isinstance(task, NextFrame):
       return _latent_report(workdir, step, task, params, batches, key, steps)
     if isinstance(task, DiT):
-      counts = _ddim_counts(task, ddim_steps)
-      rows, outputs = _dit_rows(task, params, batches, key, counts)
+      rows, outputs, counts = _dit_level_rows(level_tasks, params, batches, key, ddim_steps)
       report = ContinuousReport(str(workdir), step, task.name, num_batches * batch_size, rows)
       denoised = {f"DiT, {counts[-1]} NFE": outputs[0]}
     else:
-      rows, outputs = _ebt_rows(task, params, batches, key, steps)
+      rows, outputs = _across_levels(
+          level_tasks, lambda t: _ebt_rows(t, params, batches, key, steps))
       report = ContinuousReport(str(workdir), step, task.name, num_batches * batch_size, rows)
       denoised = {f"EBT, {max(steps)} step{'s' * (max(steps) != 1)}": outputs[0]}
       if baseline is not None:
         base, base_step, base_params = runs.restore_task(baseline, overrides)
         _check_baseline(base, task, baseline)
-        counts = _ddim_counts(base, ddim_steps)
-        log(f"evaluating the baseline {baseline}: DDIM with {', '.join(map(str, counts))} "
-            f"step{'s' * (tuple(counts) != (1,))}")
-        base_rows, base_batches = _dit_rows(base, base_params, batches, key, counts)
+        log(f"evaluating the baseline {baseline}")
+        base_rows, base_batches, counts = _dit_level_rows(
+            _level_tasks(base, noise_levels), base_params, batches, key, ddim_steps)
         report.baseline = {"workdir": str(baseline), "checkpoint_step": base_step,
                            "kind": base.name, "results": base_rows}
         denoised[f"DiT, {counts[-1]} NFE"] = base_batches[0]
   if write_png:
-    report.png = str(_write_png(Path(workdir), task, jax.device_get(batches[0]), denoised))
+    report.png = str(_write_png(Path(workdir), level_tasks[0], jax.device_get(batches[0]),
+                                denoised))
   return report
+
+
+def _level_tasks(task: ImageTask, levels) -> list[ImageTask]:
+  """The run's task for the default levels; else one per level other than the training
+  one, that level as its `denoise.ood_noise_level` (evaluated with the run's OOD key)."""
+  if levels is None:
+    return [task]
+  training = task.denoise.noise_level
+  others = sorted(set(levels) - {training})
+  check(bool(others), "--noise-levels", f"a level other than the training level {training:g} "
+        f"(always evaluated, as `validation`)", levels)
+  out = []
+  for level in others:
+    c = ml_collections.ConfigDict(task.config.to_dict())
+    c.denoise.ood_noise_level = float(level)
+    try:
+      out.append(tasks.build(c))
+    except ConfigError as e:   # the level rules of ImageTask.validate, named by the flag
+      raise ConfigError(f"--noise-levels {level:g}: {e}") from None
+  return out
+
+
+def _across_levels(level_tasks, rows_fn):
+  """(rows, eval outputs of the first task) of `rows_fn(task) -> (rows, outputs)` over the
+  level tasks: `validation` (the same for all) from the first only."""
+  rows, first = [], None
+  for i, t in enumerate(level_tasks):
+    r, outputs = rows_fn(t)
+    rows += [row for row in r if i == 0 or row["dataset"] != "validation"]
+    first = outputs if first is None else first
+  return rows, first
+
+
+def _dit_level_rows(level_tasks, params, batches, key, ddim_steps):
+  """`_across_levels` of a DiT and the first level's DDIM step counts."""
+  rows, outputs = _across_levels(
+      level_tasks, lambda t: _dit_rows(t, params, batches, key, _ddim_counts(t, ddim_steps)))
+  return rows, outputs, _ddim_counts(level_tasks[0], ddim_steps)
 
 
 def _ddim_counts(task: DiT, ddim_steps) -> tuple[int, ...]:
