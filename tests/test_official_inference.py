@@ -56,6 +56,7 @@ def _y0(inputs):
   return jax.random.normal(jax.random.key(9), inputs.shape + (V,), jnp.float64)
 
 
+@pytest.mark.slow
 def test_predict_is_the_official_advanced_inference(x64):
   """N steps on every landscape (the official default), the override alpha only on the
   final landscape, the gradient clamp at each step's alpha, and the softmax only at
@@ -108,6 +109,7 @@ def _with_inference(config, **fields):
   return config
 
 
+@pytest.mark.slow
 def test_eval_rows_that_are_not_a_prefix_think_on_their_own(x64):
   """Per landscape, N = 1 is not the start of the N = 2 run: its cell equals a run of its own."""
   config, params, tokens = _model()
@@ -144,6 +146,7 @@ def _objective_reference(params, config, tokens, y0, *, soften=0.0, sharpen=0.0,
   return jnp.mean(jnp.stack(losses))
 
 
+@pytest.mark.slow
 def test_official_text_options_in_training(x64):
   """The three together (one compilation), against the reference; each changes the loss."""
   config, params, tokens = _model(num_steps=3, soften_target=0.4, sharpen=0.7,
