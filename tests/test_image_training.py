@@ -85,8 +85,10 @@ def test_resuming_an_image_run_equals_the_uninterrupted_run(runs, tmp_path):
 
 def test_ebt_eval_beside_the_dit_baseline_writes_json_and_png(runs, tmp_path, capsys):
   out = tmp_path / "eval.json"
+  # --noise-levels as the run's own (other levels: tests/test_shift_gain.py, no compile).
   assert cli.main(["eval", "--workdir", str(runs["image_ebt"]), "--baseline", str(runs["dit"]),
-                   "--thinking-steps", "1,2,3", "--json", str(out)]) == 0
+                   "--thinking-steps", "1,2,3", "--noise-levels", "0.2,0.1",
+                   "--json", str(out)]) == 0
   printed = capsys.readouterr().out
   assert "EBT 3 thinking steps" in printed and "DiT 3 NFE" in printed and "noisy input" in printed
   report = json.loads(out.read_text())
@@ -106,6 +108,15 @@ def test_ebt_eval_beside_the_dit_baseline_writes_json_and_png(runs, tmp_path, ca
   assert row["validation", 1]["psnr_noisy"] == pytest.approx(base[0]["psnr_noisy"], rel=1e-6)
   png = runs["image_ebt"] / "plots" / "denoise.png"
   assert report["png"] == str(png) and png.stat().st_size > 500
+  # The System 2 gain per noise level from those rows (trained with 2 steps).
+  gain = {r["dataset"]: r for r in report["system2_gain"]["rows"]}
+  for d in ("validation", "ood_noise_0.2"):
+    mse = [row[d, k]["pixel_mse"] for k in (1, 2, 3)]
+    assert gain[d]["best_steps"] == 1 + int(np.argmin(mse))
+    assert gain[d]["gain_vs_1_step"] == pytest.approx(1 - min(mse) / mse[0])
+    assert gain[d]["gain_vs_trained"] == pytest.approx(1 - min(mse) / mse[1])
+    assert gain[d]["psnr_gain_vs_1_step"] == pytest.approx(10 * np.log10(mse[0] / min(mse)))
+  assert (runs["image_ebt"] / "plots" / "shift_gain.png").stat().st_size > 500
   # A DiT alone: its table per DDIM count.
   assert cli.main(["eval", "--workdir", str(runs["dit"]), "--ddim-steps", "1,2"]) == 0
   assert "DiT 2 NFE" in capsys.readouterr().out

@@ -2,11 +2,13 @@
 perplexity per Dyck suite (text), pixel MSE / PSNR per noise level (images)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
 
-from ebt_jax.commands import shift
+from ebt_jax import tasks
+from ebt_jax.commands import image_eval, shift
 from ebt_jax.commands.evaluation import System2Report
 from ebt_jax.commands.image_eval import ContinuousReport
 from ebt_jax.configs import denoise, dyck_ood
@@ -98,3 +100,24 @@ def test_image_gain_per_noise_level_and_plot(tmp_path):
   row = shift.image_gain_report(report, config).rows[0]
   assert row["gain_vs_1_step"] is None and row["psnr_gain_vs_1_step"] is None
   assert row["gain_vs_trained"] == 0
+
+
+def test_noise_levels_become_tasks_evaluating_validation_once():
+  """`ebt eval --noise-levels` (image_eval._level_tasks): a task per level besides the
+  training one; bad levels fail in one line naming the flag. End to end (the run's own
+  level through this path, and the gain from real rows): tests/test_image_training.py."""
+  task = tasks.build(denoise.get_config("cpu"))     # trained at 0.1
+  assert image_eval._level_tasks(task, None) == [task]
+  level_tasks = image_eval._level_tasks(task, [0.3, 0.1, 0.05, 0.3])
+  assert [t.split_levels for t in level_tasks] == [{"validation": 0.1, "ood_noise_0.05": 0.05},
+                                                   {"validation": 0.1, "ood_noise_0.3": 0.3}]
+  rows_fn = lambda t: ([{"dataset": d} for d in t.split_levels], t.ood_split)
+  rows, first = image_eval._across_levels(level_tasks, rows_fn)
+  assert [r["dataset"] for r in rows] == ["validation", "ood_noise_0.05", "ood_noise_0.3"]
+  assert first == "ood_noise_0.05"
+  for levels, message in (([1.5], "--noise-levels 1.5: denoise.ood_noise_level: expected a "
+                                  "level in (0, 1], got 1.5"),
+                          ([0.1], "--noise-levels: expected a level other than the training "
+                                  "level 0.1")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+      image_eval._level_tasks(task, levels)
