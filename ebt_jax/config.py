@@ -58,7 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.patch_size = 4               # [patch_size] (the scripts: 16 at 128 px)
   c.model.image_channels = 3
   c.model.learn_sigma = True           # DiT: also predict the variance (create_diffusion's default)
-  c.model.latent_dim = 64              # latent_ebt: width of a frame latent (3136: SD VAE at 224 px)
+  c.model.latent_dim = 64              # latent_ebt: width of a frame latent ([backbone_type]
+                                       # vae: 3136, the SD VAE at 224 px; dinov2: model.dim)
 
   c.thinking = ml_collections.ConfigDict()
   c.thinking.num_steps = 2             # [mcmc_num_steps] steps; landscapes for time_embed/adaln
