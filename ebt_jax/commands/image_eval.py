@@ -171,7 +171,8 @@ def _grid_rows(rows: list[np.ndarray]) -> np.ndarray:
 
 def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=None,
                      noise_levels=None, num_batches: int | None = None,
-                     batch_size: int | None = None, overrides=None, write_png: bool = True, log=print) -> ContinuousReport:
+                     batch_size: int | None = None, overrides=None, write_png: bool = True,
+                     log=print) -> ContinuousReport:
   """The report of an image EBT, DiT or latent EBT run directory's newest checkpoint.
 
   `overrides(config)` may edit the restored configs' `inference` sections (CLI flags);

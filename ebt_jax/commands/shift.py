@@ -162,8 +162,8 @@ def image_gain_report(report, config) -> GainReport:
     index = lambda k: steps.index(k) if k in steps else None
     level = cells[0]["noise_level"]
     row = _gain_row(dataset, ("noise", level), [{"best_steps": k} for k in steps],
-                    [r["pixel_mse"] for r in cells], {"1_step": index(1), "trained": index(trained)},
-                    "pixel_mse")
+                    [r["pixel_mse"] for r in cells],
+                    {"1_step": index(1), "trained": index(trained)}, "pixel_mse")
     row["psnr_noisy"] = cells[0]["psnr_noisy"]
     row["psnr_best"] = psnr_of_mse(row["pixel_mse_best"])
     for name in ("1_step", "trained"):
