@@ -1,7 +1,8 @@
 """TPU compile report and layout planner, compiled for compile-only TPU devices (libtpu,
-the [tpu] extra; skipped without it): figures against plain formulas, the planner's choice
-where the default layout does not fit, multi-slice meshes, the HLO collective count, and
-one-line errors for bad topologies."""
+the [tpu] extra; skipped without it): figures against plain formulas, FLOPs of every
+layer (the cost analysis of the layers-unrolled program), the planner's choice where the
+default layout does not fit, multi-slice meshes, the HLO collective count, and one-line
+errors for bad topologies."""
 
 import contextlib
 import io
@@ -21,6 +22,9 @@ OVERRIDES = ["--config.model.dim=16", "--config.model.n_layers=1", "--config.mod
              "--config.model.vocab_size=16", "--config.model.context_length=8",
              "--config.thinking.num_steps=1", "--config.train.batch_size=4"]
 V5E_PEAK = 197e12
+# The report's program has two layers: XLA drops a scan of one layer, so one layer would
+# not show what the layer scan hides from the cost analysis.
+REPORT_OVERRIDES = OVERRIDES + ["--config.model.n_layers=2"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,9 +39,9 @@ def tpu_env():
     yield
 
 
-def tiny_config():
+def tiny_config(overrides=OVERRIDES):
   config, _ = cli.load_config_file("tiny_cpu")
-  cli.apply_overrides(config, OVERRIDES)
+  cli.apply_overrides(config, overrides)
   return config
 
 
@@ -47,7 +51,7 @@ def cli_report(tmp_path_factory):
   path = tmp_path_factory.mktemp("report") / "report.json"
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    rc = cli.main(["compile-report", "--config", "tiny_cpu", *OVERRIDES,
+    rc = cli.main(["compile-report", "--config", "tiny_cpu", *REPORT_OVERRIDES,
                    "--topology", "v5e:2x2", "--json", str(path)])
   assert rc == 0
   return out.getvalue(), json.loads(path.read_text())
@@ -56,7 +60,7 @@ def cli_report(tmp_path_factory):
 @pytest.mark.slow
 def test_report_figures(cli_report):
   table, r = cli_report
-  config = tiny_config()
+  config = tiny_config(REPORT_OVERRIDES)
   mem = r["memory_per_chip"]
   assert (r["topology"], r["num_chips"], r["device_kind"]) == ("v5e:2x2", 4, "TPU v5 lite")
   assert r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
@@ -68,6 +72,14 @@ def test_report_figures(cli_report):
   assert flops > 0 and r["xla_flops_per_chip"] > 0 and r["xla_bytes_accessed_per_chip"] > 0
   assert seconds > 0 and r["estimate"]["source"] == "estimate (XLA cost model)"
   assert r["compiled_over_model_flops"] == pytest.approx(4 * r["xla_flops_per_chip"] / flops)
+  # The cost figures are of the program compiled again with its layers unrolled: no loop
+  # left, so every layer counts. Compiled / model FLOPs was 1.66 (the model's count has
+  # only the matmuls and attention; the cost analysis also counts the elementwise work,
+  # which a width of 16 makes large); with the layer scan it falls to about 1, one layer's
+  # worth of the stack.
+  assert r["cost_analysis_program"] == "layers unrolled"
+  assert r["cost_analysis_while_loops"] == 0 and r["cost_analysis_compile_s"] > 0
+  assert 1.3 < r["compiled_over_model_flops"] < 2.0
   tokens = config.train.batch_size * config.model.context_length
   assert r["tokens_per_step"] == tokens
   assert r["estimate"]["tokens_per_s_per_chip"] == pytest.approx(tokens / seconds / 4)
@@ -78,17 +90,20 @@ def test_report_figures(cli_report):
   assert r["collectives"]["all-gather"]["count"] == 0
   assert "estimate (XLA cost model)" in table and "v5e:2x2 (4 x TPU v5 lite)" in table
   assert "device memory 16.000 GiB: fits" in table
+  assert "of the program with layers unrolled" in table and "no loops left" in table
 
 
 @pytest.mark.slow
 # The test process keeps its compilation cache (the CLI turns it off before JAX starts), and
 # the replicated layout compiled again here is found there but cannot be loaded.
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
-def test_plan_shards_what_does_not_fit_replicated(cli_report):
+def test_plan_shards_what_does_not_fit_replicated():
   """On chips one byte short of the replicated layout, the planner picks an FSDP layout."""
-  default_peak = cli_report[1]["memory_per_chip"]["peak_bytes"]
+  default_peak = compile_report.compile_report(tiny_config(), topology.parse("v5e:2x2"),
+                                               unrolled_cost=False).memory.peak_bytes
+  # One compile per layout (no unrolled second compile): this test is about memory.
   result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
-                     hbm_bytes=default_peak - 1, log=lambda line: None)
+                     hbm_bytes=default_peak - 1, unrolled_cost=False, log=lambda line: None)
   by_layout = {(c.layout.data, c.layout.fsdp, c.layout.tensor): c for c in result.candidates}
   assert set(by_layout) == {(1, 4, 1), (2, 2, 1), (4, 1, 1)}
   replicated = by_layout[(4, 1, 1)]
@@ -99,6 +114,7 @@ def test_plan_shards_what_does_not_fit_replicated(cli_report):
   assert result.candidates[0] is best and not result.candidates[-1].fits
   # one head: tensor parallelism (2 or 4 ways) is pruned before compiling
   assert result.pruned == {"tensor must divide model.n_heads=1": ["1x2x2", "2x1x2", "1x1x4"]}
+  assert {c.report.cost_program for c in result.candidates} == {"as configured"}
   table = result.table()
   assert table.splitlines()[-1] == "Best: " + " ".join(
       [f"--config.mesh.data={best.layout.data}", f"--config.mesh.fsdp={best.layout.fsdp}",

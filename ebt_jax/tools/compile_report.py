@@ -12,17 +12,29 @@ a batch), `generate` (KV-cached generation of context/2 tokens after a context/2
 text EBTs). Per chip it reports
 * memory: XLA's memory analysis against the chip's HBM, and whether it fits;
 * FLOPs and bytes accessed from XLA's cost analysis of the partitioned program, and
-  compiled FLOPs x chips over the analytic model FLOPs (ebt_jax/tasks/flops.py; train only):
-  above 1 is recomputation (remat, the second-order backward), below 1 work the cost
-  analysis does not see (it counts a loop body once);
+  compiled FLOPs x chips over the analytic model FLOPs (ebt_jax/tasks/flops.py; train only;
+  remat raises it, and a width of 16 does, where elementwise work the model does not
+  count is large);
 * the XLA cost model's step time, and from it tokens/s per chip and MFU: estimates of
-  the compiler's model, not measurements, and labelled so everywhere. For most programs
-  at the paper's sizes, and for every multi-slice one, libtpu's model gives a negative
-  figure (-0.99 s for an xxs S1 step on v5e:2x2, -58 s for a tiny one on two slices):
-  then the report says so and has no step-time estimate. Where it gives one, it prices a
-  loop body once too (S1 xl on v5p:4x4x4: 0.049 s, an MFU of 127%): a lower bound;
-* the collectives in the compiled HLO by kind: instructions (a loop body's count once)
-  and the bytes of their results per chip.
+  the compiler's model, not measurements, and labelled so everywhere. Where libtpu's model
+  gives a negative figure, the report says so and has no step-time estimate: every
+  multi-slice program, and most at the paper's sizes, with the layers scanned or not (an
+  xxs S1 step at batch 32 on v5e:2x2: -71 s scanned, -740 s unrolled; a tiny one on two
+  v5e:2x2 slices: -27 s unrolled);
+* the collectives in the compiled HLO by kind: instructions and the bytes of their
+  results per chip.
+
+XLA's cost analysis and the collective count see a loop body once, so with the layer
+scan (`model.scan_layers`, the default) they miss all layers but one (compiled/model
+FLOPs of an xxs S1 step at batch 32 on v5e:2x2: 0.64 scanned, 0.95 unrolled; the
+unrolled compile took 2.5x as long, 347 s against 139 s). Memory comes from the program
+as configured (the unrolled one needed 5.1 GiB per chip there, the scanned 6.3); FLOPs,
+bytes, step time and collectives come from the same program compiled a second time with
+`model.scan_layers=False` (`cost_analysis_program` in the JSON: "layers unrolled"),
+unless the config already unrolls them or `--no-unrolled-cost` skips the second compile
+("as configured"). Loops that remain (the `think` program's
+`lax.while_loop`, `generate`'s scan over tokens, blockwise attention) are counted in
+`cost_analysis_while_loops`, and their bodies still count once.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from ebt_jax.training import program as program_lib
 PROGRAMS = ("train", "think", "generate")
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 ESTIMATE = "estimate (XLA cost model)"
+UNROLLED, AS_CONFIGURED = "layers unrolled", "as configured"
 
 # An HLO instruction whose opcode is a collective (sync, or the start of an async one).
 _COLLECTIVE = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(?P<type>.+?)\s(?P<op>"
@@ -95,6 +108,9 @@ class TopologyReport:
   peak_flops: float | None        # per chip
   collectives: dict
   out_of_memory: str | None = None   # XLA's refusal where the program needs more than HBM
+  cost_program: str = AS_CONFIGURED  # which compile the FLOPs, time and collectives are of
+  cost_while_loops: int = 0       # while loops left in it (each body counted once)
+  cost_compile_s: float = 0.0     # the second compile's time (0: none)
 
   @property
   def num_chips(self) -> int:
@@ -135,6 +151,9 @@ class TopologyReport:
                      "raw_optimal_seconds": self.raw_optimal_seconds,
                      "tokens_per_s_per_chip": self.tokens_per_s_per_chip, "mfu": self.mfu},
         "collectives": self.collectives, "out_of_memory": self.out_of_memory,
+        "cost_analysis_program": self.cost_program,
+        "cost_analysis_while_loops": self.cost_while_loops,
+        "cost_analysis_compile_s": self.cost_compile_s,
     }
 
   def table(self) -> str:
@@ -146,6 +165,10 @@ class TopologyReport:
     if self.out_of_memory:
       return "\n".join(lines[:1] + [f"  DOES NOT FIT: {self.out_of_memory}"])
     lines += [
+        f"  FLOPs, bytes, step time and collectives of the program with {self.cost_program}"
+        + (f" ({self.cost_compile_s:.1f} s to compile)" if self.cost_compile_s else "")
+        + (f"; {self.cost_while_loops} while loops left, each body counted once"
+           if self.cost_while_loops else "; no loops left"),
         f"  XLA FLOPs per chip {self.xla_flops:.4g}, bytes accessed per chip "
         f"{self.xla_bytes_accessed / gib:.3f} GiB; compiled x chips / model FLOPs "
         f"{fmt(self.flops_ratio, '.3f')}",
@@ -154,8 +177,9 @@ class TopologyReport:
         f"{fmt(self.mfu and 100 * self.mfu, '.1f')} %: {ESTIMATE}"
         + ("" if self.optimal_seconds else
            f" (none: the cost model gave {fmt(self.raw_optimal_seconds, '.3g')} s)")
-        + (" (over 100%: the model prices a loop body once, so the step time is a lower "
-           "bound)" if self.mfu and self.mfu > 1 else ""),
+        + (" (over 100%: faster than the chips' peak, "
+           + ("the model prices each loop body left once" if self.cost_while_loops else
+              "not a credible step time") + ")" if self.mfu and self.mfu > 1 else ""),
         "  collectives (instructions in the compiled HLO, result bytes per chip):"]
     lines += [f"    {kind:<20} {c['count']:6d}   {c['bytes'] / gib:10.4f} GiB"
               for kind, c in self.collectives.items()]
@@ -203,24 +227,38 @@ def topology_devices(topology: topology_lib.Topology) -> list:
   return topology_lib.devices(topology)
 
 
+_WHILE = re.compile(r"\swhile\(")
+
+
 def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
-                   program: str = "train", hbm_bytes: int | None = None) -> TopologyReport:
+                   program: str = "train", hbm_bytes: int | None = None,
+                   unrolled_cost: bool = True) -> TopologyReport:
   """Compiles `program` of `config` for `topology`'s chips; `hbm_bytes` replaces the
-  generation's HBM per chip (headroom, or a test's small chip)."""
+  generation's HBM per chip (headroom, or a test's small chip). With `unrolled_cost` and
+  scanned layers, the cost figures come from a second compile with the layers unrolled."""
   if program not in PROGRAMS:
     raise ConfigError(f"--program: expected one of {', '.join(PROGRAMS)}, got {program!r}")
   devices = topology_devices(topology)
-  prog = program_lib.build(config, mesh_lib.make_mesh(config.mesh, devices))
-  fn, args, tokens, model_flops = _lowerable(prog, program)
   kind = devices[0].device_kind
   peak = config.train.get("peak_tflops")
   peak = peak * 1e12 if peak else flops_lib.peak_per_device(kind, config.model.dtype)
+
+  def build(c):
+    """(the program, a function compiling it, tokens per call, model FLOPs)."""
+    prog = program_lib.build(c, mesh_lib.make_mesh(c.mesh, devices))
+    fn, args, tokens, model_flops = _lowerable(prog, program)
+
+    def compile_():
+      with prog.context():
+        return fn.lower(*args).compile()
+    return prog, compile_, tokens, model_flops
+
+  t0 = time.perf_counter()
+  prog, compile_, tokens, model_flops = build(config)
   fields = dict(device_kind=kind, num_devices=len(devices), mesh=dict(prog.mesh.shape),
                 model_flops_per_step=model_flops, program=f"{program.capitalize()} program")
-  t0 = time.perf_counter()
   try:
-    with prog.context():
-      compiled = fn.lower(*args).compile()
+    compiled = compile_()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -235,10 +273,21 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
     return TopologyReport(topology.describe(), program, mem, None, None, None, None, tokens,
                           peak, {}, out_of_memory=f"XLA: {message}")
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  seconds = cost.get("optimal_seconds")
   mem = memory.MemoryReport.of(compiled, device_limit_bytes=hbm_bytes or topology.spec.hbm_bytes,
                                compile_s=compile_s, **fields)
+  cost_program, cost_compile_s = AS_CONFIGURED, 0.0
+  if unrolled_cost and config.model.scan_layers:
+    # XLA's cost analysis counts a while loop's body once; the layer scan is one, so the
+    # same program with the layers unrolled gives figures for every layer. Its memory is
+    # not reported: a run compiles the configured program.
+    unrolled = config.copy_and_resolve_references()
+    unrolled.model.scan_layers = False
+    t0 = time.perf_counter()
+    compiled = build(unrolled)[1]()
+    cost_program, cost_compile_s = UNROLLED, time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  seconds = cost.get("optimal_seconds")
+  hlo = compiled.as_text()
   return TopologyReport(
       topology=topology.describe(), program=program, memory=mem,
       xla_flops=float(cost.get("flops", 0.0)),
@@ -247,5 +296,5 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
       optimal_seconds=seconds if seconds and seconds > 0 else None,
       raw_optimal_seconds=seconds,
       tokens_per_step=tokens, peak_flops=peak,
-      collectives=collectives(compiled.as_text()))
-
+      collectives=collectives(hlo), cost_program=cost_program,
+      cost_while_loops=len(_WHILE.findall(hlo)), cost_compile_s=cost_compile_s)

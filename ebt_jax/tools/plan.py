@@ -2,7 +2,8 @@
 slice, chosen by compiling the candidates for that slice (ebt_jax/tools/compile_report.py).
 
     ebt plan --config configs/ebt_s1.py:medium --topology v5p:4x4x4 \\
-        [--global-batch 1024] [--time-budget 600] [--remat none,dots,full]
+        [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] \
+        [--no-unrolled-cost]
 
 Candidates are the (data, fsdp, tensor) factorizations of the chip count, pruned before
 compiling: tensor must divide the attention heads (it splits them), fsdp must divide the
@@ -14,7 +15,10 @@ previous one does not fit. Candidates run from the most sharded state (all fsdp)
 least, and once the next compile would overrun the time budget the rest are listed as not
 compiled. The table ranks layouts that fit by the XLA cost model's step time (an
 estimate); where the model gives none (ebt_jax/tools/compile_report.py), by XLA's FLOPs,
-then collective bytes, per chip. The last line gives the overrides selecting the best.
+then collective bytes, per chip. Those figures come from each layout compiled a second
+time with its layers unrolled (every layer counted), so a layout costs two compiles, both
+in the time budget; `--no-unrolled-cost` ranks by the scanned program's figures (one
+layer's worth) with one compile each. The last line gives the overrides selecting the best.
 """
 
 from __future__ import annotations
@@ -83,10 +87,14 @@ class Plan:
 
   def table(self) -> str:
     gib = memory.GiB
+    cost_programs = sorted({c.report.cost_program for c in self.candidates
+                            if c.report and c.report.xla_flops is not None})
     lines = [f"ebt plan on {self.topology}: global batch {self.global_batch}, "
              f"{self.hbm_bytes / gib:.1f} GiB HBM per chip, {len(self.candidates)} layouts "
              f"compiled in {self.elapsed_s:.0f} s; step time, tokens/s and MFU are "
-             f"{compile_report.ESTIMATE}",
+             f"{compile_report.ESTIMATE}"
+             + (f"; FLOPs, step time and collectives of the program with "
+                f"{' / '.join(cost_programs)}" if cost_programs else ""),
              f"  {'#':>3} {'data':>5} {'fsdp':>5} {'tensor':>6} {'remat':>6} {'fits':>5} "
              f"{'GiB/chip':>9} {'step s':>10} {'MFU %':>7} {'tok/s/chip':>11} "
              f"{'TFLOP/chip':>10} {'coll. GiB':>9}"]
@@ -156,7 +164,7 @@ def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slic
 
 def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
          global_batch: int | None = None, time_budget_s: float | None = None,
-         remats=REMAT_CHOICES, hbm_bytes: int | None = None,
+         remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_cost: bool = True,
          log=print) -> Plan:
   for r in remats:
     check(r in REMAT_CHOICES, "--remat", f"a comma-separated subset of {REMAT_CHOICES}", r)
@@ -190,8 +198,8 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
       c.train.batch_size = batch
       start = time.perf_counter()
       try:
-        candidate = Candidate(layout, compile_report.compile_report(c, topology,
-                                                                    hbm_bytes=hbm))
+        candidate = Candidate(layout, compile_report.compile_report(
+            c, topology, hbm_bytes=hbm, unrolled_cost=unrolled_cost))
       except ConfigError as e:
         candidate = Candidate(layout, error=str(e))
       except Exception as e:     # an XLA failure of one layout (e.g. out of memory in
