@@ -519,7 +519,8 @@ def _cmd_export_torch(args, overrides):
 def _cmd_compile_report(args, overrides):
   if args.topology is None:
     for flag, value in (("--num-slices", args.num_slices), ("--program", args.program),
-                        ("--hbm-gib", args.hbm_gib), ("--json", args.json)):
+                        ("--hbm-gib", args.hbm_gib), ("--json", args.json),
+                        ("--no-unrolled-cost", args.no_unrolled_cost or None)):
       if value is not None:
         raise ConfigError(f"{flag}: only with --topology")
     from ebt_jax.training import memory
@@ -530,7 +531,8 @@ def _cmd_compile_report(args, overrides):
   from ebt_jax.tools import compile_report
   topology, config = _topology_and_config(args, overrides)
   report = compile_report.compile_report(config, topology, program=args.program or "train",
-                                         hbm_bytes=_hbm_bytes(args))
+                                         hbm_bytes=_hbm_bytes(args),
+                                         unrolled_cost=not args.no_unrolled_cost)
   _print_and_write(report.table(), report.to_json(), args.json)
 
 
@@ -540,6 +542,7 @@ def _cmd_plan(args, overrides):
   remats = plan.REMAT_CHOICES if args.remat is None else tuple(args.remat.split(","))
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
+                     unrolled_cost=not args.no_unrolled_cost,
                      log=lambda line: print(line, file=sys.stderr))
   _print_and_write(result.table(), result.to_json(), args.json)
 
@@ -812,6 +815,9 @@ def _add_topology_flags(p, required: bool = False) -> None:
                  "to fit in (default the chip's: v4 32, v5e 16, v5p 95, v6e 32)")
   p.add_argument("--json", help="with --topology: also write the figures to this JSON file "
                  "(- prints the JSON instead of the table)")
+  p.add_argument("--no-unrolled-cost", action="store_true", help="with --topology: take FLOPs, "
+                 "step time and collectives from the program as configured (its layer scan "
+                 "counted once) instead of compiling it again with the layers unrolled")
 
 
 def _version() -> str:
