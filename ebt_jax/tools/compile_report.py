@@ -165,7 +165,8 @@ class TopologyReport:
     if self.out_of_memory:
       return "\n".join(lines[:1] + [f"  DOES NOT FIT: {self.out_of_memory}"])
     lines += [
-        f"  FLOPs, bytes, step time and collectives of the program with {self.cost_program}"
+        "  FLOPs, bytes, step time and collectives of the program "
+        + ("with " if self.cost_program == UNROLLED else "") + self.cost_program
         + (f" ({self.cost_compile_s:.1f} s to compile)" if self.cost_compile_s else "")
         + (f"; {self.cost_while_loops} while loops left, each body counted once"
            if self.cost_while_loops else "; no loops left"),
