@@ -167,8 +167,10 @@ def test_batch_independence(x64, ebt_type):
 
 @pytest.mark.slow
 def test_jit_equals_eager():
-  c = tiny_config("adaln")
-  c.model.n_layers = 1  # eager second-order autodiff dispatches thousands of small ops
+  # One layer and one thinking step: eager second-order autodiff dispatches thousands of
+  # small ops, and the second step would only repeat the first's.
+  c = tiny_config("adaln", num_steps=1)
+  c.model.n_layers = 1
   params = perturb(ebt_jax.init_params(c, jax.random.key(0)), jax.random.key(1))
   tokens = jax.random.randint(jax.random.key(2), (2, 7), 0, c.model.vocab_size)
   f = lambda p: ebt_jax.text_ebt_loss(p, tokens, c, key=jax.random.key(3))

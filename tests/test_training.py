@@ -18,6 +18,7 @@ import optax
 import pytest
 
 import ebt_jax
+from ebt_jax import cli
 from ebt_jax.checkpoint.manager import Checkpointer, CheckpointWarning, abstract_like
 from ebt_jax.commands import evaluation
 from ebt_jax.training import optimizer as optimizer_lib
@@ -223,8 +224,9 @@ def test_sigterm_saves_then_resumes(tmp_path):
   assert max(_losses(workdir)) == saved[0]
 
 
-@pytest.mark.slow
-def test_cli_reports_bad_configs_in_one_line(tmp_path):
+def test_cli_reports_bad_configs_in_one_line(tmp_path, capsys):
+  """In process (`cli.main`, as tests/test_user_errors.py), and once as a real process for
+  the exit status and stderr a shell sees."""
   cases = [
       (["--config.model.n_heads=5"], "model.n_heads: expected a divisor of model.dim=16"),
       (["--config.thinking.num_steps=-2"], "thinking.num_steps: expected a positive integer"),
@@ -236,14 +238,16 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path):
   ]
   cfg = _write_config(tmp_path / "cfg.py", run_config())
   for i, (overrides, message) in enumerate(cases):
-    result = subprocess.run(_cli("train", "--config", str(cfg), "--workdir", str(tmp_path / str(i)),
-                                 *overrides), capture_output=True, text=True)
-    assert result.returncode == 2, (overrides, result.stderr[-2000:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], (overrides, result.stderr[-2000:])
+    status = cli.main(["train", "--config", str(cfg), "--workdir", str(tmp_path / str(i)),
+                       "--no-progress", *overrides])
+    err = capsys.readouterr().err
+    assert status == 2, (overrides, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], (overrides, err[-2000:])
     assert not (tmp_path / str(i)).exists()   # nothing written for a config that cannot run
   missing = subprocess.run(_cli("train", "--config", "no_such_config"), capture_output=True, text=True)
   assert missing.returncode == 2 and "--config: no file 'no_such_config'" in missing.stderr
+  assert len(missing.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
