@@ -21,11 +21,11 @@ is an answer token. A sequence longer than the context loses prompt tokens from 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ebt_jax.data import sources
 from ebt_jax.errors import ConfigError
 
 BIGBENCH = ("elementary_math_qa", "dyck_languages", "matrixshapes")
@@ -74,17 +74,10 @@ def read_records(path) -> list[tuple[str, dict]]:
       raise ConfigError(f"{path}: not a readable parquet file ({e})") from None
     return [(f"{path}:row {i + 1}", row) for i, row in enumerate(rows)]
   out = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-      if not isinstance(record, dict):
-        raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
-      out.append((f"{path}:{n}", record))
+  for n, record in sources.jsonl_lines(path):
+    if not isinstance(record, dict):
+      raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+    out.append((f"{path}:{n}", record))
   return out
 
 

@@ -104,20 +104,27 @@ def text_files(path: str) -> list[tuple[str, str]]:
   return sorted(keyed, key=lambda pk: pk[1])
 
 
-def _jsonl_documents(path: str, key: str, field: str) -> Iterator[tuple[str, str]]:
-  with open(path, encoding="utf-8", errors="replace") as f:
-    for i, line in enumerate(f):
+def jsonl_lines(path, errors: str = "strict", prefix: str = "") -> Iterator[tuple[int, object]]:
+  """(line number from 1, parsed value) of each non-blank line of a JSON-lines file; a line
+  that does not parse is a one-line ConfigError naming the file and line (after `prefix`)."""
+  with open(path, encoding="utf-8", errors=errors) as f:
+    for n, line in enumerate(f, start=1):
       if not line.strip():
         continue
       try:
-        record = json.loads(line)
+        value = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ConfigError(f"data.path: {path}:{i + 1} is not valid JSON ({e.msg})") from None
-      doc = record.get(field) if isinstance(record, dict) else None
-      if not isinstance(doc, str):
-        raise ConfigError(f"data.jsonl_field: expected a string field {field!r} in every "
-                          f"line, but {path}:{i + 1} has none")
-      yield f"{key}:{i}", doc
+        raise ConfigError(f"{prefix}{path}:{n}: not a JSON line ({e.msg})") from None
+      yield n, value
+
+
+def _jsonl_documents(path: str, key: str, field: str) -> Iterator[tuple[str, str]]:
+  for n, record in jsonl_lines(path, errors="replace", prefix="data.path: "):
+    doc = record.get(field) if isinstance(record, dict) else None
+    if not isinstance(doc, str):
+      raise ConfigError(f"data.jsonl_field: expected a string field {field!r} in every "
+                        f"line, but {path}:{n} has none")
+    yield f"{key}:{n - 1}", doc
 
 
 def text_documents(path: str, jsonl_field: str, fraction: float) -> dict:
