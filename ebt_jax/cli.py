@@ -131,15 +131,8 @@ def _parse_sequence(raw: str, target):
       return target([value])
     raise ValueError(f"expected a sequence, got a {type(value).__name__}")
 
-  def item(text: str):
-    for kind in (int, float):
-      try:
-        return kind(text)
-      except ValueError:
-        pass
-    return text
-
-  return target(item(v.strip()) for v in raw.split(",") if v.strip())
+  from ebt_jax.config import parse_scalar
+  return target(parse_scalar(v.strip()) for v in raw.split(",") if v.strip())
 
 
 def _parse_value(raw: str, current, field_type):

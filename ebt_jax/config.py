@@ -224,6 +224,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def parse_scalar(text: str):
+  """`text` as an int, else a float, else the text itself: how a comma-separated override
+  item (`--config.x=a,2,0.5`) and an official job script's flag value are read."""
+  for parse in (int, float):
+    try:
+      return parse(text)
+    except ValueError:
+      pass
+  return text
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks the fields every kind shares; returns `c` so calls can be chained."""
   m = c.model

@@ -561,15 +561,6 @@ def _expand(text: str, variables: dict, index: int) -> str:
   return _EXPANSION.sub(one, text)
 
 
-def _typed(token: str):
-  for parse in (int, float):
-    try:
-      return parse(token)
-    except ValueError:
-      pass
-  return token
-
-
 def parse_job_script(text: str, *, array_index: int = 0) -> tuple[dict, int | None]:
   """(flags, GPUs) of an official job script: its `train_model.py` flags (numbers as
   int/float, a flag without a value True, several values a list; argparse's `type=`
@@ -609,9 +600,10 @@ def parse_job_script(text: str, *, array_index: int = 0) -> tuple[dict, int | No
     elif name is None:
       raise ConfigError(f"job script: a value {token!r} before any --flag")
     elif flags[name] is True:
-      flags[name] = _typed(token)
+      flags[name] = config_lib.parse_scalar(token)
     else:
-      flags[name] = (flags[name] if isinstance(flags[name], list) else [flags[name]]) + [_typed(token)]
+      previous = flags[name] if isinstance(flags[name], list) else [flags[name]]
+      flags[name] = previous + [config_lib.parse_scalar(token)]
   gpus = None
   if "gpus-per-node" in sbatch:
     gpus = int(sbatch.get("nodes", "1")) * int(sbatch["gpus-per-node"])
