@@ -8,13 +8,17 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
-# Tests spend most of their time in XLA compiling tiny second-order programs; the LLVM back
-# end's cheapest optimisation level compiles them about a third faster. HLO-level
-# optimisation (fusion, layout, algebraic simplification) is unaffected. (The CPU back
-# end's older loop emitters, --xla_cpu_use_fusion_emitters=false, would compile another
-# third faster but change float32 results past the tolerances of the remat and S2 tests:
-# not the numerics users run.) Subprocesses (the CLI and multi-device tests) inherit it.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# Tests spend most of their time in XLA compiling tiny second-order programs. Two flags
+# halve that (test_objective, test_video_ebt and test_memory in one process: 131 s against
+# 270 s with the first alone, load average 4-5): the LLVM back end's cheapest optimisation level, and the CPU back end's loop
+# emitters instead of its newer MLIR fusion emitters, which spend most of the compile time
+# of these many-fusion programs. HLO-level optimisation (fusion, layout, algebraic
+# simplification) is unaffected, and the tests check our math, not XLA's code generation:
+# test_objective.py's test_suite_xla_flags_compute_what_users_run runs the S1 loss and its
+# second-order gradients with the default flags in a subprocess and compares. Subprocesses
+# (the CLI and multi-device tests) inherit the flags.
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("XLA_FLAGS", SUITE_XLA_FLAGS)
 # Many tests compile the same programs again (a resumed run, the CLI after the library, each
 # process of a multi-process run): a compilation cache shared by this run's processes (and
 # pytest-xdist's workers) compiles each once.

@@ -1,5 +1,10 @@
 """The S1 objective: second-order gradients against finite differences, metrics, learning."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,7 +13,7 @@ import optax
 import pytest
 
 import ebt_jax
-from conftest import perturb, tiny_config, to_f64
+from conftest import SUITE_XLA_FLAGS, perturb, tiny_config, to_f64
 
 
 def _directional_check(f, params, key, eps=1e-4, rtol=1e-7):
@@ -50,6 +55,53 @@ def test_second_order_gradient_matches_finite_differences(x64, ebt_type, options
   # The gradient holds second-order terms: alpha's gradient is <-dL/dy, grad_p E>.
   assert float(jnp.abs(g["alpha"])) > 0
   chex.assert_tree_all_finite(g)
+
+
+def _suite_flags_config():
+  c = tiny_config("time_embed", detach=False)
+  c.model.update(n_layers=1, dtype="float64")
+  return c
+
+
+def _s1_loss_and_grads(inputs):
+  """The S1 loss and its second-order parameter gradients in float64 (needs x64) at the
+  parameters and tokens saved in `inputs`."""
+  c = _suite_flags_config()
+  saved = np.load(inputs)
+  treedef = jax.tree_util.tree_structure(jax.eval_shape(
+      lambda key: ebt_jax.init_params(c, key), jax.random.key(0)))
+  params = jax.tree_util.tree_unflatten(treedef, [saved[f"p{i}"]
+                                                  for i in range(treedef.num_leaves)])
+  loss = lambda p: ebt_jax.text_ebt_loss(p, saved["tokens"], c, key=jax.random.key(3))[0]
+  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  return {"loss": np.asarray(value), **{jax.tree_util.keystr(k): np.asarray(v)
+                                        for k, v in jax.tree_util.tree_leaves_with_path(grads)}}
+
+
+@pytest.mark.slow
+def test_suite_xla_flags_compute_what_users_run(x64, tmp_path):
+  """The suite compiles with XLA_FLAGS that trade run-time speed for compile time
+  (conftest.py). In float64, where rounding cannot hide a difference, the S1 loss and its
+  second-order gradients under XLA's default flags (a fresh process) equal this process's,
+  from the same parameters (saved: float32 random draws themselves differ in the last bit
+  between the flag sets, where LLVM contracts multiply-adds, and the thinking steps amplify
+  that to 1e-6 in the gradients)."""
+  assert os.environ["XLA_FLAGS"] == SUITE_XLA_FLAGS
+  c = _suite_flags_config()
+  params = to_f64(perturb(ebt_jax.init_params(c, jax.random.key(0)), jax.random.key(1)))
+  inputs, out = tmp_path / "inputs.npz", tmp_path / "default_flags.npz"
+  np.savez(inputs, tokens=np.random.RandomState(2).randint(0, c.model.vocab_size, (2, 7)),
+           **{f"p{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(params))})
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_objective; "
+          "np.savez(sys.argv[3], **test_objective._s1_loss_and_grads(sys.argv[2]))")
+  subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(inputs), str(out)],
+                 check=True, timeout=300, env=dict(env, XLA_FLAGS="", JAX_ENABLE_X64="1"))
+  default, suite = dict(np.load(out)), _s1_loss_and_grads(inputs)
+  assert sorted(default) == sorted(suite)
+  for name in suite:
+    np.testing.assert_allclose(suite[name], default[name], rtol=1e-11, atol=1e-14,
+                               err_msg=name)
 
 
 def test_metrics_follow_the_official_definitions():
