@@ -83,12 +83,21 @@ def test_report_figures(cli_report):
   assert r["tokens_per_step"] == tokens
   assert r["estimate"]["tokens_per_s_per_chip"] == pytest.approx(tokens / seconds / 4)
   assert r["estimate"]["mfu"] == pytest.approx(flops / (seconds * 4 * V5E_PEAK))
+  # The roofline: XLA's FLOPs at v5e's peak or its bytes at v5e's 819 GB/s, the longer.
+  roof = r["roofline"]
+  compute, hbm = r["xla_flops_per_chip"] / V5E_PEAK, r["xla_bytes_accessed_per_chip"] / 819e9
+  assert roof["source"] == compile_report.ROOFLINE and roof["hbm_bytes_per_s"] == 819e9
+  assert roof["step_seconds"] == pytest.approx(max(compute, hbm))
+  assert roof["bound"] == ("compute" if compute >= hbm else "HBM bandwidth")
+  assert roof["tokens_per_s_per_chip"] == pytest.approx(tokens / max(compute, hbm) / 4)
+  assert roof["mfu"] == pytest.approx(flops / (max(compute, hbm) * 4 * V5E_PEAK))
   # Data parallelism over 4 chips: the gradients are all-reduced, nothing is gathered.
   assert r["collectives"]["all-reduce"]["count"] >= 1
   assert r["collectives"]["all-reduce"]["bytes"] > 0
   assert r["collectives"]["all-gather"]["count"] == 0
   assert "estimate (XLA cost model)" in table and "v5e:2x2 (4 x TPU v5 lite)" in table
   assert "device memory 16.000 GiB: fits" in table
+  assert f"roofline step time {roof['step_seconds']:.4g} s ({roof['bound']})" in table
   assert "of the program with layers unrolled" in table and "no loops left" in table
 
 

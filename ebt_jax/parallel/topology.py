@@ -29,18 +29,20 @@ GiB = 2**30
 class Generation:
   dims: int              # chip-grid dimensions of the names: 2 (AxB) or 3 (AxBxC)
   hbm_bytes: int         # per chip
+  hbm_bytes_per_s: float  # HBM bandwidth per chip
   megacore: bool         # the chip's two TensorCores are one JAX device
   accelerator: str       # Cloud's accelerator-type prefix (v5litepod-16 is a v5e:4x4)
 
 
 # Cloud TPU docs' HBM per chip (v5p's "95 GB" and v5e's "16 GB" read as GiB, as
-# `memory_stats()["bytes_limit"]` on the chips comes close to); peaks per chip are in
+# `memory_stats()["bytes_limit"]` on the chips comes close to) and HBM bandwidth per chip
+# (GB/s: v4 1200, v5e 819, v5p 2765, v6e 1638); peaks per chip are in
 # ebt_jax/training/flops.py by device kind.
 GENERATIONS = {
-    "v4": Generation(3, 32 * GiB, True, "v4"),
-    "v5e": Generation(2, 16 * GiB, False, "v5litepod"),
-    "v5p": Generation(3, 95 * GiB, True, "v5p"),
-    "v6e": Generation(2, 32 * GiB, False, "v6e"),
+    "v4": Generation(3, 32 * GiB, 1200e9, True, "v4"),
+    "v5e": Generation(2, 16 * GiB, 819e9, False, "v5litepod"),
+    "v5p": Generation(3, 95 * GiB, 2765e9, True, "v5p"),
+    "v6e": Generation(2, 32 * GiB, 1638e9, False, "v6e"),
 }
 
 

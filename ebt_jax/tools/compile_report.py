@@ -21,6 +21,11 @@ text EBTs). Per chip it reports
   multi-slice program, and most at the paper's sizes, with the layers scanned or not (an
   xxs S1 step at batch 32 on v5e:2x2: -71 s scanned, -740 s unrolled; a tiny one on two
   v5e:2x2 slices: -27 s unrolled);
+* a roofline step time, and from it tokens/s per chip and MFU: the longer of XLA's FLOPs
+  at the chip's peak and XLA's bytes accessed at its HBM bandwidth, per chip. It leaves
+  out communication and any imperfect overlap, so it is a lower bound on the step time
+  (an upper bound on MFU), labelled an estimate too; it is given wherever the program
+  compiled, so it ranks `ebt plan`'s layouts where the cost model gives no step time;
 * the collectives in the compiled HLO by kind: instructions and the bytes of their
   results per chip.
 
@@ -60,6 +65,8 @@ from ebt_jax.training import program as program_lib
 PROGRAMS = ("train", "think", "generate")
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 ESTIMATE = "estimate (XLA cost model)"
+ROOFLINE = ("estimate (roofline: XLA's FLOPs at the chip's peak or its bytes at the HBM "
+            "bandwidth, whichever takes longer; no communication, so a lower bound)")
 UNROLLED, AS_CONFIGURED = "layers unrolled", "as configured"
 
 # An HLO instruction whose opcode is a collective (sync, or the start of an async one).
@@ -108,6 +115,7 @@ class TopologyReport:
   tokens_per_step: int
   peak_flops: float | None        # per chip
   collectives: dict
+  hbm_bytes_per_s: float | None = None   # per chip, for the roofline
   out_of_memory: str | None = None   # XLA's refusal where the program needs more than HBM
   cost_program: str = AS_CONFIGURED  # which compile the FLOPs, time and collectives are of
   cost_while_loops: int = 0       # while loops left in it (each body counted once)
@@ -135,6 +143,30 @@ class TopologyReport:
       return None
     return model / (self.optimal_seconds * self.num_chips * self.peak_flops)
 
+  @property
+  def roofline_seconds(self) -> float | None:
+    if not (self.xla_flops and self.peak_flops and self.hbm_bytes_per_s):
+      return None
+    return max(self.xla_flops / self.peak_flops,
+               (self.xla_bytes_accessed or 0.0) / self.hbm_bytes_per_s)
+
+  @property
+  def roofline_bound(self) -> str | None:
+    if self.roofline_seconds is None:
+      return None
+    compute = self.xla_flops / self.peak_flops
+    return "compute" if compute >= self.roofline_seconds else "HBM bandwidth"
+
+  @property
+  def roofline_tokens_per_s_per_chip(self) -> float | None:
+    s = self.roofline_seconds
+    return self.tokens_per_step / s / self.num_chips if s else None
+
+  @property
+  def roofline_mfu(self) -> float | None:
+    model, s = self.memory.model_flops_per_step, self.roofline_seconds
+    return model / (s * self.num_chips * self.peak_flops) if model and s else None
+
   def to_json(self) -> dict:
     m = self.memory
     return {
@@ -151,6 +183,10 @@ class TopologyReport:
         "estimate": {"source": ESTIMATE, "step_seconds": self.optimal_seconds,
                      "raw_optimal_seconds": self.raw_optimal_seconds,
                      "tokens_per_s_per_chip": self.tokens_per_s_per_chip, "mfu": self.mfu},
+        "roofline": {"source": ROOFLINE, "step_seconds": self.roofline_seconds,
+                     "bound": self.roofline_bound, "hbm_bytes_per_s": self.hbm_bytes_per_s,
+                     "tokens_per_s_per_chip": self.roofline_tokens_per_s_per_chip,
+                     "mfu": self.roofline_mfu},
         "collectives": self.collectives, "out_of_memory": self.out_of_memory,
         "cost_analysis_program": self.cost_program,
         "cost_analysis_while_loops": self.cost_while_loops,
@@ -182,6 +218,9 @@ class TopologyReport:
         + (" (over 100%: faster than the chips' peak, "
            + ("the model prices each loop body left once" if self.cost_while_loops else
               "not a credible step time") + ")" if self.mfu and self.mfu > 1 else ""),
+        f"  roofline step time {fmt(self.roofline_seconds, '.4g')} s ({self.roofline_bound}), "
+        f"{fmt(self.roofline_tokens_per_s_per_chip, '.4g')} tokens/s per chip, MFU "
+        f"{fmt(self.roofline_mfu and 100 * self.roofline_mfu, '.1f')} %: {ROOFLINE}",
         "  collectives (instructions in the compiled HLO, result bytes per chip):"]
     lines += [f"    {kind:<20} {c['count']:6d}   {c['bytes'] / gib:10.4f} GiB"
               for kind, c in self.collectives.items()]
@@ -304,6 +343,6 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
       # without loops: no estimate.
       optimal_seconds=seconds if seconds and seconds > 0 else None,
       raw_optimal_seconds=seconds,
-      tokens_per_step=tokens, peak_flops=peak,
+      tokens_per_step=tokens, peak_flops=peak, hbm_bytes_per_s=topology.spec.hbm_bytes_per_s,
       collectives=collectives(hlo), cost_program=cost_program,
       cost_while_loops=len(_WHILE.findall(hlo)), cost_compile_s=cost_compile_s)

@@ -14,8 +14,9 @@ trades compute for memory, so the next remat (dots, then full) compiles only whe
 previous one does not fit. Candidates run from the most sharded state (all fsdp) to the
 least, and once the next compile would overrun the time budget the rest are listed as not
 compiled. The table ranks layouts that fit by the XLA cost model's step time (an
-estimate); where the model gives none (ebt_jax/tools/compile_report.py), by XLA's FLOPs,
-then collective bytes, per chip. Those figures come from each layout compiled a second
+estimate); where the model gives none (ebt_jax/tools/compile_report.py), by the roofline
+step time (XLA's FLOPs at peak or bytes at HBM bandwidth per chip, also an estimate),
+then collective bytes per chip. Those figures come from each layout compiled a second
 time with its layers unrolled (every layer counted), so a layout costs two compiles, both
 in the time budget; `--no-unrolled-cost` ranks by the scanned program's figures (one
 layer's worth) with one compile each. The last line gives the overrides selecting the best.
@@ -59,13 +60,14 @@ class Candidate:
     return self.report is not None and bool(self.report.memory.fits)
 
   def rank_key(self):
-    # Where the cost model gives no step time, fewer FLOPs and collective bytes per chip
-    # come first (the layouts run the same model).
+    # Where the cost model gives no step time, the roofline's (which leaves communication
+    # out), then fewer collective bytes per chip.
     r = self.report
     if r is None:
-      return (True, True, 0.0, 0.0, 0, 0)
+      return (True, True, 0.0, True, 0.0, 0, 0)
     return (not self.fits, r.optimal_seconds is None, r.optimal_seconds or 0.0,
-            r.xla_flops or 0.0, sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
+            r.roofline_seconds is None, r.roofline_seconds or 0.0,
+            sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
 
 
 @dataclasses.dataclass
@@ -92,12 +94,13 @@ class Plan:
     lines = [f"ebt plan on {self.topology}: global batch {self.global_batch}, "
              f"{self.hbm_bytes / gib:.1f} GiB HBM per chip, {len(self.candidates)} layouts "
              f"compiled in {self.elapsed_s:.0f} s; step time, tokens/s and MFU are "
-             f"{compile_report.ESTIMATE}"
+             f"{compile_report.ESTIMATE}; roofline s and MFU are "
+             f"{compile_report.ROOFLINE}"
              + (f"; FLOPs, step time and collectives of the program with "
                 f"{' / '.join(cost_programs)}" if cost_programs else ""),
              f"  {'#':>3} {'data':>5} {'fsdp':>5} {'tensor':>6} {'remat':>6} {'fits':>5} "
              f"{'GiB/chip':>9} {'step s':>10} {'MFU %':>7} {'tok/s/chip':>11} "
-             f"{'TFLOP/chip':>10} {'coll. GiB':>9}"]
+             f"{'roofline s':>10} {'MFU %':>7} {'TFLOP/chip':>10} {'coll. GiB':>9}"]
     for i, c in enumerate(self.candidates, 1):
       lay, r = c.layout, c.report
       head = f"  {i:>3} {lay.data:>5} {lay.fsdp:>5} {lay.tensor:>6} {lay.remat:>6}"
@@ -107,7 +110,8 @@ class Plan:
       num = lambda v, f, scale=1: "n/a" if v is None else format(v * scale, f)
       lines.append(f"{head} {'yes' if c.fits else 'NO':>5} {r.memory.peak_bytes / gib:9.2f} "
                    f"{num(r.optimal_seconds, '10.4g')} {num(r.mfu, '7.1f', 100)} "
-                   f"{num(r.tokens_per_s_per_chip, '11.4g')} {num(r.xla_flops, '10.3f', 1e-12)} "
+                   f"{num(r.tokens_per_s_per_chip, '11.4g')} {num(r.roofline_seconds, '10.4g')} "
+                   f"{num(r.roofline_mfu, '7.1f', 100)} {num(r.xla_flops, '10.3f', 1e-12)} "
                    f"{sum(c['bytes'] for c in r.collectives.values()) / gib:9.3f}")
     for reason, meshes in self.pruned.items():
       lines.append(f"  skipped {len(meshes)} mesh{'es' if len(meshes) > 1 else ''} "
