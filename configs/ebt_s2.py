@@ -42,8 +42,12 @@ GPT-NeoX-20B's tokenizer, bfloat16 mixed precision) with the S2 recipe of the sc
 The official script runs 4 GPUs, so the replay buffer has 4 groups (one per GPU); keep
 `thinking.replay_buffer_groups` equal to your data-parallel device count so each device
 keeps its own. The buffers hold 4 x 192 x 256 x 50277 float32 logits (39.5 GB, 9.9 GB
-per group, as the official code holds per GPU): shard over at least 4 devices. The
-tokenizer and a text corpus are files you provide (nothing is downloaded):
+per group, as the official code holds per GPU), split over the mesh's batch axes by
+groups, else slots, else positions. Each step thinks over 384 rows (the 256 and 128
+replayed), so choose `mesh.data` x `mesh.fsdp` dividing 384 (64 chips: 1 x 64; 256:
+4 x 32 x `mesh.tensor` 2): on 256-way FSDP every chip would think over all 384 rows
+(docs/benchmarks.md has the compiled figures). The tokenizer and a text corpus are files
+you provide (nothing is downloaded):
 
     pip install "ebt_jax[tokenizers]"
     ebt prepare --config configs/ebt_s2.py:xxs --out data/pile_shards \\

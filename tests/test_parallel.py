@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jax.sharding import AbstractMesh, PartitionSpec as P
 
+from ebt_jax.parallel.logical import MESH_AXES, spec_for
+from ebt_jax.tasks import replay
 from ebt_jax.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,8 +50,12 @@ def test_sharded_meshes_match_one_device(worker_results):
     for name, values in base["params"].items():
       np.testing.assert_allclose(r["params"][name][:-1], values[:-1], atol=2e-4,
                                  err_msg=f"{shape} {name}")
-  # FSDP and tensor parallelism really split the weights.
+  # FSDP and tensor parallelism really split the weights, and the batch axes the replay
+  # buffer's [2 groups, 5 slots, 16 positions, 256] logits where they divide its dims.
   assert results["(2, 2, 2)"]["wq_spec"] == "P(None, 'fsdp', 'tensor', None)"
+  assert results["(2, 2, 2)"]["replay_shard"] == [1, 5, 8, 128]
+  assert results["(8, 1, 1)"]["replay_shard"] == [2, 5, 2, 256]
+  assert base["replay_shard"] == [2, 5, 16, 256]
 
 
 @pytest.mark.slow
@@ -60,6 +67,18 @@ def test_checkpoint_restores_onto_other_meshes(worker_results):
     assert r["data_state"]["step"] == 3
   assert results["(1, 2, 4)"]["spec"] == "P(None, 'fsdp', 'tensor', None)"
   assert results["(1, 1, 1)"]["devices"] == 1
+
+
+@pytest.mark.parametrize("mesh_shape, expected", [
+    ((4, 64, 1), P("data", "fsdp", None, None)),    # the official layout: a group per data slice
+    ((1, 64, 1), P(None, "fsdp", None, None)),      # 64 chips split the 192 slots
+    ((1, 256, 1), P(None, None, "fsdp", None)),     # 256 split neither 4 groups nor 192 slots
+    ((16, 16, 1), P(None, "data", "fsdp", None)),
+])
+def test_paper_s2_replay_buffer_is_split_on_slices(mesh_shape, expected):
+  """configs/ebt_s2.py's 4 x 192 x 256 x 50277 logits (39.5 GB) on 64 and 256 chips."""
+  mesh = AbstractMesh(mesh_shape, MESH_AXES)
+  assert spec_for((4, 192, 256, 50277), replay.LOGICAL_AXES.logits, mesh) == expected
 
 
 def _train(workdir, devices, *extra, processes=None):

@@ -13,7 +13,8 @@ The default layout:
   and every vocabulary-sized dimension over `tensor`. The vocabulary-sized tensors
   dominate memory (the candidate [B, S, V] at every thinking step and its gradient, the
   token embedding and W_v2e [V, D], the baseline's head [D, V]): the candidate is split
-  over batch and vocabulary, [V, D] tables over vocabulary (`tensor`) and width (`fsdp`).
+  over batch and vocabulary, [V, D] tables over vocabulary (`tensor`) and width (`fsdp`);
+* the S2 replay buffer over the batch axes too, on whichever of its dims they divide first.
 A dimension that a rule's mesh axes do not divide keeps the largest dividing prefix of
 them (down to replication), so a config never fails for an odd size.
 """
@@ -46,6 +47,14 @@ DEFAULT_RULES = (
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    # the S2 replay buffer [groups, slots, positions, ...] (tasks/replay.py): the batch axes
+    # split its groups where they divide them (the official layout: each device keeps its
+    # own buffer), else its slots, else its positions, since no mesh axis is used twice and
+    # the dims are assigned in order. Its 4 x 192 x 256 x V logits would otherwise be
+    # replicated on e.g. a 256-way FSDP mesh.
+    ("replay_groups", ("data", "fsdp")),
+    ("replay_slots", ("data", "fsdp")),
+    ("replay_seq", ("data", "fsdp")),
 )
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("ebt_jax_sharding", default=None)

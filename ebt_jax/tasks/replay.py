@@ -48,10 +48,12 @@ class ReplayBuffer(NamedTuple):
   fill: jax.Array      # int32 []: filled slots [0, fill) of every group
 
 
-# Groups over the batch mesh axes; a group count they do not divide leaves them to the
-# slot axis instead (logical.spec_for never uses a mesh axis twice).
-LOGICAL_AXES = ReplayBuffer(tokens=("act_batch", "act_batch", None),
-                            logits=("act_batch", "act_batch", "act_seq", "act_vocab"),
+# The batch mesh axes go to the groups, else the slots, else the candidates' positions
+# (the rules in parallel/logical.py), so the buffer is split whenever one of them divides:
+# S2's 4 groups x 192 slots leave a 256-way FSDP mesh to the 256 positions. A record's
+# S+1 positions rarely divide, and its tokens are small.
+LOGICAL_AXES = ReplayBuffer(tokens=("replay_groups", "replay_slots", None),
+                            logits=("replay_groups", "replay_slots", "replay_seq", "act_vocab"),
                             pointer=(), fill=())
 
 
