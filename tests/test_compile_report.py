@@ -14,6 +14,7 @@ from ebt_jax import cli
 from ebt_jax.errors import ConfigError
 from ebt_jax.parallel import mesh as mesh_lib, topology
 from ebt_jax.tools import compile_report, plan
+from ebt_jax.training import program as program_lib
 
 pytest.importorskip("libtpu", reason="needs the [tpu] extra: pip install -e '.[dev,tpu]'")
 
@@ -127,6 +128,22 @@ def test_plan_shards_what_does_not_fit_replicated():
   assert table.splitlines()[-1] == "Best: " + " ".join(
       [f"--config.mesh.data={best.layout.data}", f"--config.mesh.fsdp={best.layout.fsdp}",
        "--config.mesh.tensor=1", "--config.model.remat=none", "--config.train.batch_size=4"])
+
+
+def test_replayed_rows_the_batch_axes_cannot_split_are_refused():
+  """With the S2 replay buffer a step thinks over the batch plus the replayed rows: 4 + 2
+  rows on 4 data-parallel chips would leave each chip all 6 (the paper's S2 recipe on 256
+  chips of full FSDP: 384 rows, 83 GiB per chip)."""
+  config = tiny_config(OVERRIDES + ["--config.thinking.replay_buffer=true",
+                                    "--config.thinking.replay_buffer_groups=1",
+                                    "--config.thinking.replay_buffer_sample_fraction=0.5"])
+  mesh = mesh_lib.make_mesh(config.mesh, topology.devices(topology.parse("v5e:2x2")))
+  with pytest.raises(ConfigError, match=r"data x fsdp = 4 must divide the 6 rows each step "
+                                        r"thinks over \(train.batch_size 4 \+ "
+                                        r"thinking.replay_buffer_groups 1 x 2 replayed\)"):
+    program_lib.build(config, mesh)
+  config.thinking.replay_buffer_sample_fraction = 1.0     # 4 + 4 rows: 2 per chip
+  assert program_lib.build(config, mesh).state_shardings.replay is not None
 
 
 def test_multislice_mesh_puts_slices_on_data():

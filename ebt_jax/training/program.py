@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from ebt_jax import tasks
 from ebt_jax.errors import ConfigError, check
 from ebt_jax.parallel import logical, mesh as mesh_lib, sharding
+from ebt_jax.tasks import replay
 from ebt_jax.tasks.base import Task
 from ebt_jax.training import optimizer as optimizer_lib
 from ebt_jax.training import step as step_lib
@@ -105,6 +106,15 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Progra
   abstract_state = jax.eval_shape(lambda: step_lib.init_state(task, tx))
   shardings = sharding.state_shardings(abstract_state, task.param_axes(), mesh, rules, tx=tx)
   if abstract_state.replay is not None:
+    # Each step thinks over its fresh rows plus every group's replayed rows; rows the
+    # batch axes cannot split evenly leave each device the whole batch's thinking.
+    groups, _, _, replayed = replay.shape(task)
+    rows = config.train.batch_size + groups * replayed
+    if rows % batch_ways:
+      raise ConfigError(
+          f"mesh: data x fsdp = {batch_ways} must divide the {rows} rows each step thinks "
+          f"over (train.batch_size {config.train.batch_size} + "
+          f"thinking.replay_buffer_groups {groups} x {replayed} replayed)")
     shardings = shardings._replace(replay=logical.tree_shardings(
         abstract_state.replay, task.carry_axes(), mesh, rules))
   batch_shape = task.batch_spec(config.train.batch_size).shape
