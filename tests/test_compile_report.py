@@ -5,6 +5,7 @@ default layout does not fit, multi-slice meshes, the HLO collective count, and o
 errors for bad topologies."""
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -125,9 +126,19 @@ def test_plan_shards_what_does_not_fit_replicated():
   assert result.pruned == {"tensor must divide model.n_heads=1": ["1x2x2", "2x1x2", "1x1x4"]}
   assert {c.report.cost_program for c in result.candidates} == {"as configured"}
   table = result.table()
+  assert _aligned(table, len(result.candidates))
   assert table.splitlines()[-1] == "Best: " + " ".join(
       [f"--config.mesh.data={best.layout.data}", f"--config.mesh.fsdp={best.layout.fsdp}",
        "--config.mesh.tensor=1", "--config.model.remat=none", "--config.train.batch_size=4"])
+  # Where the cost model gives no step time (most real programs), its cells say n/a, in line.
+  best.report = dataclasses.replace(best.report, optimal_seconds=None)
+  assert "n/a" in result.table().splitlines()[2]
+  assert _aligned(result.table(), len(result.candidates))
+
+
+def _aligned(table: str, candidates: int) -> bool:
+  header, *rows = table.splitlines()[1:2 + candidates]
+  return {len(row) for row in rows} == {len(header)}
 
 
 def test_replayed_rows_the_batch_axes_cannot_split_are_refused():

@@ -107,7 +107,9 @@ class Plan:
       if r is None:
         lines.append(f"{head}  failed: {c.error}")
         continue
-      num = lambda v, f, scale=1: "n/a" if v is None else format(v * scale, f)
+      # "n/a" padded to the column's width (the format's digits before the point).
+      num = lambda v, f, scale=1: ("n/a".rjust(int(f.split(".")[0])) if v is None
+                                   else format(v * scale, f))
       lines.append(f"{head} {'yes' if c.fits else 'NO':>5} {r.memory.peak_bytes / gib:9.2f} "
                    f"{num(r.optimal_seconds, '10.4g')} {num(r.mfu, '7.1f', 100)} "
                    f"{num(r.tokens_per_s_per_chip, '11.4g')} {num(r.roofline_seconds, '10.4g')} "
