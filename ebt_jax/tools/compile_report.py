@@ -144,18 +144,24 @@ class TopologyReport:
     return model / (self.optimal_seconds * self.num_chips * self.peak_flops)
 
   @property
-  def roofline_seconds(self) -> float | None:
+  def _roofline_terms(self) -> tuple[float, float] | None:
+    """(seconds at the chip's peak FLOP/s, seconds at its HBM bandwidth) per chip."""
     if not (self.xla_flops and self.peak_flops and self.hbm_bytes_per_s):
       return None
-    return max(self.xla_flops / self.peak_flops,
-               (self.xla_bytes_accessed or 0.0) / self.hbm_bytes_per_s)
+    return (self.xla_flops / self.peak_flops,
+            (self.xla_bytes_accessed or 0.0) / self.hbm_bytes_per_s)
+
+  @property
+  def roofline_seconds(self) -> float | None:
+    terms = self._roofline_terms
+    return max(terms) if terms else None
 
   @property
   def roofline_bound(self) -> str | None:
-    if self.roofline_seconds is None:
+    terms = self._roofline_terms
+    if terms is None:
       return None
-    compute = self.xla_flops / self.peak_flops
-    return "compute" if compute >= self.roofline_seconds else "HBM bandwidth"
+    return "compute" if terms[0] >= terms[1] else "HBM bandwidth"
 
   @property
   def roofline_tokens_per_s_per_chip(self) -> float | None:
