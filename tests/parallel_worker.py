@@ -56,7 +56,7 @@ def meshes():
   c = worker_config(1, 1, 1)
   it = make_datasets(c).train_iter(8, process_index=0, process_count=1)
   batches = [next(it) for _ in range(3)]
-  for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 1, 8)]:
+  for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2)]:
     c = worker_config(*shape)
     devices = jax.devices()[: int(np.prod(shape))]
     program, state, losses = run(c, devices, batches)
