@@ -1,8 +1,12 @@
 """The package's structure, read off its source: the import graph has no cycle, the lower
-layers import nothing above them, and only the task registry reads the model kind."""
+layers import nothing above them, only the task registry reads the model kind, and the
+third-party imports are the declared dependencies."""
 
 import ast
+import importlib.metadata
 import re
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -119,3 +123,40 @@ def test_only_the_registry_reads_the_model_kind():
   allowed = {"ebt_jax/tasks/__init__.py", "ebt_jax/tasks/base.py", "ebt_jax/config.py",
              "ebt_jax/official_hparams.py"}
   assert {str(p) for p, _ in hits} <= allowed, hits
+
+
+def _third_party_imports(root: Path) -> set[str]:
+  """Top-level names of the non-standard, non-project modules the files under root import."""
+  names = set()
+  for path in root.rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        names.update(a.name.split(".")[0] for a in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        names.add(node.module.split(".")[0])
+  return {n for n in names if n not in sys.stdlib_module_names and n != "ebt_jax"}
+
+
+# Packages of the official EBT repository, which tools/official_side_by_side.py imports from
+# the checkout it is given.
+OFFICIAL_REPO_PACKAGES = {"model"}
+
+
+def _distribution(requirement: str) -> str:
+  return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_package_imports_exactly_its_declared_dependencies():
+  """Every third-party module the package imports belongs to a declared dependency (core or
+  an extra), and every core dependency is imported: none undeclared, none unused."""
+  project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+  core = {_distribution(r) for r in project["dependencies"]}
+  extras = {_distribution(r) for rs in project["optional-dependencies"].values() for r in rs}
+  installed = importlib.metadata.packages_distributions()
+  used = set()
+  for name in _third_party_imports(PACKAGE) - OFFICIAL_REPO_PACKAGES:
+    # Modules of extras missing from this environment (torch) go by their own name.
+    dists = {_distribution(d) for d in installed.get(name, [name])}
+    assert dists & (core | extras), f"ebt_jax imports {name} ({dists}): not in pyproject.toml"
+    used |= dists
+  assert core <= used, f"declared but never imported: {sorted(core - used)}"

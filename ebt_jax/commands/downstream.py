@@ -234,7 +234,7 @@ def evaluate_downstream(workdir, files: dict[str, str], *, thinking_steps=None, 
   batch_size = batch_size or config.train.batch_size
   tokenizer = make_tokenizer(config.data)
   C = config.model.context_length
-  base = evaluation._baseline_params(baseline, config) if baseline else None
+  base = evaluation.baseline_params(baseline, config) if baseline else None
   key = task.eval_key()
   cells_fn = jax.jit(functools.partial(ebt_cells, task=task, steps_list=tuple(steps_list),
                                        best_of_list=tuple(best_of)))

@@ -167,7 +167,7 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
   batch_size = batch_size or config.train.batch_size
   program = runs.program_here(config)
   datasets = task.make_datasets()
-  base = _baseline_params(baseline, config) if baseline else None
+  base = baseline_params(baseline, config) if baseline else None
   key = task.eval_key()
   cells_fn = jax.jit(functools.partial(cells_ce, task=task, steps_list=tuple(steps_list),
                                        best_of_list=tuple(best_of)))
@@ -210,7 +210,7 @@ def evaluate_system2(workdir, *, thinking_steps=None, best_of=(1,), baseline=Non
                        baseline_report, config.inference.step_count, evaluations)
 
 
-def _baseline_params(workdir, config: ml_collections.ConfigDict) -> dict:
+def baseline_params(workdir, config: ml_collections.ConfigDict) -> dict:
   """The baseline's parameters, CE function and task; it must read the same tokens."""
   base, step, params = runs.restore_task(workdir)
   if not isinstance(base, text.Transformer):
