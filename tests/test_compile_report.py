@@ -207,3 +207,10 @@ def test_xla_out_of_memory_message_is_read():
   assert compile_report._parse_bytes(need) == int(34.41 * 2**30)
   assert compile_report._parse_bytes(have) == int(31.25 * 2**30)
   assert compile_report._parse_bytes("1.43T") == int(1.43 * 2**40)
+
+
+@pytest.mark.parametrize("flag", ["--no-unrolled-cost", "--json=r.json", "--num-slices=2"])
+def test_topology_flags_need_a_topology(flag, capsys):
+  assert cli.main(["compile-report", "--config", "tiny_cpu", flag]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"{flag.split('=')[0]}: only with --topology" in err, err
