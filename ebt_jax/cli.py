@@ -535,7 +535,7 @@ def _cmd_plan(args, overrides):
   remats = plan.REMAT_CHOICES if args.remat is None else tuple(args.remat.split(","))
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
-                     unrolled_cost=not args.no_unrolled_cost,
+                     unrolled_cost=not args.no_unrolled_cost, jobs=args.jobs,
                      log=lambda line: print(line, file=sys.stderr))
   _print_and_write(result.table(), result.to_json(), args.json)
 
@@ -772,6 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "layouts past it are listed, not compiled (default 600)")
   p.add_argument("--remat", help="comma-separated model.remat values to try (default "
                  "none,dots,full; more remat only where less does not fit)")
+  p.add_argument("--jobs", type=int, default=1, help="meshes compiled at once (threads; memory "
+                 "grows with it; default 1)")
   p.set_defaults(fn=_cmd_plan)
 
   p = sub.add_parser("scale", help="scaling study of the EBT against the same-size "

@@ -111,9 +111,11 @@ def test_plan_shards_what_does_not_fit_replicated():
   """On chips one byte short of the replicated layout, the planner picks an FSDP layout."""
   default_peak = compile_report.compile_report(tiny_config(), topology.parse("v5e:2x2"),
                                                unrolled_cost=False).memory.peak_bytes
-  # One compile per layout (no unrolled second compile): this test is about memory.
+  # One compile per layout (no unrolled second compile): this test is about memory. Two
+  # meshes compile at once, as `--jobs 2`.
   result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
-                     hbm_bytes=default_peak - 1, unrolled_cost=False, log=lambda line: None)
+                     hbm_bytes=default_peak - 1, unrolled_cost=False, jobs=2,
+                     log=lambda line: None)
   by_layout = {(c.layout.data, c.layout.fsdp, c.layout.tensor): c for c in result.candidates}
   assert set(by_layout) == {(1, 4, 1), (2, 2, 1), (4, 1, 1)}
   replicated = by_layout[(4, 1, 1)]
@@ -134,6 +136,20 @@ def test_plan_shards_what_does_not_fit_replicated():
   best.report = dataclasses.replace(best.report, optimal_seconds=None)
   assert "n/a" in result.table().splitlines()[2]
   assert _aligned(result.table(), len(result.candidates))
+
+
+def test_plan_lists_what_the_time_budget_leaves_out():
+  result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), time_budget_s=1e-9, jobs=2,
+                     log=lambda line: None)
+  assert result.candidates == [] and result.best is None
+  assert [(l.data, l.fsdp, l.tensor, l.remat) for l in result.not_compiled] == [
+      (1, 4, 1, "none"), (2, 2, 1, "none"), (4, 1, 1, "none")]
+  table = result.table()
+  assert ("not compiled, over the time budget: 3 layouts (1x4x1 none, 2x2x1 none, "
+          "4x1x1 none)") in table
+  assert table.splitlines()[-1].startswith("No compiled layout fits")
+  with pytest.raises(ConfigError, match="--jobs: expected a positive number"):
+    plan.plan(tiny_config(), topology.parse("v5e:2x2"), jobs=0)
 
 
 def _aligned(table: str, candidates: int) -> bool:

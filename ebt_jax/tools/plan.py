@@ -3,7 +3,7 @@ slice, chosen by compiling the candidates for that slice (ebt_jax/tools/compile_
 
     ebt plan --config configs/ebt_s1.py:medium --topology v5p:4x4x4 \\
         [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] \
-        [--no-unrolled-cost]
+        [--no-unrolled-cost] [--jobs 8]
 
 Candidates are the (data, fsdp, tensor) factorizations of the chip count, pruned before
 compiling: tensor must divide the attention heads (it splits them), fsdp must divide the
@@ -19,12 +19,16 @@ step time (XLA's FLOPs at peak or bytes at HBM bandwidth per chip, also an estim
 then collective bytes per chip. Those figures come from each layout compiled a second
 time with its layers unrolled (every layer counted), so a layout costs two compiles, both
 in the time budget; `--no-unrolled-cost` ranks by the scanned program's figures (one
-layer's worth) with one compile each. The last line gives the overrides selecting the best.
+layer's worth) with one compile each. `--jobs N` compiles N meshes at once (threads; each
+compile holds its own program, so memory grows with N): on a many-core host, such as a
+TPU VM's, a full search at the paper's sizes takes a fraction of the sequential time.
+The last line gives the overrides selecting the best.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import time
 
@@ -171,7 +175,7 @@ def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slic
 def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
          global_batch: int | None = None, time_budget_s: float | None = None,
          remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_cost: bool = True,
-         log=print) -> Plan:
+         jobs: int = 1, log=print) -> Plan:
   for r in remats:
     check(r in REMAT_CHOICES, "--remat", f"a comma-separated subset of {REMAT_CHOICES}", r)
   # Least memory saved (and compute spent) first: none, dots (keeps matmul outputs), full.
@@ -180,6 +184,8 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   check(isinstance(batch, int) and batch >= 1, "--global-batch", "a positive integer", batch)
   check(time_budget_s is None or time_budget_s > 0, "--time-budget", "seconds > 0",
         time_budget_s)
+  check(isinstance(jobs, int) and jobs >= 1, "--jobs", "a positive number of compiles at once",
+        jobs)
   hbm = hbm_bytes or topology.spec.hbm_bytes
   compile_report.topology_devices(topology)   # a topology error stops here, as one line
   meshes, pruned = candidate_meshes(config, topology.num_chips, topology.num_slices, batch)
@@ -187,15 +193,17 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     raise ConfigError(f"--topology {topology.describe()}: no mesh of {topology.num_chips} "
                       f"chips suits this config ({'; '.join(pruned)})")
   t0 = time.perf_counter()
-  done, not_compiled, compile_times = [], [], []
-  for i, (data, fsdp, tensor) in enumerate(meshes):
+  compile_times = []        # of every compile so far, appended from the worker threads
+
+  def search(i: int, data: int, fsdp: int, tensor: int):
+    """One mesh's candidates, less remat first (more only where less does not fit), and
+    its first layout not compiled for the time budget (None: within it)."""
+    done = []
     for remat in remats:
       layout = Layout(data, fsdp, tensor, remat)
-      elapsed = time.perf_counter() - t0
-      expected = max(compile_times) if compile_times else 0.0
-      if time_budget_s is not None and elapsed + expected > time_budget_s:
-        not_compiled.append(layout)
-        break
+      expected = max(compile_times, default=0.0)
+      if time_budget_s is not None and time.perf_counter() - t0 + expected > time_budget_s:
+        return done, layout
       log(f"[{i + 1}/{len(meshes)}] compiling data={data} fsdp={fsdp} tensor={tensor} "
           f"remat={remat}")
       c = config.copy_and_resolve_references()
@@ -215,6 +223,14 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
       done.append(candidate)
       if candidate.fits:
         break        # more remat only costs compute
+    return done, None
+
+  # XLA compiles outside the GIL, so threads compile several meshes at once (tracing, a
+  # small part at real sizes, takes turns); the sharding context is a contextvar, per thread.
+  with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+    results = list(pool.map(lambda args: search(args[0], *args[1]), enumerate(meshes)))
+  done = [c for candidates, _ in results for c in candidates]
+  not_compiled = [layout for _, layout in results if layout is not None]
   done.sort(key=Candidate.rank_key)
   return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
               time.perf_counter() - t0)
