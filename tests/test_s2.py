@@ -318,6 +318,7 @@ INNER_OPTIMIZERS = [
     ("gd", {}), ("langevin", {"noise_std": 0.3}), ("momentum", {"beta": 0.8}),
     ("nesterov", {"beta": 0.8}), ("adam", {}),
     ("optax", {"transform": "sgd", "learning_rate": 1.0, "momentum": 0.5}),
+    ("optax", {"transform": "adam", "learning_rate": 1.0, "eps_root": 1e-12}),
 ]
 
 

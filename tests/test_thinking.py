@@ -1,4 +1,5 @@
-"""The thinking loop against a plain Python loop, and the inner-optimizer registry."""
+"""The thinking loop against a plain Python loop, and the inner-optimizer registry (each
+optimizer's second-order gradients: tests/test_s2.py, through the S2 loop's options)."""
 
 import functools
 
@@ -9,7 +10,6 @@ import numpy as np
 import optax
 import pytest
 from absl.testing import parameterized
-from jax.test_util import check_grads
 
 import ebt_jax
 from ebt_jax.thinking import Schedule, optimizers, think
@@ -117,38 +117,6 @@ def test_truncation_cuts_second_order_terms_of_earlier_steps():
   g_full = jax.grad(final)(theta, False)
   assert not np.allclose(g_trunc["A"], g_full["A"])
   np.testing.assert_allclose(final(theta, True), final(theta, False), rtol=1e-6)
-
-
-def _second_order_case(name, kwargs):
-  with jax.enable_x64(True):
-    theta = toy_theta(jax.random.key(4), dtype=jnp.float64)
-    y0 = jax.random.normal(jax.random.key(5), (2, 3, 5), jnp.float64)
-    opt = optimizers.make(name, **kwargs)
-
-    def loss(theta):
-      traj = think(lambda z, l: toy_energy(theta, z, l), y0, opt,
-                   Schedule(jnp.array([0, 1, 1]), jnp.asarray(0.2)), jax.random.key(6),
-                   detach=False)
-      return jnp.sum(jnp.sin(traj.outputs)) + jnp.sum(traj.final ** 2)
-
-    # Finite differences of the loss against jax.grad (which holds the energy's Hessian-
-    # vector products) and of that gradient against its own derivative.
-    check_grads(loss, (theta,), order=2, modes=["rev"], eps=1e-4, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name,kwargs", [
-    ("gd", {}), ("langevin", {"noise_std": 0.3}), ("momentum", {"beta": 0.8}),
-    ("nesterov", {"beta": 0.8}), ("adam", {}),
-    ("optax", {"transform": "sgd", "learning_rate": 1.0, "momentum": 0.5}),
-    ("optax", {"transform": "adam", "learning_rate": 1.0, "eps_root": 1e-12}),
-])
-def test_every_inner_optimizer_is_twice_differentiable(name, kwargs):
-  _second_order_case(name, kwargs)
-
-
-def test_every_registered_optimizer_is_covered():
-  covered = {"gd", "langevin", "momentum", "nesterov", "adam", "optax"}
-  assert set(optimizers.names()) == covered
 
 
 def test_optax_wrapper_matches_gd_and_takes_schedules():
