@@ -85,20 +85,21 @@ def test_resuming_an_image_run_equals_the_uninterrupted_run(runs, tmp_path):
 
 def test_ebt_eval_beside_the_dit_baseline_writes_json_and_png(runs, tmp_path, capsys):
   out = tmp_path / "eval.json"
-  # --noise-levels as the run's own (other levels: tests/test_shift_gain.py, no compile).
+  # --noise-levels: the run's own and one more (bad levels: tests/test_shift_gain.py).
   assert cli.main(["eval", "--workdir", str(runs["image_ebt"]), "--baseline", str(runs["dit"]),
-                   "--thinking-steps", "1,2,3", "--noise-levels", "0.2,0.1",
+                   "--thinking-steps", "1,2,3", "--noise-levels", "0.2,0.3,0.1",
                    "--json", str(out)]) == 0
   printed = capsys.readouterr().out
   assert "EBT 3 thinking steps" in printed and "DiT 3 NFE" in printed and "noisy input" in printed
   report = json.loads(out.read_text())
   rows = report["results"]
-  assert {(r["dataset"], r["thinking_steps"]) for r in rows} == {
-      (d, k) for d in ("validation", "ood_noise_0.2") for k in (1, 2, 3)}
+  datasets = ("validation", "ood_noise_0.2", "ood_noise_0.3")
+  assert sorted((r["dataset"], r["thinking_steps"]) for r in rows) == sorted(
+      (d, k) for d in datasets for k in (1, 2, 3))       # validation once, for every level
   assert all({"psnr", "psnr_noisy", "noise_level"} <= set(r) for r in rows)
   base = report["baseline"]["results"]
-  assert {(r["dataset"], r["nfe"]) for r in base} == {
-      (d, n) for d in ("validation", "ood_noise_0.2") for n in (1, 3)}
+  assert sorted((r["dataset"], r["nfe"]) for r in base) == sorted(
+      (d, n) for d in datasets for n in (1, 3))
   # The trained step count's row is training's last evaluation (same batches, keys, noise).
   metrics = [r for r in read_metrics(runs["image_ebt"]) if "eval/psnr" in r][-1]
   row = {(r["dataset"], r["thinking_steps"]): r for r in rows}
@@ -110,7 +111,8 @@ def test_ebt_eval_beside_the_dit_baseline_writes_json_and_png(runs, tmp_path, ca
   assert report["png"] == str(png) and png.stat().st_size > 500
   # The System 2 gain per noise level from those rows (trained with 2 steps).
   gain = {r["dataset"]: r for r in report["system2_gain"]["rows"]}
-  for d in ("validation", "ood_noise_0.2"):
+  assert row["ood_noise_0.3", 1]["psnr_noisy"] < row["ood_noise_0.2", 1]["psnr_noisy"]
+  for d in datasets:
     mse = [row[d, k]["pixel_mse"] for k in (1, 2, 3)]
     assert gain[d]["best_steps"] == 1 + int(np.argmin(mse))
     assert gain[d]["gain_vs_1_step"] == pytest.approx(1 - min(mse) / mse[0])

@@ -111,8 +111,14 @@ def test_noise_levels_become_tasks_evaluating_validation_once():
   level_tasks = image_eval._level_tasks(task, [0.3, 0.1, 0.05, 0.3])
   assert [t.split_levels for t in level_tasks] == [{"validation": 0.1, "ood_noise_0.05": 0.05},
                                                    {"validation": 0.1, "ood_noise_0.3": 0.3}]
-  rows_fn = lambda t: ([{"dataset": d} for d in t.split_levels], t.ood_split)
+  asked = []
+
+  def rows_fn(t, splits):
+    asked.append(splits)
+    return [{"dataset": split} for _, (split, _) in t.split_items(splits)], t.ood_split
+
   rows, first = image_eval._across_levels(level_tasks, rows_fn)
+  assert asked == [None, ("ood_noise_0.3",)]       # the second level skips validation
   assert [r["dataset"] for r in rows] == ["validation", "ood_noise_0.05", "ood_noise_0.3"]
   assert first == "ood_noise_0.05"
   for levels, message in (([1.5], "--noise-levels 1.5: denoise.ood_noise_level: expected a "

@@ -219,7 +219,7 @@ def evaluate_workdir(workdir, *, thinking_steps=None, ddim_steps=None, baseline=
       denoised = {f"DiT, {counts[-1]} NFE": outputs[0]}
     else:
       rows, outputs = _across_levels(
-          level_tasks, lambda t: _ebt_rows(t, params, batches, key, steps))
+          level_tasks, lambda t, splits: _ebt_rows(t, params, batches, key, steps, splits))
       report = ContinuousReport(str(workdir), step, task.name, num_batches * batch_size, rows)
       denoised = {f"EBT, {max(steps)} step{'s' * (max(steps) != 1)}": outputs[0]}
       if baseline is not None:
@@ -258,12 +258,13 @@ def _level_tasks(task: ImageTask, levels) -> list[ImageTask]:
 
 
 def _across_levels(level_tasks, rows_fn):
-  """(rows, eval outputs of the first task) of `rows_fn(task) -> (rows, outputs)` over the
-  level tasks: `validation` (the same for all) from the first only."""
+  """(rows, eval outputs of the first task) of `rows_fn(task, splits) -> (rows, outputs)`
+  over the level tasks: the first evaluates every split (`splits` None), the others only
+  their own level's, since `validation` is the same for all."""
   rows, first = [], None
   for i, t in enumerate(level_tasks):
-    r, outputs = rows_fn(t)
-    rows += [row for row in r if i == 0 or row["dataset"] != "validation"]
+    r, outputs = rows_fn(t, None if i == 0 else (t.ood_split,))
+    rows += r
     first = outputs if first is None else first
   return rows, first
 
@@ -271,7 +272,8 @@ def _across_levels(level_tasks, rows_fn):
 def _dit_level_rows(level_tasks, params, batches, key, ddim_steps):
   """`_across_levels` of a DiT and the first level's DDIM step counts."""
   rows, outputs = _across_levels(
-      level_tasks, lambda t: _dit_rows(t, params, batches, key, _ddim_counts(t, ddim_steps)))
+      level_tasks,
+      lambda t, splits: _dit_rows(t, params, batches, key, _ddim_counts(t, ddim_steps), splits))
   return rows, outputs, _ddim_counts(level_tasks[0], ddim_steps)
 
 
@@ -293,11 +295,12 @@ def _check_baseline(base, task: ImageEBT, workdir) -> None:
     check(theirs == ours, f"--baseline {field}", f"{ours!r} as in the EBT run", theirs)
 
 
-def _ebt_rows(task: ImageEBT, params, batches, key, steps):
-  fn = jax.jit(functools.partial(task.eval_batch, num_steps=max(steps), images=True))
+def _ebt_rows(task: ImageEBT, params, batches, key, steps, splits=None):
+  fn = jax.jit(functools.partial(task.eval_batch, num_steps=max(steps), images=True,
+                                 splits=splits))
   outputs = per_batch(fn, params, batches, key)
   rows = []
-  for split, level in task.split_levels.items():
+  for _, (split, level) in task.split_items(splits):
     mse_steps = _mean(outputs, split, "pixel_mse_steps")
     energy = _mean(outputs, split, "energy_steps")
     noisy = psnr_of_mse(_mean(outputs, split, "pixel_mse_noisy"))
@@ -308,12 +311,12 @@ def _ebt_rows(task: ImageEBT, params, batches, key, steps):
   return rows, outputs
 
 
-def _dit_rows(task: DiT, params, batches, key, counts):
-  fn = jax.jit(functools.partial(task.eval_batch, counts=counts, images=True))
+def _dit_rows(task: DiT, params, batches, key, counts, splits=None):
+  fn = jax.jit(functools.partial(task.eval_batch, counts=counts, images=True, splits=splits))
   outputs = per_batch(fn, params, batches, key)
   recursions = task.config.inference.recurse_diffusion
   rows = []
-  for split, level in task.split_levels.items():
+  for _, (split, level) in task.split_items(splits):
     mse = _mean(outputs, split, "pixel_mse")
     noisy = psnr_of_mse(_mean(outputs, split, "pixel_mse_noisy"))
     for n, m in zip(counts, mse):

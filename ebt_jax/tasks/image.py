@@ -365,6 +365,12 @@ class ImageTask(base.Task):
     """Noise level of each split."""
     return {"validation": self.denoise.noise_level, self.ood_split: self.denoise.ood_noise_level}
 
+  def split_items(self, splits: tuple[str, ...] | None = None) -> list:
+    """[(index, (split, level))] of every split, or of those in `splits`; the index picks
+    the split's key (`split_key`) whichever are evaluated."""
+    return [(i, item) for i, item in enumerate(self.split_levels.items())
+            if splits is None or item[0] in splits]
+
   @staticmethod
   def split_key(key: jax.Array, split_index: int) -> jax.Array:
     """The key a split's batch is evaluated with (validation: the batch's key itself)."""
@@ -426,10 +432,11 @@ class ImageEBT(ImageTask):
     return continuous.eval_steps(self.config, self.thinking)
 
   def eval_batch(self, params, clean, key, *, num_steps: int | None = None,
-                 images: bool = False) -> dict:
-    """{split: per-step pixel MSE and energy, the noisy input's MSE} of one batch."""
+                 images: bool = False, splits: tuple[str, ...] | None = None) -> dict:
+    """{split: per-step pixel MSE and energy, the noisy input's MSE} of one batch, for
+    every split or those in `splits`."""
     out = {}
-    for i, (split, level) in enumerate(self.split_levels.items()):
+    for i, (split, level) in self.split_items(splits):
       r = ebt_denoise_eval(params, clean, self.dims, self.thinking, self.denoise,
                            self.split_key(key, i), level=level,
                            num_steps=num_steps or self.eval_steps)
@@ -482,10 +489,11 @@ class DiT(ImageTask):
     return tuple(sorted(set(counts))) if counts else (ddim_step_limit(self.config),)
 
   def eval_batch(self, params, clean, key, *, counts: tuple[int, ...] | None = None,
-                 images: bool = False) -> dict:
-    """{split: pixel MSE per DDIM step count, the noisy input's MSE} of one batch."""
+                 images: bool = False, splits: tuple[str, ...] | None = None) -> dict:
+    """{split: pixel MSE per DDIM step count, the noisy input's MSE} of one batch, for
+    every split or those in `splits`."""
     inf, out = self.config.inference, {}
-    for i, (split, level) in enumerate(self.split_levels.items()):
+    for i, (split, level) in self.split_items(splits):
       # The noise `ebt_denoise_eval` draws from the same key.
       noise_key = jax.random.split(self.split_key(key, i))[0]
       noisy, _ = add_noise(clean, noise_key, self.denoise, level)
