@@ -21,6 +21,7 @@ from ebt_jax import official_hparams as oh
 from ebt_jax import tasks
 from ebt_jax.checkpoint import export_official, import_official
 from ebt_jax.checkpoint.torch_file import load_torch_file, state_dict_and_hparams
+from ebt_jax.checkpoint import torch_write
 from ebt_jax.checkpoint.torch_write import save_torch_file
 from ebt_jax.errors import ConfigError
 from ebt_jax.models.params import shapes_tree
@@ -294,6 +295,27 @@ def test_torch_file_format(tmp_path):
   assert back["hyper_parameters"] == meta
   with pytest.raises(TypeError, match="cannot write a object"):
     save_torch_file({"x": object()}, tmp_path / "g.pt")
+
+
+def test_a_torch_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+  """A write that fails half way (here the second storage) leaves the file it would have
+  replaced as it was, and nothing beside it."""
+  path = tmp_path / "m.ckpt"
+  save_torch_file({"w": np.ones(3, np.float32)}, path)
+  before = path.read_bytes()
+  real, written = torch_write._write_aligned, []
+
+  def failing(archive, name, data):
+    if name == "archive/data/1":
+      raise OSError(28, "No space left on device")
+    written.append(name)
+    real(archive, name, data)
+
+  monkeypatch.setattr(torch_write, "_write_aligned", failing)
+  with pytest.raises(OSError, match="No space left"):
+    save_torch_file({"a": np.zeros(4, np.float32), "b": np.zeros(5, np.float32)}, path)
+  assert "archive/data/0" in written
+  assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ strings, numbers, booleans, None and numpy arrays (as tensors).
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 import struct
 import zipfile
@@ -46,7 +47,9 @@ class _Emitter:
 
   def __init__(self):
     self.out = bytearray(pickle.PROTO + b"\x02")
-    self.storages: list[bytes] = []
+    # The arrays themselves, C-ordered little-endian (copies only where they are not),
+    # written out one at a time: no second copy of the checkpoint in memory.
+    self.storages: list[np.ndarray] = []
 
   def global_(self, module: str, name: str):
     self.out += pickle.GLOBAL + f"{module}\n{name}\n".encode()
@@ -106,7 +109,8 @@ class _Emitter:
       raise TypeError(f"save_torch_file: no torch storage for dtype {array.dtype}")
     array = np.asarray(array, order="C")   # the rebuild below names C-order strides
     key = str(len(self.storages))
-    self.storages.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    self.storages.append(np.ascontiguousarray(
+        array.astype(array.dtype.newbyteorder("<"), copy=False)))
     self.global_("torch._utils", "_rebuild_tensor_v2")
     self.out += pickle.MARK
     self.out += pickle.MARK                              # the storage's persistent id
@@ -124,26 +128,37 @@ class _Emitter:
     self.out += pickle.TUPLE + pickle.REDUCE
 
 
-def _write_aligned(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
-  """A stored member whose data starts at a multiple of 64 bytes (torch's own layout)."""
+def _write_aligned(archive: zipfile.ZipFile, name: str, data) -> None:
+  """A stored member (bytes, or an array's buffer) whose data starts at a multiple of 64
+  bytes (torch's own layout)."""
   info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
   info.compress_type = zipfile.ZIP_STORED
   header_end = archive.fp.tell() + 30 + len(name.encode()) + 4   # + the extra field's header
   pad = -header_end % _ALIGN
   info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad      # torch's "FB" padding record
-  archive.writestr(info, data)
+  # An array's bytes as a view (any dtype, any shape, empty too).
+  raw = memoryview(data.reshape(-1).view(np.uint8)) if isinstance(data, np.ndarray) else data
+  info.file_size = len(raw)
+  with archive.open(info, "w") as member:
+    member.write(raw)
 
 
 def save_torch_file(obj, path) -> None:
-  """Writes `obj` (numpy arrays for tensors) to `path` as `torch.save(obj, path)` would."""
+  """Writes `obj` (numpy arrays for tensors) to `path` as `torch.save(obj, path)` would.
+  The file appears whole or not at all: it is written beside `path` and renamed over it."""
   emitter = _Emitter()
   emitter.save(obj)
   emitter.out += pickle.STOP
   path = Path(path)
+  partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
   prefix = "archive"
-  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-    _write_aligned(archive, f"{prefix}/data.pkl", bytes(emitter.out))
-    _write_aligned(archive, f"{prefix}/byteorder", b"little")
-    for key, raw in enumerate(emitter.storages):
-      _write_aligned(archive, f"{prefix}/data/{key}", raw)
-    _write_aligned(archive, f"{prefix}/version", b"3\n")
+  try:
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
+      _write_aligned(archive, f"{prefix}/data.pkl", bytes(emitter.out))
+      _write_aligned(archive, f"{prefix}/byteorder", b"little")
+      for key, array in enumerate(emitter.storages):
+        _write_aligned(archive, f"{prefix}/data/{key}", array)
+      _write_aligned(archive, f"{prefix}/version", b"3\n")
+    os.replace(partial, path)
+  finally:
+    partial.unlink(missing_ok=True)
