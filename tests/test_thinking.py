@@ -82,8 +82,9 @@ def _value_and_grads(loss_fn):
 def test_scan_equals_python_loop(detach, truncate, unroll):
   scan_loss, loop_loss = _scan_and_loop(detach, truncate, unroll)
   theta, alpha = toy_theta(jax.random.key(0)), jnp.asarray(0.7)
-  (_, traj_think), g_think = _value_and_grads(scan_loss)(theta, alpha)
-  (_, traj_loop), g_loop = _value_and_grads(loop_loss)(theta, alpha)
+  # Compiled (op by op: ThinkJitAndEagerTest below).
+  (_, traj_think), g_think = jax.jit(_value_and_grads(scan_loss))(theta, alpha)
+  (_, traj_loop), g_loop = jax.jit(_value_and_grads(loop_loss))(theta, alpha)
   chex.assert_trees_all_close(traj_think, traj_loop, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(g_think, g_loop, rtol=1e-4, atol=1e-5)
 
