@@ -773,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--remat", help="comma-separated model.remat values to try (default "
                  "none,dots,full; more remat only where less does not fit)")
   p.add_argument("--jobs", type=int, default=1, help="meshes compiled at once (threads; memory "
-                 "grows with it; default 1)")
+                 "grows with it; worth it where one compile leaves cores idle; default 1)")
   p.set_defaults(fn=_cmd_plan)
 
   p = sub.add_parser("scale", help="scaling study of the EBT against the same-size "

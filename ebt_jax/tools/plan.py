@@ -20,8 +20,9 @@ then collective bytes per chip. Those figures come from each layout compiled a s
 time with its layers unrolled (every layer counted), so a layout costs two compiles, both
 in the time budget; `--no-unrolled-cost` ranks by the scanned program's figures (one
 layer's worth) with one compile each. `--jobs N` compiles N meshes at once (threads; each
-compile holds its own program, so memory grows with N): on a many-core host, such as a
-TPU VM's, a full search at the paper's sizes takes a fraction of the sequential time.
+compile holds its own program, so memory grows with N), for hosts with more cores than
+one compile keeps busy: libtpu's compiler is itself multithreaded, and on a 2-core host
+`--jobs 2` gained nothing (docs/benchmarks.md).
 The last line gives the overrides selecting the best.
 """
 
