@@ -47,8 +47,8 @@ class _Emitter:
 
   def __init__(self):
     self.out = bytearray(pickle.PROTO + b"\x02")
-    # The arrays themselves, C-ordered little-endian (copies only where they are not),
-    # written out one at a time: no second copy of the checkpoint in memory.
+    # The arrays themselves, C-ordered little-endian (`_tensor` copies only where they are
+    # not), written out one at a time: no second copy of the checkpoint in memory.
     self.storages: list[np.ndarray] = []
 
   def global_(self, module: str, name: str):
@@ -109,8 +109,7 @@ class _Emitter:
       raise TypeError(f"save_torch_file: no torch storage for dtype {array.dtype}")
     array = np.asarray(array, order="C")   # the rebuild below names C-order strides
     key = str(len(self.storages))
-    self.storages.append(np.ascontiguousarray(
-        array.astype(array.dtype.newbyteorder("<"), copy=False)))
+    self.storages.append(array.astype(array.dtype.newbyteorder("<"), copy=False))
     self.global_("torch._utils", "_rebuild_tensor_v2")
     self.out += pickle.MARK
     self.out += pickle.MARK                              # the storage's persistent id
