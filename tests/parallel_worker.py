@@ -1,22 +1,30 @@
 """Runs inside a subprocess with forced host devices (tests/test_parallel.py starts it).
 
     python tests/parallel_worker.py DIR   # losses/params per mesh of an S2 run; (2,2,2)'s
-                                          # state saved in DIR, restored onto other meshes
+                                          # state saved in DIR, restored onto other meshes;
+                                          # the replay buffer's collectives on 8 devices
 
-Prints one JSON line of results, {"meshes": ..., "restore": ...}, for the tests to check:
-one process serves both, so the (2,2,2) program compiles once and JAX starts once.
+Prints one JSON line of results, {"meshes": ..., "restore": ..., "replay": ...}, for the
+tests to check: one process serves them all, so the (2,2,2) program compiles once and JAX
+starts once.
 """
 
+import functools
 import json
+import re
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ebt_jax import config as config_lib
+from ebt_jax import tasks
 from ebt_jax.checkpoint.manager import Checkpointer
 from ebt_jax.data.pipeline import make_datasets
-from ebt_jax.parallel import mesh as mesh_lib
+from ebt_jax.models.layers import CANDIDATE
+from ebt_jax.parallel import logical, mesh as mesh_lib
+from ebt_jax.tasks import replay
 from ebt_jax.training import program as program_lib
 
 
@@ -25,9 +33,8 @@ def worker_config(data, fsdp, tensor):
   c.model.update(ebt_type="adaln", vocab_size=256, dim=32, n_layers=1, n_heads=4,
                  context_length=16)
   # The S2 recipe's random step counts and sizes, Langevin noise, truncation and replay
-  # buffer (2 groups x 5 slots x 16 positions: the 8 data-parallel devices split only the
-  # positions, 2x2x2 the groups over data and the positions over fsdp), with every group's
-  # rows replayed, so each mesh splits the 16 rows.
+  # buffer (2 groups of 5 records: 2 lanes of the 8 fresh rows, split as the batch), with
+  # every group's rows replayed, so each mesh splits the 16 rows.
   c.thinking.update(num_steps=1, random_steps=1, step_size=10.0, step_size_random_scale=2.0,
                     langevin_noise=0.5, truncate=True, detach=False, replay_buffer=True,
                     replay_buffer_groups=2, replay_buffer_size=5,
@@ -94,6 +101,37 @@ def restore(directory, state, it):
   return out
 
 
+def replay_collectives():
+  """{groups: {"push"/"draw": [collective and result type, ...]}}: the compiled replay
+  buffer steps on 8 data-parallel devices, with 8 groups (one per device) and with 2."""
+  out = {}
+  mesh = mesh_lib.make_mesh(worker_config(8, 1, 1).mesh, devices=jax.devices()[:8])
+  for groups in (8, 2):
+    c = worker_config(8, 1, 1)
+    c.thinking.replay_buffer_groups = groups
+    task = tasks.build(c)
+    G, _, b, n = replay.shape(task)
+    S, V = c.model.context_length, c.model.vocab_size
+    carry = jax.eval_shape(task.init_carry)
+    carry_sharding = logical.tree_shardings(carry, task.carry_axes(), mesh)
+    carry = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), carry, carry_sharding)
+    sharded = lambda shape, dtype, axes: jax.ShapeDtypeStruct(
+        shape, dtype, sharding=logical.sharding_for(shape, axes, mesh))
+    tokens = sharded((G * b, S + 1), jnp.int32, ("act_batch", None))
+    final = sharded((G * (b + n), S, V), jnp.float32, CANDIDATE)
+    with logical.use_mesh(mesh):
+      push = jax.jit(functools.partial(replay.push, task=task), out_shardings=carry_sharding)
+      draw = jax.jit(lambda buf, tok, key: replay.draw(buf, tok, key, task))
+      texts = {"push": push.lower(carry, tokens, final).compile().as_text(),
+               "draw": draw.lower(carry, tokens, jax.random.key(0)).compile().as_text()}
+    out[groups] = {name: re.findall(r"= (\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|"
+                                    r"collective-permute)(?:-start)?\(", text)
+                   for name, text in texts.items()}
+  return out
+
+
 if __name__ == "__main__":
   mesh_results, state, it = meshes()
-  print(json.dumps({"meshes": mesh_results, "restore": restore(sys.argv[1], state, it)}))
+  print(json.dumps({"meshes": mesh_results, "restore": restore(sys.argv[1], state, it),
+                    "replay": replay_collectives()}))

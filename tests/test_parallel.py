@@ -6,15 +6,19 @@ Device counts are fixed when JAX starts, so each case runs in a fresh subprocess
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
+from ebt_jax import cli, tasks
+from ebt_jax.models.layers import CANDIDATE
 from ebt_jax.parallel.logical import MESH_AXES, spec_for
 from ebt_jax.tasks import replay
 from ebt_jax.training.metrics import read_metrics
@@ -50,12 +54,12 @@ def test_sharded_meshes_match_one_device(worker_results):
     for name, values in base["params"].items():
       np.testing.assert_allclose(r["params"][name][:-1], values[:-1], atol=2e-4,
                                  err_msg=f"{shape} {name}")
-  # FSDP and tensor parallelism really split the weights, and the batch axes the replay
-  # buffer's [2 groups, 5 slots, 16 positions, 256] logits where they divide its dims.
+  # FSDP and tensor parallelism really split the weights, and the replay buffer's [2 lanes,
+  # 8 rows, 16 positions, 256] logits are split as the batch's candidates.
   assert results["(2, 2, 2)"]["wq_spec"] == "P(None, 'fsdp', 'tensor', None)"
-  assert results["(2, 2, 2)"]["replay_shard"] == [1, 5, 8, 128]
-  assert results["(8, 1, 1)"]["replay_shard"] == [2, 5, 2, 256]
-  assert base["replay_shard"] == [2, 5, 16, 256]
+  assert results["(2, 2, 2)"]["replay_shard"] == [2, 2, 16, 128]
+  assert results["(8, 1, 1)"]["replay_shard"] == [2, 1, 16, 256]
+  assert base["replay_shard"] == [2, 8, 16, 256]
 
 
 @pytest.mark.slow
@@ -69,16 +73,43 @@ def test_checkpoint_restores_onto_other_meshes(worker_results):
   assert results["(1, 1, 1)"]["devices"] == 1
 
 
+def _record_collectives(ops):
+  """(collective, dims) of the collectives moving float [..., 16 positions, 256] arrays:
+  replay buffer records or candidates, not keys or counts."""
+  shapes = [(op, t.split("{")[0]) for t, op in ops]
+  return [(op, [int(d) for d in re.findall(r"\d+", t.split("[")[1])]) for op, t in shapes
+          if t.startswith("f32") and t.endswith(",16,256]")]
+
+
+@pytest.mark.slow
+def test_replay_buffer_records_stay_within_their_group(worker_results):
+  """On 8 devices with one group each (the official one buffer per GPU), storing a batch
+  and drawing from the buffer move no record (the draw gathers its per-group random keys
+  only). With 2 groups, a push moves at most a device's 2 of the 16 rows (the replayed
+  rows shift the fresh ones), and a draw sums one group's 4 draws over that group's
+  devices; the [groups, slots] ring this replaced gathered the whole batch on every device."""
+  r = worker_results["replay"]
+  assert r["8"]["push"] == [] and r["8"]["draw"] == [["f32[8,5]{1,0}", "all-gather"]]
+  pushed = _record_collectives(r["2"]["push"])
+  assert pushed and all(op == "collective-permute" and np.prod(d[:-2]) <= 2 for op, d in pushed)
+  assert _record_collectives(r["2"]["draw"]) == [("all-reduce", [1, 4, 16, 256])]
+
+
 @pytest.mark.parametrize("mesh_shape, expected", [
-    ((4, 64, 1), P("data", "fsdp", None, None)),    # the official layout: a group per data slice
-    ((1, 64, 1), P(None, "fsdp", None, None)),      # 64 chips split the 192 slots
-    ((1, 256, 1), P(None, None, "fsdp", None)),     # 256 split neither 4 groups nor 192 slots
-    ((16, 16, 1), P(None, "data", "fsdp", None)),
+    ((4, 64, 1), P(None, ("data", "fsdp"), None, None)),   # a group per data slice, as official
+    ((1, 64, 1), P(None, "fsdp", None, None)),
+    ((1, 256, 1), P(None, "fsdp", None, None)),
+    ((16, 16, 1), P(None, ("data", "fsdp"), None, None)),
 ])
-def test_paper_s2_replay_buffer_is_split_on_slices(mesh_shape, expected):
-  """configs/ebt_s2.py's 4 x 192 x 256 x 50277 logits (39.5 GB) on 64 and 256 chips."""
+def test_paper_s2_replay_buffer_is_split_as_its_batch(mesh_shape, expected):
+  """configs/ebt_s2.py's buffer (39.5 GB of logits) on 64 and 256 chips: its lanes' 256
+  rows go where the batch's rows go, whatever the mesh."""
+  task = tasks.build(cli.load_config_file("ebt_s2:xxs")[0])
+  logits = jax.eval_shape(lambda: replay.init(task)).logits
+  assert logits.shape == (3, 256, 256, 50277)      # 192 records a group = 3 lanes of 64 rows
   mesh = AbstractMesh(mesh_shape, MESH_AXES)
-  assert spec_for((4, 192, 256, 50277), replay.LOGICAL_AXES.logits, mesh) == expected
+  assert spec_for(logits.shape, replay.LOGICAL_AXES.logits, mesh) == expected
+  assert spec_for((256, 256, 50277), CANDIDATE, mesh) == P(*expected[1:])
 
 
 def _train(workdir, devices, *extra, processes=None):

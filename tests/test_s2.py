@@ -60,64 +60,80 @@ def batch(first_id, rows, config):
           jnp.broadcast_to(ids[:, None, None], (rows, S, V)).astype(jnp.float32))
 
 
+def push_ids(buf, first_ids, c):
+  """`buf` with one batch pushed whose group g rows carry ids first_ids[g], +1, ...: the
+  combined batch's final logits are the fresh rows' ids, then 0 for each replayed row."""
+  task = tasks.build(c)
+  G, _, b, n = replay_lib.shape(task)
+  tokens, final = [], []
+  for first in first_ids:
+    rows_tokens, rows_logits = batch(first, b, c)
+    tokens.append(rows_tokens)
+    final += [rows_logits, batch(0, n, c)[1]]
+  return jax.jit(functools.partial(replay_lib.push, task=task))(
+      buf, jnp.concatenate(tokens), jnp.concatenate(final))
+
+
+def drawn_ids(buf, c, seeds=40):
+  """Per group, the ids of the valid replayed rows over `seeds` draws, checking on the way
+  that each draw is without replacement, fresh rows stay fresh, and each replayed row
+  starts from its own record's logits."""
+  task = tasks.build(c)
+  G, _, b, n = replay_lib.shape(task)
+  fresh = jnp.full((c.train.batch_size, c.model.context_length + 1), 99, jnp.int32)
+  draw = jax.jit(lambda buf, key: replay_lib.draw(buf, fresh, key, task))
+  seen, counts = [set() for _ in range(G)], set()
+  for seed in range(seeds):
+    out = draw(buf, jax.random.key(seed))
+    tokens = np.asarray(out.tokens[:, 0]).reshape(G, b + n)
+    mask = np.asarray(out.row_mask).reshape(G, b + n)
+    init = np.asarray(out.initial_logits[:, 0, 0]).reshape(G, b + n)
+    assert np.all(tokens[:, :b] == 99) and np.all(mask[:, :b] == 1)
+    for g in range(G):
+      picked = tokens[g, b:][mask[g, b:] == 1]
+      assert len(set(picked)) == len(picked)          # without replacement
+      np.testing.assert_array_equal(init[g, b:][mask[g, b:] == 1], picked)
+      seen[g].update(picked.tolist())
+      counts.add(len(picked))
+  return seen, counts
+
+
 def test_replay_buffer_is_fifo_per_group_and_wraps():
-  c = buffer_config()                    # 2 groups of 3 slots; 2 fresh rows, 1 replayed each
+  c = buffer_config()                    # 2 groups of 3 records; 2 fresh rows, 1 replayed each
   assert replay_lib.shape(tasks.build(c)) == (2, 3, 2, 1)
-  buf = replay_lib.init(tasks.build(c))
-  push = jax.jit(functools.partial(replay_lib.push, task=tasks.build(c)))
-  tokens, _ = batch(10, 4, c)
-  # push takes the combined batch's final logits: fresh rows then the replayed row per group.
-  final = jnp.concatenate([batch(10, 2, c)[1], batch(0, 1, c)[1],
-                           batch(12, 2, c)[1], batch(0, 1, c)[1]])
-  buf = push(buf, tokens, final)
-  assert (int(buf.pointer), int(buf.fill)) == (2, 2)
-  np.testing.assert_array_equal(buf.tokens[:, :, 0], [[10, 11, 0], [12, 13, 0]])
-  np.testing.assert_array_equal(buf.logits[:, :, 0, 0], [[10, 11, 0], [12, 13, 0]])
-  tokens, _ = batch(20, 4, c)
-  final = jnp.concatenate([batch(20, 2, c)[1], batch(0, 1, c)[1],
-                           batch(22, 2, c)[1], batch(0, 1, c)[1]])
-  buf = push(buf, tokens, final)
-  # Wrapped: the second row of each group overwrote the oldest record (slot 0).
+  assert replay_lib.depth(tasks.build(c)) == 2
+  buf = push_ids(replay_lib.init(tasks.build(c)), (10, 12), c)
+  assert (int(buf.pointer), int(buf.fill)) == (1, 2)
+  assert drawn_ids(buf, c) == ([{10, 11}, {12, 13}], {1})
+  buf = push_ids(buf, (20, 22), c)
+  assert (int(buf.pointer), int(buf.fill)) == (0, 3)
+  # Each lane holds one batch, its rows where the batch has them (so split as the batch).
+  np.testing.assert_array_equal(buf.tokens[:, :, 0], [[10, 11, 12, 13], [20, 21, 22, 23]])
+  np.testing.assert_array_equal(buf.logits[:, :, 0, 0], [[10, 11, 12, 13], [20, 21, 22, 23]])
+  # The official list after adding 10, 11, 20, 21 with max size 3 holds 11, 20, 21.
+  assert drawn_ids(buf, c) == ([{11, 20, 21}, {13, 22, 23}], {1})
+  buf = push_ids(buf, (30, 32), c)        # wraps: the first lane is written again
   assert (int(buf.pointer), int(buf.fill)) == (1, 3)
-  np.testing.assert_array_equal(buf.tokens[:, :, 0], [[21, 11, 20], [23, 13, 22]])
-  np.testing.assert_array_equal(buf.logits[:, :, 0, 0], [[21, 11, 20], [23, 13, 22]])
+  np.testing.assert_array_equal(buf.tokens[0, :, 0], [30, 31, 32, 33])
+  assert drawn_ids(buf, c) == ([{21, 30, 31}, {23, 32, 33}], {1})
 
 
 def test_more_fresh_rows_than_slots_keep_the_newest():
-  c = buffer_config(batch_size=8, groups=1, size=3)
-  tokens, logits = batch(1, 8, c)
-  final = jnp.concatenate([logits, jnp.zeros((3, *logits.shape[1:]))])   # + 3 replay rows
-  buf = replay_lib.push(replay_lib.init(tasks.build(c)), tokens, final, tasks.build(c))
-  assert (int(buf.pointer), int(buf.fill)) == (2, 3)
-  # The official list appends 1..8 and pops the oldest: 6, 7, 8 remain (8 at slot 1).
-  np.testing.assert_array_equal(buf.tokens[0, :, 0], [7, 8, 6])
+  c = buffer_config(batch_size=8, groups=1, size=3)     # 3 replayed rows, all of the buffer
+  buf = push_ids(replay_lib.init(tasks.build(c)), (1,), c)
+  assert (int(buf.pointer), int(buf.fill)) == (0, 3)
+  # The official list appends 1..8 and pops the oldest: 6, 7, 8 remain.
+  assert drawn_ids(buf, c) == ([{6, 7, 8}], {3})
 
 
-def test_replay_draws_only_filled_slots_without_replacement():
+def test_replay_draws_only_filled_records_without_replacement():
   c = buffer_config(batch_size=8, groups=2, size=5, fraction=0.75)   # 3 replayed of 4 rows
-  G, C, b, n = replay_lib.shape(tasks.build(c))
   buf = replay_lib.init(tasks.build(c))
-  ids = jnp.arange(1, C + 1)
-  buf = buf._replace(tokens=jnp.broadcast_to(ids[None, :, None], buf.tokens.shape).astype(jnp.int32),
-                     logits=jnp.broadcast_to(ids[None, :, None, None] + 0.5, buf.logits.shape))
-  fresh = jnp.full((8, 3), 99, jnp.int32)
-  draw = jax.jit(lambda buf, key: replay_lib.draw(buf, fresh, key, tasks.build(c)))
-  for fill, valid in ((0, 0), (2, 2), (5, 3)):
-    seen = set()
-    for seed in range(40):
-      out = draw(buf._replace(fill=jnp.int32(fill)), jax.random.key(seed))
-      tokens = np.asarray(out.tokens[:, 0]).reshape(G, b + n)
-      mask = np.asarray(out.row_mask).reshape(G, b + n)
-      init = np.asarray(out.initial_logits[:, 0, 0]).reshape(G, b + n)
-      assert np.all(tokens[:, :b] == 99) and np.all(mask[:, :b] == 1)
-      np.testing.assert_array_equal(mask[:, b:].sum(1), [valid] * G)
-      for g in range(G):
-        picked = tokens[g, b:][mask[g, b:] == 1]
-        assert len(set(picked)) == len(picked)          # without replacement
-        assert set(picked) <= set(range(1, fill + 1))     # only filled slots
-        np.testing.assert_array_equal(init[g, b:][mask[g, b:] == 1], picked + 0.5)
-        seen.update(picked.tolist())
-    assert seen == set(range(1, fill + 1))                # every filled slot gets drawn
+  assert drawn_ids(buf, c, seeds=3) == ([set(), set()], {0})        # empty: nothing valid
+  buf = push_ids(push_ids(buf, (1, 5), c), (11, 15), c)
+  assert drawn_ids(buf, c) == ([{4, 11, 12, 13, 14}, {8, 15, 16, 17, 18}], {3})
+  # Fewer filled than replayed rows (as after a first push of fewer rows): the newest only.
+  assert drawn_ids(buf._replace(fill=jnp.int32(2)), c) == ([{13, 14}, {17, 18}], {2})
 
 
 def s2_program():
@@ -145,7 +161,7 @@ def test_train_step_compiles_once_and_langevin_learns_after_warmup(monkeypatch):
   # Frozen during the 2 warmup updates, learned from then on (official warm_up_finished).
   assert stds[0] == stds[1] == stds[2] == 0.5 and stds[3] != 0.5
   assert optimizer_lib.param_labels(state.params, program.config)["langevin_std"] == "langevin"
-  assert (int(state.replay.pointer), int(state.replay.fill)) == (2, 6)
+  assert (int(state.replay.pointer), int(state.replay.fill)) == (1, 6)
   # The trace check is live: another batch shape would be a second trace.
   with pytest.raises(AssertionError, match="traced > 1 times"):
     program.train_step(state, program.put_local(np.ones((4, 9), np.int32)))
@@ -158,7 +174,7 @@ def test_replay_buffer_checkpoint_round_trip(tmp_path):
   replay = state.replay._replace(
       tokens=jax.random.randint(key, state.replay.tokens.shape, 0, 256),
       logits=jax.random.normal(key, state.replay.logits.shape),
-      pointer=jnp.int32(4), fill=jnp.int32(6))
+      pointer=jnp.int32(1), fill=jnp.int32(6))
   state = state._replace(replay=replay)
   ckpt = Checkpointer(tmp_path)
   ckpt.save(3, state, {"position": 1})
@@ -171,6 +187,7 @@ def test_replay_buffer_checkpoint_round_trip(tmp_path):
 @pytest.mark.slow
 def test_s2_resume_with_replay_equals_uninterrupted(tmp_path):
   c = s2_run_config(num_steps=6, checkpoint_every=3, eval_every=6)
+  c.optimizer.decay_steps = 6   # the same schedule (so the same program) in the shortened run
   quiet = dict(progress=False, log=lambda *a: None)
   trainer.train(c, tmp_path / "straight", **quiet)
   c.train.num_steps = 3

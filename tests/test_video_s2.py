@@ -153,19 +153,31 @@ def test_replay_buffer_wraps_fifo_and_survives_a_checkpoint(tmp_path):
   assert replay.shape(task) == (2, 3, 2, 1)
   assert task.flops(4) > tasks.build(replay_config(replay_buffer=False)).flops(4)
   push = jax.jit(lambda carry, x, final: replay.push(carry, x, final, task))
-  carry, pushed = task.init_carry(), [[], []]
+  carry, pushed = task.init_carry(), []
   for i in range(3):
     latents = jax.random.normal(jax.random.key(30 + i), (4, 4, 6))
     final = jax.random.normal(jax.random.key(40 + i), (6, 3, 6))   # fresh and replayed rows
     carry = push(carry, latents, final)
+    pushed.append((latents, final[jnp.array([0, 1, 3, 4])]))       # the fresh rows' finals
+  # Two lanes of one batch each: the third push overwrote the first.
+  assert (int(carry.pointer), int(carry.fill)) == (1, 3)
+  for lane, (latents, finals) in zip((1, 0), pushed[1:]):
+    np.testing.assert_array_equal(carry.tokens[lane], latents)
+    np.testing.assert_array_equal(carry.logits[lane], finals)
+  # The official list after 6 adds with max_size 3 holds the last 3 of each group: the
+  # second push's last row and the third push's two; sampling draws those and only those.
+  final_of = {float(x[r, 0, 0]): f[r] for x, f in pushed for r in range(4)}
+  sample = jax.jit(lambda carry, key: replay.sample(carry, key, task))
+  drawn = [set(), set()]
+  for seed in range(30):
+    records, candidates, valid = sample(carry, jax.random.key(seed))
+    assert valid.tolist() == [1.0]
     for g in range(2):
-      pushed[g] += [(latents[2 * g + j], final[3 * g + j]) for j in range(2)]
-  # The official list after 6 adds with max_size 3: the last 3, oldest first; the ring
-  # holds them from its pointer on.
-  order = (int(carry.pointer) + np.arange(3)) % 3
+      drawn[g].add(float(records[g, 0, 0, 0]))
+      np.testing.assert_array_equal(candidates[g, 0], final_of[float(records[g, 0, 0, 0])])
   for g in range(2):
-    np.testing.assert_array_equal(carry.tokens[g][order], [r for r, _ in pushed[g][-3:]])
-    np.testing.assert_array_equal(carry.logits[g][order], [f for _, f in pushed[g][-3:]])
+    assert drawn[g] == {float(pushed[1][0][2 * g + 1, 0, 0]), float(pushed[2][0][2 * g, 0, 0]),
+                        float(pushed[2][0][2 * g + 1, 0, 0])}
   program = program_lib.build(c)
   state = program.init_state()._replace(replay=carry)
   ckpt = Checkpointer(tmp_path)

@@ -47,14 +47,6 @@ DEFAULT_RULES = (
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
-    # the S2 replay buffer [groups, slots, positions, ...] (tasks/replay.py): the batch axes
-    # split its groups where they divide them (the official layout: each device keeps its
-    # own buffer), else its slots, else its positions, since no mesh axis is used twice and
-    # the dims are assigned in order. Its 4 x 192 x 256 x V logits would otherwise be
-    # replicated on e.g. a 256-way FSDP mesh.
-    ("replay_groups", ("data", "fsdp")),
-    ("replay_slots", ("data", "fsdp")),
-    ("replay_seq", ("data", "fsdp")),
 )
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("ebt_jax_sharding", default=None)

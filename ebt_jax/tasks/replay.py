@@ -9,16 +9,23 @@ After the step the batch's own b rows and their final candidates are added, the 
 records leaving first. Validation never touches the buffer.
 
 Here the buffer is part of the `TrainState` (donated, sharded, checkpointed and restored
-with it): fixed arrays of `groups` independent buffers [G, C, ...] with one write pointer
-and one fill count (equal in every group, since every group receives b = B / G rows per
-step). Group g is fed and sampled by batch rows g*b..(g+1)*b-1, and its replayed rows
-follow those rows, so with G equal to the data-parallel device count each device keeps
-its own buffer and rows as in the official code, and no buffer row ever crosses devices.
-Shapes are static, so the step compiles once: the n replay rows are always present, and
-while fewer than n records are filled (the first step: none) the rows past the filled
-count are masked out of the loss, as if they were not there. Filled slots are always the
-prefix [0, fill) of each group, and sampling draws a uniform random key per slot and
-takes the n largest among the filled ones (a uniform subset in random order).
+with it) and laid out like the batch that feeds it: `depth` K = ceil(C / b) lanes of one
+batch each, [K, G*b, ...], with a pointer to the lane the next push writes and one fill
+count (equal in every group, since every group receives b = B / G rows per step). Batch
+row g*b + r belongs to group g and always lands in row g*b + r of a lane, so the rows of
+a lane are split over the batch axes as the batch is, and a push moves no more than each
+device's share of the fresh rows (from the step's combined rows, whose replayed rows
+shift them). A [G, C] ring of slots, row r of group g at slot pointer + r, had every
+device gather the whole batch's final logits at each push (docs/benchmarks.md). Of the
+K*b records a group's lanes hold, the C newest are its buffer, as in the official FIFO: a
+record whose lane is `age` pushes old and whose row is r within its group is the (age*b +
+b-1-r)-th newest, and belongs to the buffer while that is below the fill count. So with G
+equal to the data-parallel device count each device keeps its own buffer and rows, and
+draws from it alone, as in the official code. Shapes are static, so the step compiles
+once: the n replay rows are always present, and while fewer than n records are filled
+(the first step: none) the rows past the filled count are masked out of the loss, as if
+they were not there. Sampling draws a uniform random key per lane row and takes the n
+largest among the group's filled records (a uniform subset in random order).
 
 The text EBT's records are tokens [S+1] with logits [S, V] (`init`, `draw`); the latent
 (video) EBT's are frame latents [S+1, L] with candidate latents [S, L] (the official video
@@ -41,19 +48,15 @@ from ebt_jax.parallel.logical import constrain
 
 
 class ReplayBuffer(NamedTuple):
-  # (Field names are the text EBT's, kept so its checkpoints restore.)
-  tokens: jax.Array    # [G, C, S+1, ...] sequences (inputs and targets): int32 tokens
-  logits: jax.Array    # [G, C, S, ...] their final candidates: logits [S, V] for text
-  pointer: jax.Array   # int32 []: the slot the next record goes to, in every group
-  fill: jax.Array      # int32 []: filled slots [0, fill) of every group
+  # (Field names are the text EBT's.)
+  tokens: jax.Array    # [K, G*b, S+1, ...] sequences (inputs and targets): int32 tokens
+  logits: jax.Array    # [K, G*b, S, ...] their final candidates: logits [S, V] for text
+  pointer: jax.Array   # int32 []: the lane the next push writes
+  fill: jax.Array      # int32 []: records each group holds, at most C
 
 
-# The batch mesh axes go to the groups, else the slots, else the candidates' positions
-# (the rules in parallel/logical.py), so the buffer is split whenever one of them divides:
-# S2's 4 groups x 192 slots leave a 256-way FSDP mesh to the 256 positions. A record's
-# S+1 positions rarely divide, and its tokens are small.
-LOGICAL_AXES = ReplayBuffer(tokens=("replay_groups", "replay_slots", None),
-                            logits=("replay_groups", "replay_slots", "replay_seq", "act_vocab"),
+# A lane's rows are split as the batch's rows, its logits as the batch's candidates.
+LOGICAL_AXES = ReplayBuffer(tokens=(None, "act_batch", None), logits=(None, *CANDIDATE),
                             pointer=(), fill=())
 
 
@@ -91,11 +94,18 @@ def shape(task) -> tuple[int, int, int, int]:
   return groups, t.replay_buffer_size, fresh, replayed
 
 
+def depth(task) -> int:
+  """K: the lanes (batches) holding a group's C newest records, ceil(C / b)."""
+  _, C, b, _ = shape(task)
+  return -(-C // b)
+
+
 def empty(task, record: jax.ShapeDtypeStruct, candidate: jax.ShapeDtypeStruct) -> ReplayBuffer:
   """An empty buffer of `record`s (one batch row) and their `candidate`s."""
-  G, C, _, _ = shape(task)
-  return ReplayBuffer(jnp.zeros((G, C, *record.shape), record.dtype),
-                      jnp.zeros((G, C, *candidate.shape), candidate.dtype),
+  G, _, b, _ = shape(task)
+  K = depth(task)
+  return ReplayBuffer(jnp.zeros((K, G * b, *record.shape), record.dtype),
+                      jnp.zeros((K, G * b, *candidate.shape), candidate.dtype),
                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
@@ -108,18 +118,28 @@ def init(task) -> ReplayBuffer:
 
 def sample(buffer: ReplayBuffer, key: jax.Array, task):
   """(records [G, n, ...], candidates [G, n, ...], valid [n]): n records per group drawn
-  uniformly without replacement from its filled slots (official `random.sample`); slots
-  past the filled count are drawn only when fewer than n are filled, and are not valid."""
-  G, C, _, n = shape(task)
+  uniformly without replacement from its filled ones (official `random.sample`); empty
+  places are drawn only when fewer than n are filled, and are not valid."""
+  G, _, b, n = shape(task)
+  K = depth(task)
+  age_K = (buffer.pointer - 1 - jnp.arange(K)) % K
+  newest_KxB = age_K[:, None] * b + (b - 1 - jnp.arange(b))[None, :]
+  filled_KB = (newest_KxB < buffer.fill).reshape(K * b)
 
   def pick(k):
-    u = jax.random.uniform(k, (C,))
-    return jax.lax.top_k(jnp.where(jnp.arange(C) < buffer.fill, u, -1.0), n)[1]
+    u = jax.random.uniform(k, (K * b,))
+    return jax.lax.top_k(jnp.where(filled_KB, u, -1.0), n)[1]
 
-  slots_GxN = jax.vmap(pick)(jax.random.split(key, G))
-  take = jax.vmap(lambda rows, slots: rows[slots])
+  places_GxN = jax.vmap(pick)(jax.random.split(key, G))
+  # Gathered group by group from [K, G, b, ...] views: the groups are a batch dimension
+  # of the gather, so only the devices holding a group's rows exchange its draws (none
+  # at all when each device holds one group, the official one buffer per GPU); a gather
+  # from the flat rows would sum every group's draws over every device.
+  take = jax.vmap(lambda lanes_KxBx, places_N: lanes_KxBx[places_N // b, places_N % b],
+                  in_axes=(1, 0))
+  group = lambda x: take(x.reshape(K, G, b, *x.shape[2:]), places_GxN)
   valid_N = (jnp.arange(n) < buffer.fill).astype(jnp.float32)
-  return take(buffer.tokens, slots_GxN), take(buffer.logits, slots_GxN), valid_N
+  return group(buffer.tokens), group(buffer.logits), valid_N
 
 
 def append(fresh_Bx: jax.Array, replayed_GxNx: jax.Array, task) -> jax.Array:
@@ -141,13 +161,13 @@ def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array, task) -> R
   G, _, b, n = shape(task)
   sample_key, noise_key = jax.random.split(key)
   records, candidates, valid_N = sample(buffer, sample_key, task)
-  rows = G * (b + n)
-  S, V = buffer.logits.shape[2:]
-  noise = task.initial_candidate(noise_key, (G, b + n, S, V))
-  initial = noise.at[:, b:].set(candidates)
+  # Noise for the fresh rows only, split as they are, then the rows put in order as the
+  # tokens are (writing the stored candidates into a [G, b+n] noise block instead made
+  # every device gather a whole group's candidates).
+  noise = task.initial_candidate(noise_key, (G * b, *buffer.logits.shape[2:]))
+  initial = append(constrain(noise, CANDIDATE), candidates.astype(noise.dtype), task)
   return ReplayBatch(constrain(append(tokens_BxT, records, task), ("act_batch", None)),
-                     constrain(initial.reshape(rows, S, V), CANDIDATE),
-                     row_mask(valid_N, task))
+                     constrain(initial, CANDIDATE), row_mask(valid_N, task))
 
 
 def push(buffer: ReplayBuffer, tokens_BxT: jax.Array, final_logits: jax.Array,
@@ -155,13 +175,9 @@ def push(buffer: ReplayBuffer, tokens_BxT: jax.Array, final_logits: jax.Array,
   """The buffer with the batch's fresh rows and their final candidates added, FIFO
   (official `update`). `final_logits` are the combined batch's [G*(b+n), S, V]."""
   G, C, b, n = shape(task)
-  # Of more fresh rows than slots only the last C survive the official pop(0); writing
-  # just those keeps the scatter free of duplicate indices.
-  kept = min(b, C)
-  slots = (buffer.pointer + (b - kept) + jnp.arange(kept)) % C
-  tokens = tokens_BxT.reshape(G, b, *tokens_BxT.shape[1:])[:, b - kept:]
-  logits = final_logits.reshape(G, b + n, *final_logits.shape[1:])[:, b - kept:b]
-  logits = jax.lax.stop_gradient(logits).astype(buffer.logits.dtype)
-  return ReplayBuffer(buffer.tokens.at[:, slots].set(tokens),
-                      buffer.logits.at[:, slots].set(logits),
-                      (buffer.pointer + b) % C, jnp.minimum(buffer.fill + b, C))
+  logits = final_logits.reshape(G, b + n, *final_logits.shape[1:])[:, :b]
+  logits = jax.lax.stop_gradient(logits).reshape(G * b, *final_logits.shape[1:])
+  write = lambda lanes, rows: jax.lax.dynamic_update_index_in_dim(
+      lanes, rows.astype(lanes.dtype), buffer.pointer, 0)
+  return ReplayBuffer(write(buffer.tokens, tokens_BxT), write(buffer.logits, logits),
+                      (buffer.pointer + 1) % depth(task), jnp.minimum(buffer.fill + b, C))

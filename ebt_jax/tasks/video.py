@@ -44,10 +44,9 @@ from ebt_jax.tasks.continuous import Outcome, ThinkingOptions
 INITIAL_CONDITIONS = ("random_noise", "zeros", "most_recent_embedding")
 
 # The replay buffer's records are frame latents [S+1, L], its candidates latents [S, L],
-# split as the text buffer's (replay.LOGICAL_AXES); the latent width stays whole.
-REPLAY_AXES = replay.ReplayBuffer(tokens=("replay_groups", "replay_slots", None, None),
-                                  logits=("replay_groups", "replay_slots", "replay_seq", None),
-                                  pointer=(), fill=())
+# their lanes' rows split as the batch's (replay.LOGICAL_AXES); the latent width stays whole.
+REPLAY_AXES = replay.ReplayBuffer(tokens=(None, "act_batch", None, None),
+                                  logits=(None, "act_batch", None, None), pointer=(), fill=())
 
 
 @dataclasses.dataclass(frozen=True)
