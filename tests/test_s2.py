@@ -132,7 +132,7 @@ def test_replay_draws_only_filled_records_without_replacement():
   assert drawn_ids(buf, c, seeds=3) == ([set(), set()], {0})        # empty: nothing valid
   buf = push_ids(push_ids(buf, (1, 5), c), (11, 15), c)
   assert drawn_ids(buf, c) == ([{4, 11, 12, 13, 14}, {8, 15, 16, 17, 18}], {3})
-  # Fewer filled than replayed rows (as after a first push of fewer rows): the newest only.
+  # Fewer filled than replayed rows (a sample fraction above 1, after one push): the newest.
   assert drawn_ids(buf._replace(fill=jnp.int32(2)), c) == ([{13, 14}, {17, 18}], {2})
 
 
