@@ -171,6 +171,13 @@ def test_replayed_rows_the_batch_axes_cannot_split_are_refused():
     program_lib.build(config, mesh)
   config.thinking.replay_buffer_sample_fraction = 1.0     # 4 + 4 rows: 2 per chip
   assert program_lib.build(config, mesh).state_shardings.replay is not None
+  # The planner lists each refused mesh once: no remat would change a refusal.
+  config.thinking.replay_buffer_sample_fraction = 0.5
+  result = plan.plan(config, topology.parse("v5e:2x2"), log=lambda line: None)
+  assert [(c.layout.data, c.layout.fsdp, c.layout.remat) for c in result.candidates] == [
+      (1, 4, "none"), (2, 2, "none"), (4, 1, "none")]
+  assert all("must divide the 6 rows" in c.error for c in result.candidates)
+  assert result.best is None
 
 
 def test_multislice_mesh_puts_slices_on_data():

@@ -11,7 +11,8 @@ model width (it splits parameters along it; otherwise they stay replicated), dat
 must divide the global batch (both split it), data must be a multiple of the slices
 (multi-slice traffic is data parallel). Every mesh compiles without remat first; remat
 trades compute for memory, so the next remat (dots, then full) compiles only where the
-previous one does not fit. Candidates run from the most sharded state (all fsdp) to the
+previous one does not fit (a mesh the config refuses, e.g. one that cannot split the S2
+step's replayed rows, is listed once). Candidates run from the most sharded state (all fsdp) to the
 least, and once the next compile would overrun the time budget the rest are listed as not
 compiled. The table ranks layouts that fit by the XLA cost model's step time (an
 estimate); where the model gives none (ebt_jax/tools/compile_report.py), by the roofline
@@ -212,18 +213,19 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
       c.model.remat = remat
       c.train.batch_size = batch
       start = time.perf_counter()
+      refused = False
       try:
         candidate = Candidate(layout, compile_report.compile_report(
             c, topology, hbm_bytes=hbm, unrolled_cost=unrolled_cost))
-      except ConfigError as e:
-        candidate = Candidate(layout, error=str(e))
+      except ConfigError as e:   # the mesh does not suit the config: no remat changes that
+        candidate, refused = Candidate(layout, error=str(e)), True
       except Exception as e:     # an XLA failure of one layout (e.g. out of memory in
         # compilation) must not lose the others' results
         candidate = Candidate(layout, error=f"{type(e).__name__}: {str(e).splitlines()[0]}")
       compile_times.append(time.perf_counter() - start)
       done.append(candidate)
-      if candidate.fits:
-        break        # more remat only costs compute
+      if candidate.fits or refused:
+        break        # more remat only costs compute, or cannot help
     return done, None
 
   # XLA compiles outside the GIL, so threads compile several meshes at once (tracing, a
