@@ -129,6 +129,7 @@ def test_plan_shards_what_does_not_fit_replicated():
   assert {c.report.cost_program for c in result.candidates} == {"as configured"}
   table = result.table()
   assert _aligned(table, len(result.candidates))
+  assert table.splitlines()[0].endswith("collectives of the program as configured")
   assert table.splitlines()[-1] == "Best: " + " ".join(
       [f"--config.mesh.data={best.layout.data}", f"--config.mesh.fsdp={best.layout.fsdp}",
        "--config.mesh.tensor=1", "--config.model.remat=none", "--config.train.batch_size=4"])
