@@ -102,7 +102,7 @@ class Plan:
              f"compiled in {self.elapsed_s:.0f} s; step time, tokens/s and MFU are "
              f"{compile_report.ESTIMATE}; roofline s and MFU are "
              f"{compile_report.ROOFLINE}"
-             + (f"; FLOPs, step time and collectives of the program "
+             + ("; FLOPs, step time and collectives of the program "
                 + " / ".join(("with " if p == compile_report.UNROLLED else "") + p
                              for p in cost_programs) if cost_programs else ""),
              f"  {'#':>3} {'data':>5} {'fsdp':>5} {'tensor':>6} {'remat':>6} {'fits':>5} "
