@@ -137,6 +137,14 @@ def test_plan_shards_what_does_not_fit_replicated():
   best.report = dataclasses.replace(best.report, optimal_seconds=None)
   assert "n/a" in result.table().splitlines()[2]
   assert _aligned(result.table(), len(result.candidates))
+  # The roofline ranks first: a cost-model step time, however short, does not lift a
+  # layout whose roofline is slower above one the cost model is silent on.
+  slow, fast = [c for c in result.candidates if c.fits]
+  fast.report = dataclasses.replace(slow.report, xla_flops=slow.report.xla_flops / 2,
+                                    xla_bytes_accessed=slow.report.xla_bytes_accessed / 2,
+                                    optimal_seconds=None)
+  slow.report = dataclasses.replace(slow.report, optimal_seconds=1e-12)
+  assert sorted([slow, fast], key=plan.Candidate.rank_key) == [fast, slow]
 
 
 def test_plan_lists_what_the_time_budget_leaves_out():

@@ -14,10 +14,10 @@ trades compute for memory, so the next remat (dots, then full) compiles only whe
 previous one does not fit (a mesh the config refuses, e.g. one that cannot split the S2
 step's replayed rows, is listed once). Candidates run from the most sharded state (all fsdp) to the
 least, and once the next compile would overrun the time budget the rest are listed as not
-compiled. The table ranks layouts that fit by the XLA cost model's step time (an
-estimate); where the model gives none (ebt_jax/tools/compile_report.py), by the roofline
-step time (XLA's FLOPs at peak or bytes at HBM bandwidth per chip, also an estimate),
-then collective bytes per chip. Those figures come from each layout compiled a second
+compiled. The table ranks layouts that fit by the roofline step time (XLA's FLOPs at
+peak or bytes at HBM bandwidth per chip, an estimate), then the XLA cost model's step
+time (another estimate, which libtpu gives for few real programs:
+ebt_jax/tools/compile_report.py), then collective bytes per chip. Those figures come from each layout compiled a second
 time with its layers unrolled (every layer counted), so a layout costs two compiles, both
 in the time budget; `--no-unrolled-cost` ranks by the scanned program's figures (one
 layer's worth) with one compile each. `--jobs N` compiles N meshes at once (threads; each
@@ -66,13 +66,15 @@ class Candidate:
     return self.report is not None and bool(self.report.memory.fits)
 
   def rank_key(self):
-    # Where the cost model gives no step time, the roofline's (which leaves communication
-    # out), then fewer collective bytes per chip.
+    # The roofline's step time (which leaves communication out) first: libtpu's cost model
+    # gives none for most real programs and incredible ones for some (docs/benchmarks.md),
+    # so ranking by it where it answers put such layouts above better ones without. Then
+    # the cost model's, fewer collective bytes per chip, less memory.
     r = self.report
     if r is None:
       return (True, True, 0.0, True, 0.0, 0, 0)
-    return (not self.fits, r.optimal_seconds is None, r.optimal_seconds or 0.0,
-            r.roofline_seconds is None, r.roofline_seconds or 0.0,
+    return (not self.fits, r.roofline_seconds is None, r.roofline_seconds or 0.0,
+            r.optimal_seconds is None, r.optimal_seconds or 0.0,
             sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
 
 
