@@ -12,18 +12,18 @@ must divide the global batch (both split it), data must be a multiple of the sli
 (multi-slice traffic is data parallel). Every mesh compiles without remat first; remat
 trades compute for memory, so the next remat (dots, then full) compiles only where the
 previous one does not fit (a mesh the config refuses, e.g. one that cannot split the S2
-step's replayed rows, is listed once). Candidates run from the most sharded state (all fsdp) to the
-least, and once the next compile would overrun the time budget the rest are listed as not
-compiled. The table ranks layouts that fit by the roofline step time (XLA's FLOPs at
-peak or bytes at HBM bandwidth per chip, an estimate), then the XLA cost model's step
-time (another estimate, which libtpu gives for few real programs:
-ebt_jax/tools/compile_report.py), then collective bytes per chip. Those figures come from each layout compiled a second
-time with its layers unrolled (every layer counted), so a layout costs two compiles, both
-in the time budget; `--no-unrolled-cost` ranks by the scanned program's figures (one
-layer's worth) with one compile each. `--jobs N` compiles N meshes at once (threads; each
-compile holds its own program, so memory grows with N), for hosts with more cores than
-one compile keeps busy: libtpu's compiler is itself multithreaded, and on a 2-core host
-`--jobs 2` gained nothing (docs/benchmarks.md).
+step's replayed rows, is listed once). Candidates run from the most sharded state (all
+fsdp) to the least, and once the next compile would overrun the time budget the rest are
+listed as not compiled. The table ranks layouts that fit by the roofline step time (XLA's
+FLOPs at peak or bytes at HBM bandwidth per chip, an estimate), then the XLA cost model's
+step time (another estimate, which libtpu gives for few real programs:
+ebt_jax/tools/compile_report.py), then collective bytes per chip. Those figures come from
+each layout compiled a second time with its layers unrolled (every layer counted), so a
+layout costs two compiles, both in the time budget; `--no-unrolled-cost` ranks by the
+scanned program's figures (one layer's worth) with one compile each. `--jobs N` compiles
+N meshes at once (threads; each compile holds its own program, so memory grows with N),
+for hosts with more cores than one compile keeps busy: libtpu's compiler is itself
+multithreaded, and on a 2-core host `--jobs 2` gained nothing (docs/benchmarks.md).
 The last line gives the overrides selecting the best.
 """
 
