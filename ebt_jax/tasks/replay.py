@@ -19,9 +19,9 @@ shift them). A [G, C] ring of slots, row r of group g at slot pointer + r, had e
 device gather the whole batch's final logits at each push (docs/benchmarks.md). Of the
 K*b records a group's lanes hold, the C newest are its buffer, as in the official FIFO: a
 record whose lane is `age` pushes old and whose row is r within its group is the
-(age*b + b-1-r)-th newest, and belongs to the buffer while that is below the fill count. So with G
-equal to the data-parallel device count each device keeps its own buffer and rows, and
-draws from it alone, as in the official code. Shapes are static, so the step compiles
+(age*b+b-1-r)-th newest, and belongs to the buffer while that is below the fill count. So
+with G equal to the data-parallel device count each device keeps its own buffer and rows,
+and draws from it alone, as in the official code. Shapes are static, so the step compiles
 once: the n replay rows are always present, and while fewer than n records are filled
 (the first step: none) the rows past the filled count are masked out of the loss, as if
 they were not there. Sampling draws a uniform random key per lane row and takes the n
