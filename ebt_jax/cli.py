@@ -533,9 +533,12 @@ def _cmd_plan(args, overrides):
   from ebt_jax.tools import plan
   topology, config = _topology_and_config(args, overrides)
   remats = plan.REMAT_CHOICES if args.remat is None else tuple(args.remat.split(","))
+  if args.no_unrolled_cost and args.unrolled_top:
+    raise ConfigError("--unrolled-top: not with --no-unrolled-cost (which means 0)")
+  top = 0 if args.no_unrolled_cost else 3 if args.unrolled_top is None else args.unrolled_top
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
-                     unrolled_cost=not args.no_unrolled_cost, jobs=args.jobs,
+                     unrolled_top=top, jobs=args.jobs,
                      log=lambda line: print(line, file=sys.stderr))
   _print_and_write(result.table(), result.to_json(), args.json)
 
@@ -774,6 +777,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "none,dots,full; more remat only where less does not fit)")
   p.add_argument("--jobs", type=int, default=1, help="meshes compiled at once (threads; memory "
                  "grows with it; worth it where one compile leaves cores idle; default 1)")
+  p.add_argument("--unrolled-top", type=int, default=None, help="the best N layouts by the "
+                 "first compile's figures (one scanned layer's) are compiled again with the "
+                 "layers unrolled and ranked on every layer's figures (default 3; "
+                 "--no-unrolled-cost: 0)")
   p.set_defaults(fn=_cmd_plan)
 
   p = sub.add_parser("scale", help="scaling study of the EBT against the same-size "

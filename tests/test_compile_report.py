@@ -114,7 +114,7 @@ def test_plan_shards_what_does_not_fit_replicated():
   # One compile per layout (no unrolled second compile): this test is about memory. Two
   # meshes compile at once, as `--jobs 2`.
   result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
-                     hbm_bytes=default_peak - 1, unrolled_cost=False, jobs=2,
+                     hbm_bytes=default_peak - 1, unrolled_top=0, jobs=2,
                      log=lambda line: None)
   by_layout = {(c.layout.data, c.layout.fsdp, c.layout.tensor): c for c in result.candidates}
   assert set(by_layout) == {(1, 4, 1), (2, 2, 1), (4, 1, 1)}
@@ -145,6 +145,56 @@ def test_plan_shards_what_does_not_fit_replicated():
                                     optimal_seconds=None)
   slow.report = dataclasses.replace(slow.report, optimal_seconds=1e-12)
   assert sorted([slow, fast], key=plan.Candidate.rank_key) == [fast, slow]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
+def test_plan_unrolls_the_best_layouts_only():
+  """Every layout compiles once (scanned: one layer's cost); the best by those figures
+  compiles again unrolled and ranks first, on figures that count both layers."""
+  config = tiny_config(REPORT_OVERRIDES)
+  result = plan.plan(config, topology.parse("v5e:2x2"), remats=("none",), unrolled_top=1,
+                     log=lambda line: None)
+  scanned = {(c.layout.data, c.layout.fsdp): compile_report.compile_report(
+      _with_mesh(config, c.layout), topology.parse("v5e:2x2"), unrolled_cost=False)
+      for c in result.candidates}
+  first_cut = min(scanned, key=lambda k: plan.Candidate(
+      plan.Layout(*k, 1, "none"), scanned[k]).rank_key())
+  best, *rest = result.candidates
+  assert (best.layout.data, best.layout.fsdp) == first_cut
+  assert best.report.counts_every_layer and best.report.cost_program == "layers unrolled"
+  assert best.report.xla_flops > scanned[first_cut].xla_flops      # the second layer counts
+  assert best.report.memory.peak_bytes == scanned[first_cut].memory.peak_bytes
+  assert [c.report.counts_every_layer for c in rest] == [False] * len(rest)
+  for c in rest:   # the others keep their first compile's figures
+    assert c.report.xla_flops == scanned[(c.layout.data, c.layout.fsdp)].xla_flops
+  rows = result.table().splitlines()[2:2 + len(result.candidates)]
+  assert [row.split()[7] for row in rows] == ["all"] + ["one"] * len(rest)
+  assert result.to_json()["candidates"][0]["report"]["cost_analysis_counts_every_layer"]
+  # Unrolled figures rank above scanned ones, whatever the scanned roofline says.
+  fast = dataclasses.replace(rest[0].report, xla_flops=1.0, xla_bytes_accessed=1.0)
+  assert plan.Candidate(rest[0].layout, fast).rank_key() > best.rank_key()
+
+
+def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypatch):
+  def fail(*args):
+    raise RuntimeError("no unrolled program\nsecond line")
+  monkeypatch.setattr(compile_report, "with_unrolled_cost", fail)
+  logged = []
+  result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
+                     unrolled_top=2, log=logged.append)
+  assert len(result.candidates) == 3 and result.best is not None
+  assert not any(c.report.counts_every_layer for c in result.candidates)
+  assert result.not_unrolled == [c.layout for c in result.candidates[:2]]
+  assert "  the unrolled compile failed: RuntimeError: no unrolled program" in logged
+  assert ("  cost of one layer only (unrolled compile over the time budget or failed): "
+          f"{result.candidates[0].layout.data}x") in result.table()
+
+
+def _with_mesh(config, layout):
+  c = config.copy_and_resolve_references()
+  c.mesh.update(data=layout.data, fsdp=layout.fsdp, tensor=layout.tensor)
+  return c
 
 
 def test_plan_lists_what_the_time_budget_leaves_out():

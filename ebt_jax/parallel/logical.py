@@ -14,7 +14,8 @@ The default layout:
   dominate memory (the candidate [B, S, V] at every thinking step and its gradient, the
   token embedding and W_v2e [V, D], the baseline's head [D, V]): the candidate is split
   over batch and vocabulary, [V, D] tables over vocabulary (`tensor`) and width (`fsdp`);
-* the S2 replay buffer over the batch axes too, on whichever of its dims they divide first.
+* the S2 replay buffer's rows (`tasks/replay.py`) as the batch's rows, through the same
+  names.
 A dimension that a rule's mesh axes do not divide keeps the largest dividing prefix of
 them (down to replication), so a config never fails for an odd size.
 """

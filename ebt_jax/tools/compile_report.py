@@ -120,6 +120,12 @@ class TopologyReport:
   cost_program: str = AS_CONFIGURED  # which compile the FLOPs, time and collectives are of
   cost_while_loops: int = 0       # while loops left in it (each body counted once)
   cost_compile_s: float = 0.0     # the second compile's time (0: none)
+  layers_scanned: bool = True     # the configured program scans its layers
+
+  @property
+  def counts_every_layer(self) -> bool:
+    """Whether the cost figures see every layer (not one scanned layer's body once)."""
+    return not self.layers_scanned or self.cost_program == UNROLLED
 
   @property
   def num_chips(self) -> int:
@@ -197,6 +203,7 @@ class TopologyReport:
         "cost_analysis_program": self.cost_program,
         "cost_analysis_while_loops": self.cost_while_loops,
         "cost_analysis_compile_s": self.cost_compile_s,
+        "cost_analysis_counts_every_layer": self.counts_every_layer,
     }
 
   def table(self) -> str:
@@ -277,21 +284,11 @@ def topology_devices(topology: topology_lib.Topology) -> list:
 _WHILE = re.compile(r"\swhile\(")
 
 
-def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
-                   program: str = "train", hbm_bytes: int | None = None,
-                   unrolled_cost: bool = True) -> TopologyReport:
-  """Compiles `program` of `config` for `topology`'s chips; `hbm_bytes` replaces the
-  generation's HBM per chip (headroom, or a test's small chip). With `unrolled_cost` and
-  scanned layers, the cost figures come from a second compile with the layers unrolled."""
-  if program not in PROGRAMS:
-    raise ConfigError(f"--program: expected one of {', '.join(PROGRAMS)}, got {program!r}")
+def _builder(topology: topology_lib.Topology, program: str):
+  """build(config) -> (the program, a function compiling it, tokens per call, model FLOPs)."""
   devices = topology_devices(topology)
-  kind = devices[0].device_kind
-  peak = config.train.get("peak_tflops")
-  peak = peak * 1e12 if peak else flops_lib.peak_per_device(kind, config.model.dtype)
 
   def build(c):
-    """(the program, a function compiling it, tokens per call, model FLOPs)."""
     prog = program_lib.build(c, mesh_lib.make_mesh(c.mesh, devices))
     fn, args, tokens, model_flops = _lowerable(prog, program)
 
@@ -299,9 +296,39 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
       with prog.context():
         return fn.lower(*args).compile()
     return prog, compile_, tokens, model_flops
+  return build
 
+
+def _cost_figures(compiled) -> dict:
+  """The TopologyReport fields that come from a compiled program's cost analysis and HLO."""
+  cost = compiled.cost_analysis()
+  seconds = cost.get("optimal_seconds")
+  hlo = compiled.as_text()
+  return dict(
+      xla_flops=float(cost.get("flops", 0.0)),
+      xla_bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+      # Negative for every multi-slice program and most at the paper's sizes, with or
+      # without loops: no estimate.
+      optimal_seconds=seconds if seconds and seconds > 0 else None,
+      raw_optimal_seconds=seconds, collectives=collectives(hlo),
+      cost_while_loops=len(_WHILE.findall(hlo)))
+
+
+def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
+                   program: str = "train", hbm_bytes: int | None = None,
+                   unrolled_cost: bool = True) -> TopologyReport:
+  """Compiles `program` of `config` for `topology`'s chips; `hbm_bytes` replaces the
+  generation's HBM per chip (headroom, or a test's small chip). With `unrolled_cost` and
+  scanned layers, the cost figures come from a second compile with the layers unrolled
+  (`with_unrolled_cost`)."""
+  if program not in PROGRAMS:
+    raise ConfigError(f"--program: expected one of {', '.join(PROGRAMS)}, got {program!r}")
+  devices = topology_devices(topology)
+  kind = devices[0].device_kind
+  peak = config.train.get("peak_tflops")
+  peak = peak * 1e12 if peak else flops_lib.peak_per_device(kind, config.model.dtype)
   t0 = time.perf_counter()
-  prog, compile_, tokens, model_flops = build(config)
+  prog, compile_, tokens, model_flops = _builder(topology, program)(config)
   fields = dict(device_kind=kind, num_devices=len(devices), mesh=dict(prog.mesh.shape),
                 model_flops_per_step=model_flops, program=f"{program.capitalize()} program")
   try:
@@ -318,37 +345,38 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
         device_limit_bytes=_parse_bytes(need.group(2)) if need else 0,
         compile_s=time.perf_counter() - t0, **fields)
     return TopologyReport(topology.describe(), program, mem, None, None, None, None, tokens,
-                          peak, {}, out_of_memory=f"XLA: {message}")
-  compile_s = time.perf_counter() - t0
+                          peak, {}, out_of_memory=f"XLA: {message}",
+                          layers_scanned=config.model.scan_layers)
   mem = memory.MemoryReport.of(compiled, device_limit_bytes=hbm_bytes or topology.spec.hbm_bytes,
-                               compile_s=compile_s, **fields)
-  cost_program, cost_compile_s = AS_CONFIGURED, 0.0
-  if unrolled_cost and config.model.scan_layers:
-    # XLA's cost analysis counts a while loop's body once; the layer scan is one, so the
-    # same program with the layers unrolled gives figures for every layer. Its memory is
-    # not reported: a run compiles the configured program.
-    unrolled = config.copy_and_resolve_references()
-    unrolled.model.scan_layers = False
-    t0 = time.perf_counter()
-    try:
-      compiled, cost_program = build(unrolled)[1](), UNROLLED
-    except jax.errors.JaxRuntimeError as e:
-      if "RESOURCE_EXHAUSTED" not in str(e):
-        raise
-      # libtpu refuses an unrolled program over HBM; the scanned one's figures remain.
-      cost_program = f"{AS_CONFIGURED} (the unrolled program is over HBM)"
-    cost_compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  seconds = cost.get("optimal_seconds")
-  hlo = compiled.as_text()
-  return TopologyReport(
-      topology=topology.describe(), program=program, memory=mem,
-      xla_flops=float(cost.get("flops", 0.0)),
-      xla_bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-      # Negative for every multi-slice program and most at the paper's sizes, with or
-      # without loops: no estimate.
-      optimal_seconds=seconds if seconds and seconds > 0 else None,
-      raw_optimal_seconds=seconds,
-      tokens_per_step=tokens, peak_flops=peak, hbm_bytes_per_s=topology.spec.hbm_bytes_per_s,
-      collectives=collectives(hlo), cost_program=cost_program,
-      cost_while_loops=len(_WHILE.findall(hlo)), cost_compile_s=cost_compile_s)
+                               compile_s=time.perf_counter() - t0, **fields)
+  report = TopologyReport(topology=topology.describe(), program=program, memory=mem,
+                          tokens_per_step=tokens, peak_flops=peak,
+                          hbm_bytes_per_s=topology.spec.hbm_bytes_per_s,
+                          layers_scanned=config.model.scan_layers, **_cost_figures(compiled))
+  return with_unrolled_cost(report, config, topology) if unrolled_cost else report
+
+
+def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict,
+                       topology: topology_lib.Topology) -> TopologyReport:
+  """`report` (of `config` on `topology`) with its FLOPs, bytes, step time and collectives
+  from the same program compiled again with the layers unrolled; unchanged where nothing is
+  scanned or the configured program did not compile.
+
+  XLA's cost analysis counts a while loop's body once, and the layer scan is one. The
+  unrolled program's memory is not reported: a run compiles the configured program."""
+  if report.counts_every_layer or report.out_of_memory:
+    return report
+  unrolled = config.copy_and_resolve_references()
+  unrolled.model.scan_layers = False
+  t0 = time.perf_counter()
+  try:
+    compiled = _builder(topology, report.program)(unrolled)[1]()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    # libtpu refuses an unrolled program over HBM; the scanned one's figures remain.
+    return dataclasses.replace(
+        report, cost_program=f"{AS_CONFIGURED} (the unrolled program is over HBM)",
+        cost_compile_s=time.perf_counter() - t0)
+  return dataclasses.replace(report, **_cost_figures(compiled), cost_program=UNROLLED,
+                             cost_compile_s=time.perf_counter() - t0)

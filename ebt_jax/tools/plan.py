@@ -2,8 +2,8 @@
 slice, chosen by compiling the candidates for that slice (ebt_jax/tools/compile_report.py).
 
     ebt plan --config configs/ebt_s1.py:medium --topology v5p:4x4x4 \\
-        [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] \
-        [--no-unrolled-cost] [--jobs 8]
+        [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] \\
+        [--unrolled-top 3 | --no-unrolled-cost] [--jobs 8]
 
 Candidates are the (data, fsdp, tensor) factorizations of the chip count, pruned before
 compiling: tensor must divide the attention heads (it splits them), fsdp must divide the
@@ -14,17 +14,23 @@ trades compute for memory, so the next remat (dots, then full) compiles only whe
 previous one does not fit (a mesh the config refuses, e.g. one that cannot split the S2
 step's replayed rows, is listed once). Candidates run from the most sharded state (all
 fsdp) to the least, and once the next compile would overrun the time budget the rest are
-listed as not compiled. The table ranks layouts that fit by the roofline step time (XLA's
-FLOPs at peak or bytes at HBM bandwidth per chip, an estimate), then the XLA cost model's
-step time (another estimate, which libtpu gives for few real programs:
-ebt_jax/tools/compile_report.py), then collective bytes per chip. Those figures come from
-each layout compiled a second time with its layers unrolled (every layer counted), so a
-layout costs two compiles, both in the time budget; `--no-unrolled-cost` ranks by the
-scanned program's figures (one layer's worth) with one compile each. `--jobs N` compiles
-N meshes at once (threads; each compile holds its own program, so memory grows with N),
-for hosts with more cores than one compile keeps busy: libtpu's compiler is itself
-multithreaded, and on a 2-core host `--jobs 2` gained nothing (docs/benchmarks.md).
-The last line gives the overrides selecting the best.
+listed as not compiled.
+
+The table ranks layouts that fit by the roofline step time (XLA's FLOPs at peak or bytes
+at HBM bandwidth per chip, an estimate), then the XLA cost model's step time (another
+estimate, which libtpu gives for few real programs: ebt_jax/tools/compile_report.py),
+then collective bytes per chip. XLA's cost analysis counts the layer scan's body once, so
+those figures of a scanned program see one layer. Each layout is compiled as configured
+first (its memory, which a run would need); then the `--unrolled-top` N best by those
+figures (default 3) are compiled again with their layers unrolled, within the same time
+budget, and rank first on figures that count every layer (the `layers` column: all or
+one). An unrolled compile takes 2-17x as long as the scanned one at the paper's sizes,
+so unrolling every layout would dominate a search; the scanned figures' order is only a
+first cut (docs/benchmarks.md compares the two). `--no-unrolled-cost` is N = 0.
+`--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
+memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
+compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
+(docs/benchmarks.md). The last line gives the overrides selecting the best.
 """
 
 from __future__ import annotations
@@ -70,10 +76,13 @@ class Candidate:
     # gives none for most real programs and incredible ones for some (docs/benchmarks.md),
     # so ranking by it where it answers put such layouts above better ones without. Then
     # the cost model's, fewer collective bytes per chip, less memory.
+    # Figures that count one scanned layer are not comparable with those of every layer,
+    # so the layouts whose cost was compiled unrolled rank first among those that fit.
     r = self.report
     if r is None:
-      return (True, True, 0.0, True, 0.0, 0, 0)
-    return (not self.fits, r.roofline_seconds is None, r.roofline_seconds or 0.0,
+      return (True, True, True, 0.0, True, 0.0, 0, 0)
+    return (not self.fits, not r.counts_every_layer, r.roofline_seconds is None,
+            r.roofline_seconds or 0.0,
             r.optimal_seconds is None, r.optimal_seconds or 0.0,
             sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
 
@@ -87,6 +96,8 @@ class Plan:
   pruned: dict[str, list[str]]        # reason -> meshes skipped before compiling
   not_compiled: list[Layout]          # over the time budget
   elapsed_s: float
+  # the best layouts whose unrolled compile the time budget left out, or that failed
+  not_unrolled: list[Layout] = dataclasses.field(default_factory=list)
 
   @property
   def best(self) -> Candidate | None:
@@ -108,7 +119,7 @@ class Plan:
                 + " / ".join(("with " if p == compile_report.UNROLLED else "") + p
                              for p in cost_programs) if cost_programs else ""),
              f"  {'#':>3} {'data':>5} {'fsdp':>5} {'tensor':>6} {'remat':>6} {'fits':>5} "
-             f"{'GiB/chip':>9} {'step s':>10} {'MFU %':>7} {'tok/s/chip':>11} "
+             f"{'GiB/chip':>9} {'layers':>6} {'step s':>10} {'MFU %':>7} {'tok/s/chip':>11} "
              f"{'roofline s':>10} {'MFU %':>7} {'TFLOP/chip':>10} {'coll. GiB':>9}"]
     for i, c in enumerate(self.candidates, 1):
       lay, r = c.layout, c.report
@@ -120,6 +131,7 @@ class Plan:
       num = lambda v, f, scale=1: ("n/a".rjust(int(f.split(".")[0])) if v is None
                                    else format(v * scale, f))
       lines.append(f"{head} {'yes' if c.fits else 'NO':>5} {r.memory.peak_bytes / gib:9.2f} "
+                   f"{'all' if r.counts_every_layer else 'one':>6} "
                    f"{num(r.optimal_seconds, '10.4g')} {num(r.mfu, '7.1f', 100)} "
                    f"{num(r.tokens_per_s_per_chip, '11.4g')} {num(r.roofline_seconds, '10.4g')} "
                    f"{num(r.roofline_mfu, '7.1f', 100)} {num(r.xla_flops, '10.3f', 1e-12)} "
@@ -133,6 +145,10 @@ class Plan:
                    + ", ".join(f"{l.data}x{l.fsdp}x{l.tensor} {l.remat}"
                                for l in self.not_compiled[:6])
                    + (" ..." if len(self.not_compiled) > 6 else "") + ")")
+    if self.not_unrolled:
+      lines.append("  cost of one layer only (unrolled compile over the time budget or failed): "
+                   + ", ".join(f"{l.data}x{l.fsdp}x{l.tensor} {l.remat}"
+                               for l in self.not_unrolled))
     if self.best is None:
       lines.append("No compiled layout fits: more chips, a smaller batch, or a larger "
                    "--time-budget for the layouts not compiled.")
@@ -148,7 +164,8 @@ class Plan:
                             "report": c.report and c.report.to_json()}
                            for c in self.candidates],
             "pruned": self.pruned,
-            "not_compiled": [dataclasses.asdict(l) for l in self.not_compiled]}
+            "not_compiled": [dataclasses.asdict(l) for l in self.not_compiled],
+            "not_unrolled": [dataclasses.asdict(l) for l in self.not_unrolled]}
 
 
 def _divisors(n: int) -> list[int]:
@@ -179,7 +196,7 @@ def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slic
 
 def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
          global_batch: int | None = None, time_budget_s: float | None = None,
-         remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_cost: bool = True,
+         remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_top: int = 3,
          jobs: int = 1, log=print) -> Plan:
   for r in remats:
     check(r in REMAT_CHOICES, "--remat", f"a comma-separated subset of {REMAT_CHOICES}", r)
@@ -191,6 +208,8 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
         time_budget_s)
   check(isinstance(jobs, int) and jobs >= 1, "--jobs", "a positive number of compiles at once",
         jobs)
+  check(isinstance(unrolled_top, int) and unrolled_top >= 0, "--unrolled-top",
+        "a number of layouts >= 0", unrolled_top)
   hbm = hbm_bytes or topology.spec.hbm_bytes
   compile_report.topology_devices(topology)   # a topology error stops here, as one line
   meshes, pruned = candidate_meshes(config, topology.num_chips, topology.num_slices, batch)
@@ -199,6 +218,18 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
                       f"chips suits this config ({'; '.join(pruned)})")
   t0 = time.perf_counter()
   compile_times = []        # of every compile so far, appended from the worker threads
+  unrolled_times = []       # of every unrolled (cost) compile so far
+
+  def over_budget(times) -> bool:
+    expected = max(times, default=0.0)
+    return time_budget_s is not None and time.perf_counter() - t0 + expected > time_budget_s
+
+  def layout_config(layout: Layout) -> ml_collections.ConfigDict:
+    c = config.copy_and_resolve_references()
+    c.mesh.update(data=layout.data, fsdp=layout.fsdp, tensor=layout.tensor)
+    c.model.remat = layout.remat
+    c.train.batch_size = batch
+    return c
 
   def search(i: int, data: int, fsdp: int, tensor: int):
     """One mesh's candidates, less remat first (more only where less does not fit), and
@@ -206,20 +237,15 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     done = []
     for remat in remats:
       layout = Layout(data, fsdp, tensor, remat)
-      expected = max(compile_times, default=0.0)
-      if time_budget_s is not None and time.perf_counter() - t0 + expected > time_budget_s:
+      if over_budget(compile_times):
         return done, layout
       log(f"[{i + 1}/{len(meshes)}] compiling data={data} fsdp={fsdp} tensor={tensor} "
           f"remat={remat}")
-      c = config.copy_and_resolve_references()
-      c.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
-      c.model.remat = remat
-      c.train.batch_size = batch
       start = time.perf_counter()
       refused = False
       try:
         candidate = Candidate(layout, compile_report.compile_report(
-            c, topology, hbm_bytes=hbm, unrolled_cost=unrolled_cost))
+            layout_config(layout), topology, hbm_bytes=hbm, unrolled_cost=False))
       except ConfigError as e:   # the mesh does not suit the config: no remat changes that
         candidate, refused = Candidate(layout, error=str(e)), True
       except Exception as e:     # an XLA failure of one layout (e.g. out of memory in
@@ -231,12 +257,38 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
         break        # more remat only costs compute, or cannot help
     return done, None
 
+  def unroll(i: int, candidate: Candidate, of: int) -> Layout | None:
+    """The candidate's cost figures from its program compiled with the layers unrolled;
+    its layout if the time budget leaves that compile out or it fails."""
+    # Before the first, an unrolled compile is expected to take at least as long as the
+    # longest scanned one (2.5-15x as long at the paper's sizes: docs/benchmarks.md).
+    if over_budget(unrolled_times or compile_times):
+      return candidate.layout
+    lay = candidate.layout
+    log(f"[{i + 1}/{of}] compiling data={lay.data} fsdp={lay.fsdp} tensor={lay.tensor} "
+        f"remat={lay.remat} with the layers unrolled, for its cost figures")
+    start = time.perf_counter()
+    try:
+      candidate.report = compile_report.with_unrolled_cost(candidate.report,
+                                                           layout_config(lay), topology)
+    except Exception as e:       # keeps the scanned figures, listed as not unrolled
+      log(f"  the unrolled compile failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+      return lay
+    finally:
+      unrolled_times.append(time.perf_counter() - start)
+    return None
+
   # XLA compiles outside the GIL, so threads compile several meshes at once (tracing, a
   # small part at real sizes, takes turns); the sharding context is a contextvar, per thread.
   with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
     results = list(pool.map(lambda args: search(args[0], *args[1]), enumerate(meshes)))
-  done = [c for candidates, _ in results for c in candidates]
+    done = sorted((c for candidates, _ in results for c in candidates), key=Candidate.rank_key)
+    # Every layout compiled once, the best by those (one layer's) figures get every layer
+    # counted: unrolled compiles take several times as long as scanned ones.
+    top = [c for c in done if c.fits and not c.report.counts_every_layer][:unrolled_top]
+    left_out = list(pool.map(lambda args: unroll(*args, len(top)),
+                             ((i, c) for i, c in enumerate(top))))
   not_compiled = [layout for _, layout in results if layout is not None]
   done.sort(key=Candidate.rank_key)
   return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
-              time.perf_counter() - t0)
+              time.perf_counter() - t0, [l for l in left_out if l is not None])
