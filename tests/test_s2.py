@@ -62,16 +62,13 @@ def batch(first_id, rows, config):
 
 def push_ids(buf, first_ids, c):
   """`buf` with one batch pushed whose group g rows carry ids first_ids[g], +1, ...: the
-  combined batch's final logits are the fresh rows' ids, then 0 for each replayed row."""
+  combined batch's final logits are the fresh rows' ids, and 0 for each replayed row."""
   task = tasks.build(c)
   G, _, b, n = replay_lib.shape(task)
-  tokens, final = [], []
-  for first in first_ids:
-    rows_tokens, rows_logits = batch(first, b, c)
-    tokens.append(rows_tokens)
-    final += [rows_logits, batch(0, n, c)[1]]
+  tokens, logits = zip(*(batch(first, b, c) for first in first_ids))
+  final = replay_lib.append(jnp.concatenate(logits), jnp.stack([batch(0, n, c)[1]] * G), task)
   return jax.jit(functools.partial(replay_lib.push, task=task))(
-      buf, jnp.concatenate(tokens), jnp.concatenate(final))
+      buf, jnp.concatenate(tokens), final)
 
 
 def drawn_ids(buf, c, seeds=40):
@@ -85,14 +82,14 @@ def drawn_ids(buf, c, seeds=40):
   seen, counts = [set() for _ in range(G)], set()
   for seed in range(seeds):
     out = draw(buf, jax.random.key(seed))
-    tokens = np.asarray(out.tokens[:, 0]).reshape(G, b + n)
-    mask = np.asarray(out.row_mask).reshape(G, b + n)
-    init = np.asarray(out.initial_logits[:, 0, 0]).reshape(G, b + n)
-    assert np.all(tokens[:, :b] == 99) and np.all(mask[:, :b] == 1)
+    (tokens, replayed), (mask, replayed_mask), (_, init) = (
+        map(np.asarray, replay_lib.split(x, task))
+        for x in (out.tokens[:, 0], out.row_mask, out.initial_logits[:, 0, 0]))
+    assert np.all(tokens == 99) and np.all(mask == 1)
     for g in range(G):
-      picked = tokens[g, b:][mask[g, b:] == 1]
+      picked = replayed[g][replayed_mask[g] == 1]
       assert len(set(picked)) == len(picked)          # without replacement
-      np.testing.assert_array_equal(init[g, b:][mask[g, b:] == 1], picked)
+      np.testing.assert_array_equal(init[g][replayed_mask[g] == 1], picked)
       seen[g].update(picked.tolist())
       counts.add(len(picked))
   return seen, counts
@@ -116,6 +113,20 @@ def test_replay_buffer_is_fifo_per_group_and_wraps():
   assert (int(buf.pointer), int(buf.fill)) == (1, 3)
   np.testing.assert_array_equal(buf.tokens[0, :, 0], [30, 31, 32, 33])
   assert drawn_ids(buf, c) == ([{21, 30, 31}, {23, 32, 33}], {1})
+
+
+def test_step_rows_interleave_fresh_and_replayed_in_units():
+  """8 fresh and 4 replayed rows a group: 4 units of 2 fresh then 1 replayed, so a group's
+  rows split over 2 or 4 devices give each device its own fresh rows and whole units."""
+  task = tasks.build(buffer_config(batch_size=16, groups=2, size=8))
+  assert replay_lib.shape(task) == (2, 8, 8, 4)
+  fresh, replayed = jnp.arange(16), 100 + jnp.arange(8).reshape(2, 4)
+  rows = replay_lib.append(fresh, replayed, task)
+  np.testing.assert_array_equal(rows[:12], [0, 1, 100, 2, 3, 101, 4, 5, 102, 6, 7, 103])
+  np.testing.assert_array_equal(rows[12:15], [8, 9, 104])
+  back = replay_lib.split(rows, task)
+  np.testing.assert_array_equal(back[0], fresh)
+  np.testing.assert_array_equal(back[1], replayed)
 
 
 def test_more_fresh_rows_than_slots_keep_the_newest():

@@ -13,10 +13,14 @@ with it) and laid out like the batch that feeds it: `depth` K = ceil(C / b) lane
 batch each, [K, G*b, ...], with a pointer to the lane the next push writes and one fill
 count (equal in every group, since every group receives b = B / G rows per step). Batch
 row g*b + r belongs to group g and always lands in row g*b + r of a lane, so the rows of
-a lane are split over the batch axes as the batch is, and a push moves no more than each
-device's share of the fresh rows (from the step's combined rows, whose replayed rows
-shift them). A [G, C] ring of slots, row r of group g at slot pointer + r, had every
-device gather the whole batch's final logits at each push (docs/benchmarks.md). Of the
+a lane are split over the batch axes as the batch is. A step thinks over each group's b
+fresh rows and n replayed ones in u = gcd(b, n) units of b/u fresh rows then n/u replayed
+(`append`; the loss is a mean over rows, so the order is free): where a group's rows are
+split over c devices and c divides u, each device holds whole units, its own share of the
+fresh rows and of the replayed ones, and a push moves no row (with the replayed rows
+after all fresh ones, they shifted the fresh rows across devices). A [G, C] ring of
+slots, row r of group g at slot pointer + r, had every device gather the whole batch's
+final logits at each push (docs/benchmarks.md). Of the
 K*b records a group's lanes hold, the C newest are its buffer, as in the official FIFO: a
 record whose lane is `age` pushes old and whose row is r within its group is the
 (age*b+b-1-r)-th newest, and belongs to the buffer while that is below the fill count. So
@@ -36,6 +40,7 @@ batches from `sample`, `append` and `row_mask`, whose pieces `draw` is made of. 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -61,7 +66,7 @@ LOGICAL_AXES = ReplayBuffer(tokens=(None, "act_batch", None), logits=(None, *CAN
 
 
 class ReplayBatch(NamedTuple):
-  tokens: jax.Array          # [G*(b+n), S+1]: each group's b fresh rows, then its n replayed
+  tokens: jax.Array          # [G*(b+n), S+1]: each group's b fresh and n replayed (`append`)
   initial_logits: jax.Array  # [G*(b+n), S, V]: noise for fresh rows, stored logits for replayed
   row_mask: jax.Array        # [G*(b+n)]: 0 for replayed rows past the filled count
 
@@ -142,11 +147,30 @@ def sample(buffer: ReplayBuffer, key: jax.Array, task):
   return group(buffer.tokens), group(buffer.logits), valid_N
 
 
-def append(fresh_Bx: jax.Array, replayed_GxNx: jax.Array, task) -> jax.Array:
-  """[G*(b+n), ...]: each group's b fresh rows followed by its n replayed rows."""
+def _units(task) -> tuple[int, int, int, int]:
+  """(G, units u = gcd(b, n) per group, fresh rows b/u and replayed rows n/u per unit)."""
   G, _, b, n = shape(task)
-  rows = jnp.concatenate([fresh_Bx.reshape(G, b, *fresh_Bx.shape[1:]), replayed_GxNx], 1)
-  return rows.reshape(G * (b + n), *fresh_Bx.shape[1:])
+  u = math.gcd(b, n)
+  return G, u, b // u, n // u
+
+
+def append(fresh_Bx: jax.Array, replayed_GxNx: jax.Array, task) -> jax.Array:
+  """[G*(b+n), ...]: each group's b fresh and n replayed rows, in u = gcd(b, n) units of
+  b/u fresh rows followed by n/u replayed ones."""
+  G, u, f, r = _units(task)
+  rest = fresh_Bx.shape[1:]
+  rows = jnp.concatenate([fresh_Bx.reshape(G, u, f, *rest),
+                          replayed_GxNx.reshape(G, u, r, *rest)], 2)
+  return rows.reshape(G * u * (f + r), *rest)
+
+
+def split(rows_Bx: jax.Array, task) -> tuple[jax.Array, jax.Array]:
+  """(fresh rows [G*b, ...], replayed rows [G, n, ...]) of `append`'s rows."""
+  G, u, f, r = _units(task)
+  rest = rows_Bx.shape[1:]
+  units = rows_Bx.reshape(G, u, f + r, *rest)
+  return (units[:, :, :f].reshape(G * u * f, *rest),
+          units[:, :, f:].reshape(G, u * r, *rest))
 
 
 def row_mask(valid_N: jax.Array, task) -> jax.Array:
@@ -156,7 +180,7 @@ def row_mask(valid_N: jax.Array, task) -> jax.Array:
 
 
 def draw(buffer: ReplayBuffer, tokens_BxT: jax.Array, key: jax.Array, task) -> ReplayBatch:
-  """The text batch with replayed rows appended to each group's rows (official
+  """The text batch with n replayed rows added to each group's b rows (`append`; official
   `get_batch`)."""
   G, _, b, n = shape(task)
   sample_key, noise_key = jax.random.split(key)
@@ -174,9 +198,8 @@ def push(buffer: ReplayBuffer, tokens_BxT: jax.Array, final_logits: jax.Array,
          task) -> ReplayBuffer:
   """The buffer with the batch's fresh rows and their final candidates added, FIFO
   (official `update`). `final_logits` are the combined batch's [G*(b+n), S, V]."""
-  G, C, b, n = shape(task)
-  logits = final_logits.reshape(G, b + n, *final_logits.shape[1:])[:, :b]
-  logits = jax.lax.stop_gradient(logits).reshape(G * b, *final_logits.shape[1:])
+  _, C, b, _ = shape(task)
+  logits = jax.lax.stop_gradient(split(final_logits, task)[0])
   write = lambda lanes, rows: jax.lax.dynamic_update_index_in_dim(
       lanes, rows.astype(lanes.dtype), buffer.pointer, 0)
   return ReplayBuffer(write(buffer.tokens, tokens_BxT), write(buffer.logits, logits),
