@@ -15,6 +15,7 @@ import ast
 import importlib.resources
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -536,9 +537,21 @@ def _cmd_plan(args, overrides):
   if args.no_unrolled_cost and args.unrolled_top:
     raise ConfigError("--unrolled-top: not with --no-unrolled-cost (which means 0)")
   top = 0 if args.no_unrolled_cost else 3 if args.unrolled_top is None else args.unrolled_top
+  previous, progress = None, None
+  if args.resume:
+    if args.json in (None, "-"):
+      raise ConfigError("--resume: needs --json FILE (the file to resume from and write)")
+    if Path(args.json).exists():
+      try:
+        previous = json.loads(_read_text("--resume", args.json))
+      except json.JSONDecodeError as e:
+        raise ConfigError(f"--resume: {args.json} is not JSON ({e})") from None
+  if args.json not in (None, "-"):
+    # The partial plan after every compile, so a search that is killed loses nothing.
+    progress = lambda partial: _write_atomically(args.json, partial.to_json())
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
-                     unrolled_top=top, jobs=args.jobs,
+                     unrolled_top=top, jobs=args.jobs, previous=previous, progress=progress,
                      log=lambda line: print(line, file=sys.stderr))
   _print_and_write(result.table(), result.to_json(), args.json)
 
@@ -567,8 +580,15 @@ def _print_and_write(table: str, as_json: dict, path: str | None) -> None:
     return
   print(table)
   if path:
-    Path(path).write_text(json.dumps(as_json, indent=2))
+    _write_atomically(path, as_json)
     print(f"Wrote {path}")
+
+
+def _write_atomically(path: str, as_json: dict) -> None:
+  """Writes a temporary file and renames it, so a kill never leaves half a file."""
+  tmp = Path(f"{path}.tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(as_json, indent=2))
+  os.replace(tmp, path)
 
 
 def _cmd_scale(args, overrides):
@@ -777,6 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "none,dots,full; more remat only where less does not fit)")
   p.add_argument("--jobs", type=int, default=1, help="meshes compiled at once (threads; memory "
                  "grows with it; worth it where one compile leaves cores idle; default 1)")
+  p.add_argument("--resume", action="store_true", help="with --json FILE: reuse the layouts "
+                 "an earlier run of the same search wrote to FILE (it is written after every "
+                 "compile) and compile the rest")
   p.add_argument("--unrolled-top", type=int, default=None, help="the best N layouts by the "
                  "first compile's figures (one scanned layer's) are compiled again with the "
                  "layers unrolled and ranked on every layer's figures (default 3; "

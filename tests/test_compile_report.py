@@ -188,6 +188,39 @@ def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypat
           f"{result.candidates[0].layout.data}x") in result.table()
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
+def test_plan_writes_progress_and_resumes(tmp_path, capsys):
+  """The plan so far after every compile; `--resume` from a killed search's file compiles
+  only the layouts it lacks, and refuses a file of another search."""
+  partials = []
+  full = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",), unrolled_top=0,
+                   progress=partials.append, log=lambda line: None)
+  assert [len(p.candidates) for p in partials] == [1, 2, 3]
+  assert not any(p.complete for p in partials) and full.complete
+  first = partials[0].candidates[0]
+  # The report reads back from JSON as it was.
+  assert compile_report.TopologyReport.from_json(first.report.to_json()) == first.report
+  path = tmp_path / "plan.json"
+  path.write_text(json.dumps(partials[0].to_json()))      # as a killed search left it
+  args = ["plan", "--config", "tiny_cpu", *OVERRIDES, "--topology", "v5e:2x2",
+          "--remat", "none", "--no-unrolled-cost", "--json", str(path), "--resume"]
+  assert cli.main(args) == 0
+  err = capsys.readouterr().err
+  lay = first.layout
+  assert (f"data={lay.data} fsdp={lay.fsdp} tensor=1 remat=none: from the earlier search"
+          in err) and err.count("compiling") == 2
+  resumed = json.loads(path.read_text())
+  assert resumed["complete"] and len(resumed["candidates"]) == 3
+  assert resumed["fingerprint"] == full.fingerprint
+  by_layout = {(c["data"], c["fsdp"]): c["report"] for c in resumed["candidates"]}
+  assert by_layout[(lay.data, lay.fsdp)] == first.report.to_json()
+  # Another config's file is not reused.
+  assert cli.main(args + ["--config.model.dim=32"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "--resume: expected a --json file an `ebt plan` of the same" in err
+
+
 def _with_mesh(config, layout):
   c = config.copy_and_resolve_references()
   c.mesh.update(data=layout.data, fsdp=layout.fsdp, tensor=layout.tensor)

@@ -204,7 +204,30 @@ class TopologyReport:
         "cost_analysis_while_loops": self.cost_while_loops,
         "cost_analysis_compile_s": self.cost_compile_s,
         "cost_analysis_counts_every_layer": self.counts_every_layer,
+        "layers_scanned": self.layers_scanned,
     }
+
+  @classmethod
+  def from_json(cls, d: dict) -> "TopologyReport":
+    """The report `to_json` wrote (a plan's `--resume` reads its candidates back)."""
+    m = d["memory_per_chip"]
+    mem = memory.MemoryReport(
+        device_kind=d["device_kind"], num_devices=d["num_chips"], mesh=d["mesh"],
+        argument_bytes=m["argument_bytes"], output_bytes=m["output_bytes"],
+        alias_bytes=m["alias_bytes"], temp_bytes=m["temp_bytes"],
+        device_limit_bytes=m["hbm_bytes"], compile_s=d["compile_s"],
+        model_flops_per_step=d["model_flops_per_step"],
+        program=f"{d['program'].capitalize()} program")
+    return cls(topology=d["topology"], program=d["program"], memory=mem,
+               xla_flops=d["xla_flops_per_chip"],
+               xla_bytes_accessed=d["xla_bytes_accessed_per_chip"],
+               optimal_seconds=d["estimate"]["step_seconds"],
+               raw_optimal_seconds=d["estimate"]["raw_optimal_seconds"],
+               tokens_per_step=d["tokens_per_step"], peak_flops=d["peak_flops_per_chip"],
+               collectives=d["collectives"], hbm_bytes_per_s=d["roofline"]["hbm_bytes_per_s"],
+               out_of_memory=d["out_of_memory"], cost_program=d["cost_analysis_program"],
+               cost_while_loops=d["cost_analysis_while_loops"],
+               cost_compile_s=d["cost_analysis_compile_s"], layers_scanned=d["layers_scanned"])
 
   def table(self) -> str:
     m = self.memory

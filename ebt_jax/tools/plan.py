@@ -3,7 +3,7 @@ slice, chosen by compiling the candidates for that slice (ebt_jax/tools/compile_
 
     ebt plan --config configs/ebt_s1.py:medium --topology v5p:4x4x4 \\
         [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] \\
-        [--unrolled-top 3 | --no-unrolled-cost] [--jobs 8]
+        [--unrolled-top 3 | --no-unrolled-cost] [--jobs 8] [--json F [--resume]]
 
 Candidates are the (data, fsdp, tensor) factorizations of the chip count, pruned before
 compiling: tensor must divide the attention heads (it splits them), fsdp must divide the
@@ -31,6 +31,12 @@ first cut (docs/benchmarks.md compares the two). `--no-unrolled-cost` is N = 0.
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
 (docs/benchmarks.md). The last line gives the overrides selecting the best.
+
+A search at the paper's sizes takes hours on a small host, so `--json FILE` is rewritten
+(atomically) after every compile with the plan so far (`"complete": false`), and
+`--resume` reuses the layouts FILE holds where its `fingerprint` matches (the config less
+mesh and remat, the slice, batch, HBM, and the JAX, libtpu and ebt_jax versions) and
+compiles the rest.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import threading
 import time
 
 import ml_collections
@@ -98,6 +108,8 @@ class Plan:
   elapsed_s: float
   # the best layouts whose unrolled compile the time budget left out, or that failed
   not_unrolled: list[Layout] = dataclasses.field(default_factory=list)
+  fingerprint: str = ""               # of what the figures depend on (`fingerprint`)
+  complete: bool = True               # False: written while the search was running
 
   @property
   def best(self) -> Candidate | None:
@@ -159,6 +171,7 @@ class Plan:
   def to_json(self) -> dict:
     return {"topology": self.topology, "global_batch": self.global_batch,
             "hbm_bytes": self.hbm_bytes, "elapsed_s": self.elapsed_s,
+            "fingerprint": self.fingerprint, "complete": self.complete,
             "best_overrides": self.overrides() if self.best else None,
             "candidates": [{**dataclasses.asdict(c.layout), "fits": c.fits, "error": c.error,
                             "report": c.report and c.report.to_json()}
@@ -166,6 +179,42 @@ class Plan:
             "pruned": self.pruned,
             "not_compiled": [dataclasses.asdict(l) for l in self.not_compiled],
             "not_unrolled": [dataclasses.asdict(l) for l in self.not_unrolled]}
+
+
+def fingerprint(config: ml_collections.ConfigDict, topology: topology_lib.Topology,
+                global_batch: int, hbm_bytes: int) -> str:
+  """A hash of what a search's figures depend on but the layouts it tries: the config
+  (less its mesh and remat), the slice, batch and HBM, and the JAX, libtpu and ebt_jax
+  versions. A `--resume` reuses a file's results only where it matches."""
+  c = config.copy_and_resolve_references()
+  c.mesh.update(data=0, fsdp=0, tensor=0)
+  c.model.remat = ""
+  c.train.batch_size = global_batch
+  versions = {name: _version(name) for name in ("jax", "libtpu", "ebt_jax")}
+  text = json.dumps([c.to_json_best_effort(sort_keys=True), topology.describe(), hbm_bytes,
+                     versions], sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _version(distribution: str) -> str | None:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def _previous_candidates(previous: dict, expected: str) -> dict[Layout, Candidate]:
+  """The compiled candidates of an earlier run's JSON, by layout."""
+  check(previous.get("fingerprint") == expected, "--resume",
+        "a --json file an `ebt plan` of the same config, slice, --global-batch, --hbm-gib "
+        "and versions wrote", f"one of another search (fingerprint "
+        f"{previous.get('fingerprint')!r}, this search's {expected!r})")
+  out = {}
+  for entry in previous["candidates"]:
+    layout = Layout(entry["data"], entry["fsdp"], entry["tensor"], entry["remat"])
+    report = entry["report"] and compile_report.TopologyReport.from_json(entry["report"])
+    out[layout] = Candidate(layout, report, entry["error"])
+  return out
 
 
 def _divisors(n: int) -> list[int]:
@@ -197,7 +246,9 @@ def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slic
 def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
          global_batch: int | None = None, time_budget_s: float | None = None,
          remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_top: int = 3,
-         jobs: int = 1, log=print) -> Plan:
+         jobs: int = 1, previous: dict | None = None, progress=None, log=print) -> Plan:
+  """The search. `previous`: an earlier search's `Plan.to_json` whose results are reused
+  (`--resume`); `progress(plan)` is called with the partial plan after every compile."""
   for r in remats:
     check(r in REMAT_CHOICES, "--remat", f"a comma-separated subset of {REMAT_CHOICES}", r)
   # Least memory saved (and compute spent) first: none, dots (keeps matmul outputs), full.
@@ -216,9 +267,26 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   if not meshes:
     raise ConfigError(f"--topology {topology.describe()}: no mesh of {topology.num_chips} "
                       f"chips suits this config ({'; '.join(pruned)})")
+  key = fingerprint(config, topology, batch, hbm)
+  reused = {} if previous is None else _previous_candidates(previous, key)
   t0 = time.perf_counter()
   compile_times = []        # of every compile so far, appended from the worker threads
   unrolled_times = []       # of every unrolled (cost) compile so far
+  finished: list[Candidate] = []    # for `progress`, appended under the lock
+  lock, progress_lock = threading.Lock(), threading.Lock()
+
+  def snapshot(candidate: Candidate | None = None) -> Plan:
+    with lock:
+      if candidate is not None and all(c is not candidate for c in finished):
+        finished.append(candidate)
+      return Plan(topology.describe(), batch, hbm, sorted(finished, key=Candidate.rank_key),
+                  pruned, [], time.perf_counter() - t0, fingerprint=key, complete=False)
+
+  def report_progress(candidate: Candidate) -> None:
+    with progress_lock:      # one at a time, in order: the threads' plans go to one file
+      plan_so_far = snapshot(candidate)
+      if progress is not None:
+        progress(plan_so_far)
 
   def over_budget(times) -> bool:
     expected = max(times, default=0.0)
@@ -237,6 +305,15 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     done = []
     for remat in remats:
       layout = Layout(data, fsdp, tensor, remat)
+      if layout in reused:
+        candidate = reused[layout]
+        log(f"[{i + 1}/{len(meshes)}] data={data} fsdp={fsdp} tensor={tensor} remat={remat}: "
+            "from the earlier search")
+        snapshot(candidate)
+        done.append(candidate)
+        if candidate.fits:
+          break
+        continue     # (a refusal is cheap: the config refuses the next remat before compiling)
       if over_budget(compile_times):
         return done, layout
       log(f"[{i + 1}/{len(meshes)}] compiling data={data} fsdp={fsdp} tensor={tensor} "
@@ -253,6 +330,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
         candidate = Candidate(layout, error=f"{type(e).__name__}: {str(e).splitlines()[0]}")
       compile_times.append(time.perf_counter() - start)
       done.append(candidate)
+      report_progress(candidate)
       if candidate.fits or refused:
         break        # more remat only costs compute, or cannot help
     return done, None
@@ -276,6 +354,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
       return lay
     finally:
       unrolled_times.append(time.perf_counter() - start)
+    report_progress(candidate)
     return None
 
   # XLA compiles outside the GIL, so threads compile several meshes at once (tracing, a
@@ -285,10 +364,12 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     done = sorted((c for candidates, _ in results for c in candidates), key=Candidate.rank_key)
     # Every layout compiled once, the best by those (one layer's) figures get every layer
     # counted: unrolled compiles take several times as long as scanned ones.
-    top = [c for c in done if c.fits and not c.report.counts_every_layer][:unrolled_top]
+    # (Layouts an earlier search unrolled rank first and count towards the N.)
+    top = [c for c in done if c.fits][:unrolled_top]
+    top = [c for c in top if not c.report.counts_every_layer]
     left_out = list(pool.map(lambda args: unroll(*args, len(top)),
                              ((i, c) for i, c in enumerate(top))))
   not_compiled = [layout for _, layout in results if layout is not None]
   done.sort(key=Candidate.rank_key)
   return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
-              time.perf_counter() - t0, [l for l in left_out if l is not None])
+              time.perf_counter() - t0, [l for l in left_out if l is not None], key)
