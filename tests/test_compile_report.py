@@ -218,7 +218,8 @@ def test_plan_writes_progress_and_resumes(tmp_path, capsys):
   # Another config's file is not reused.
   assert cli.main(args + ["--config.model.dim=32"]) == 2
   err = capsys.readouterr().err
-  assert err.count("\n") == 1 and "--resume: expected a --json file an `ebt plan` of the same" in err
+  assert err.count("\n") == 1
+  assert "--resume: expected a --json file an `ebt plan` of the same" in err
 
 
 def _with_mesh(config, layout):
