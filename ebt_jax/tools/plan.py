@@ -339,7 +339,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     """The candidate's cost figures from its program compiled with the layers unrolled;
     its layout if the time budget leaves that compile out or it fails."""
     # Before the first, an unrolled compile is expected to take at least as long as the
-    # longest scanned one (2.5-15x as long at the paper's sizes: docs/benchmarks.md).
+    # longest scanned one (2-17x as long at the paper's sizes: docs/benchmarks.md).
     if over_budget(unrolled_times or compile_times):
       return candidate.layout
     lay = candidate.layout
