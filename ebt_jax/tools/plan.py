@@ -24,9 +24,10 @@ those figures of a scanned program see one layer. Each layout is compiled as con
 first (its memory, which a run would need); then the `--unrolled-top` N best by those
 figures (default 3) are compiled again with their layers unrolled, within the same time
 budget, and rank first on figures that count every layer (the `layers` column: all or
-one). An unrolled compile takes 2-17x as long as the scanned one at the paper's sizes,
-so unrolling every layout would dominate a search; the scanned figures' order is only a
-first cut (docs/benchmarks.md compares the two). `--no-unrolled-cost` is N = 0.
+one). An unrolled compile takes up to 17x as long as the scanned one at the paper's
+sizes (S1 medium on v5e-256: 852 s against 49 s), so unrolling every layout would
+dominate a search; the scanned figures' order is only a first cut (docs/benchmarks.md
+compares the two). `--no-unrolled-cost` is N = 0.
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
@@ -339,7 +340,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     """The candidate's cost figures from its program compiled with the layers unrolled;
     its layout if the time budget leaves that compile out or it fails."""
     # Before the first, an unrolled compile is expected to take at least as long as the
-    # longest scanned one (2-17x as long at the paper's sizes: docs/benchmarks.md).
+    # longest scanned one (up to 17x as long at the paper's sizes: docs/benchmarks.md).
     if over_budget(unrolled_times or compile_times):
       return candidate.layout
     lay = candidate.layout
