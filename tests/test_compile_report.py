@@ -173,6 +173,7 @@ def test_plan_unrolls_the_best_layouts_only():
   assert plan.Candidate(rest[0].layout, fast).rank_key() > best.rank_key()
 
 
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypatch):
   def fail(*args):
     raise RuntimeError("no unrolled program\nsecond line")
