@@ -547,7 +547,7 @@ def _cmd_plan(args, overrides):
       except json.JSONDecodeError as e:
         raise ConfigError(f"--resume: {args.json} is not JSON ({e})") from None
   if args.json not in (None, "-"):
-    # The partial plan after every compile, so a search that is killed loses nothing.
+    # The partial plan after every compile: a killed search loses only the compiles in flight.
     progress = lambda partial: _write_atomically(args.json, partial.to_json())
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
