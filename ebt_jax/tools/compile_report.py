@@ -307,19 +307,16 @@ def topology_devices(topology: topology_lib.Topology) -> list:
 _WHILE = re.compile(r"\swhile\(")
 
 
-def _builder(topology: topology_lib.Topology, program: str):
-  """build(config) -> (the program, a function compiling it, tokens per call, model FLOPs)."""
-  devices = topology_devices(topology)
+def _build(config: ml_collections.ConfigDict, topology: topology_lib.Topology, program: str):
+  """(the program on `topology`'s chips, a function compiling it, tokens per call, model
+  FLOPs)."""
+  prog = program_lib.build(config, mesh_lib.make_mesh(config.mesh, topology_devices(topology)))
+  fn, args, tokens, model_flops = _lowerable(prog, program)
 
-  def build(c):
-    prog = program_lib.build(c, mesh_lib.make_mesh(c.mesh, devices))
-    fn, args, tokens, model_flops = _lowerable(prog, program)
-
-    def compile_():
-      with prog.context():
-        return fn.lower(*args).compile()
-    return prog, compile_, tokens, model_flops
-  return build
+  def compile_():
+    with prog.context():
+      return fn.lower(*args).compile()
+  return prog, compile_, tokens, model_flops
 
 
 def _cost_figures(compiled) -> dict:
@@ -351,7 +348,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
   peak = config.train.get("peak_tflops")
   peak = peak * 1e12 if peak else flops_lib.peak_per_device(kind, config.model.dtype)
   t0 = time.perf_counter()
-  prog, compile_, tokens, model_flops = _builder(topology, program)(config)
+  prog, compile_, tokens, model_flops = _build(config, topology, program)
   fields = dict(device_kind=kind, num_devices=len(devices), mesh=dict(prog.mesh.shape),
                 model_flops_per_step=model_flops, program=f"{program.capitalize()} program")
   try:
@@ -393,7 +390,7 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
   unrolled.model.scan_layers = False
   t0 = time.perf_counter()
   try:
-    compiled = _builder(topology, report.program)(unrolled)[1]()
+    compiled = _build(unrolled, topology, report.program)[1]()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise

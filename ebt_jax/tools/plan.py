@@ -276,9 +276,10 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   finished: list[Candidate] = []    # for `progress`, appended under the lock
   lock, progress_lock = threading.Lock(), threading.Lock()
 
-  def snapshot(candidate: Candidate | None = None) -> Plan:
+  def snapshot(candidate: Candidate) -> Plan:
+    """The plan so far, `candidate` added (an unrolled one is there already)."""
     with lock:
-      if candidate is not None and all(c is not candidate for c in finished):
+      if all(c is not candidate for c in finished):
         finished.append(candidate)
       return Plan(topology.describe(), batch, hbm, sorted(finished, key=Candidate.rank_key),
                   pruned, [], time.perf_counter() - t0, fingerprint=key, complete=False)
