@@ -514,7 +514,8 @@ def _cmd_compile_report(args, overrides):
   if args.topology is None:
     for flag, value in (("--num-slices", args.num_slices), ("--program", args.program),
                         ("--hbm-gib", args.hbm_gib), ("--json", args.json),
-                        ("--no-unrolled-cost", args.no_unrolled_cost or None)):
+                        ("--no-unrolled-cost", args.no_unrolled_cost or None),
+                        ("--extrapolate-layers", args.extrapolate_layers or None)):
       if value is not None:
         raise ConfigError(f"{flag}: only with --topology")
     from ebt_jax.training import memory
@@ -526,7 +527,8 @@ def _cmd_compile_report(args, overrides):
   topology, config = _topology_and_config(args, overrides)
   report = compile_report.compile_report(config, topology, program=args.program or "train",
                                          hbm_bytes=_hbm_bytes(args),
-                                         unrolled_cost=not args.no_unrolled_cost)
+                                         unrolled_cost=not args.no_unrolled_cost,
+                                         extrapolate_layers=args.extrapolate_layers)
   _print_and_write(report.table(), report.to_json(), args.json)
 
 
@@ -537,6 +539,8 @@ def _cmd_plan(args, overrides):
   if args.no_unrolled_cost and args.unrolled_top:
     raise ConfigError("--unrolled-top: not with --no-unrolled-cost (which means 0)")
   top = 0 if args.no_unrolled_cost else 3 if args.unrolled_top is None else args.unrolled_top
+  if args.extrapolate_layers and not top:
+    raise ConfigError("--extrapolate-layers: needs unrolled compiles (--unrolled-top > 0)")
   previous, progress = None, None
   if args.resume:
     if args.json in (None, "-"):
@@ -551,7 +555,8 @@ def _cmd_plan(args, overrides):
     progress = lambda partial: _write_atomically(args.json, partial.to_json())
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
-                     unrolled_top=top, jobs=args.jobs, previous=previous, progress=progress,
+                     unrolled_top=top, extrapolate_layers=args.extrapolate_layers,
+                     jobs=args.jobs, previous=previous, progress=progress,
                      log=lambda line: print(line, file=sys.stderr))
   _print_and_write(result.table(), result.to_json(), args.json)
 
@@ -843,6 +848,10 @@ def _add_topology_flags(p, required: bool = False) -> None:
   p.add_argument("--no-unrolled-cost", action="store_true", help="with --topology: take FLOPs, "
                  "step time and collectives from the program as configured (its layer scan "
                  "counted once) instead of compiling it again with the layers unrolled")
+  p.add_argument("--extrapolate-layers", action="store_true", help="with --topology: the "
+                 "unrolled cost figures from the program with 2 and with 3 layers unrolled, "
+                 "extended to the config's depth (an estimate: within 2%% of unrolling every "
+                 "layer where measured, and a fraction of the host memory)")
 
 
 def _version() -> str:

@@ -323,7 +323,56 @@ def test_xla_out_of_memory_message_is_read():
   assert compile_report._parse_bytes("1.43T") == int(1.43 * 2**40)
 
 
-@pytest.mark.parametrize("flag", ["--no-unrolled-cost", "--json=r.json", "--num-slices=2"])
+def test_extrapolated_figures_extend_one_layer():
+  """Each figure is the 3-layer program's plus one layer's share (3 layers' less 2 layers')
+  per further layer; no step time where either compile gave none."""
+  def figures(flops, seconds, gathers):
+    coll = {kind: {"count": 0, "bytes": 0} for kind in compile_report.COLLECTIVES}
+    coll["all-gather"] = {"count": gathers, "bytes": 8 * gathers}
+    return dict(xla_flops=flops, xla_bytes_accessed=2.0 * flops, collectives=coll,
+                optimal_seconds=seconds if seconds > 0 else None, raw_optimal_seconds=seconds,
+                cost_while_loops=1)
+  out = compile_report._extrapolated(figures(10.0, 1.0, 3), figures(14.0, 1.5, 5), 9)
+  assert out["xla_flops"] == 14.0 + 9 * 4.0 and out["xla_bytes_accessed"] == 2 * 50.0
+  assert out["optimal_seconds"] == out["raw_optimal_seconds"] == 1.5 + 9 * 0.5
+  assert out["collectives"]["all-gather"] == {"count": 5 + 9 * 2, "bytes": 8 * (5 + 9 * 2)}
+  assert out["collectives"]["all-reduce"] == {"count": 0, "bytes": 0}
+  assert out["cost_while_loops"] == 1
+  negative = compile_report._extrapolated(figures(10.0, -1.0, 3), figures(14.0, 1.5, 5), 9)
+  assert negative["optimal_seconds"] is None and negative["raw_optimal_seconds"] == 1.5 + 9 * 2.5
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
+def test_extrapolated_layers_match_every_layer_unrolled(tmp_path):
+  """`--extrapolate-layers` (2- and 3-layer compiles, extended to 4 layers) against the
+  4-layer program unrolled: the same FLOPs and bytes within the tolerances measured at the
+  paper's sizes (docs/benchmarks.md)."""
+  path = tmp_path / "extrapolated.json"
+  overrides = OVERRIDES + ["--config.model.n_layers=4", "--config.mesh.data=1",
+                           "--config.mesh.fsdp=4"]
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    assert cli.main(["compile-report", "--config", "tiny_cpu", *overrides, "--topology",
+                     "v5e:2x2", "--extrapolate-layers", "--json", str(path)]) == 0
+  assert "of the program with layers unrolled, extrapolated from 2 and 3 layers" in (
+      out.getvalue())
+  extrapolated = compile_report.TopologyReport.from_json(json.loads(path.read_text()))
+  assert extrapolated.cost_program == compile_report.EXTRAPOLATED
+  assert extrapolated.counts_every_layer and extrapolated.cost_compile_s > 0
+  scanned = dataclasses.replace(extrapolated, cost_program=compile_report.AS_CONFIGURED)
+  full = compile_report.with_unrolled_cost(scanned, tiny_config(overrides),
+                                           topology.parse("v5e:2x2"))
+  assert full.cost_program == compile_report.UNROLLED
+  assert extrapolated.xla_flops == pytest.approx(full.xla_flops, rel=0.02)
+  assert extrapolated.xla_bytes_accessed == pytest.approx(full.xla_bytes_accessed, rel=0.03)
+  # FSDP gathers parameters for each layer; the extrapolation sees every layer's gathers.
+  gathers = lambda r: r["all-gather"]["count"]
+  assert gathers(extrapolated.collectives) == pytest.approx(gathers(full.collectives), rel=0.1)
+  assert gathers(full.collectives) > 0
+
+
+@pytest.mark.parametrize("flag", ["--no-unrolled-cost", "--json=r.json", "--num-slices=2",
+                                  "--extrapolate-layers"])
 def test_topology_flags_need_a_topology(flag, capsys):
   assert cli.main(["compile-report", "--config", "tiny_cpu", flag]) == 2
   err = capsys.readouterr().err

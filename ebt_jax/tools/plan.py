@@ -3,7 +3,8 @@ slice, chosen by compiling the candidates for that slice (ebt_jax/tools/compile_
 
     ebt plan --config configs/ebt_s1.py:medium --topology v5p:4x4x4 \\
         [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] \\
-        [--unrolled-top 3 | --no-unrolled-cost] [--jobs 8] [--json F [--resume]]
+        [--unrolled-top 3 [--extrapolate-layers] | --no-unrolled-cost] [--jobs 8] \\
+        [--json F [--resume]]
 
 Candidates are the (data, fsdp, tensor) factorizations of the chip count, pruned before
 compiling: tensor must divide the attention heads (it splits them), fsdp must divide the
@@ -27,7 +28,10 @@ budget, and rank first on figures that count every layer (the `layers` column: a
 one). An unrolled compile takes up to 17x as long as the scanned one at the paper's
 sizes (S1 medium on v5e-256: 852 s against 49 s), so unrolling every layout would
 dominate a search; the scanned figures' order is only a first cut (docs/benchmarks.md
-compares the two). `--no-unrolled-cost` is N = 0.
+compares the two). `--no-unrolled-cost` is N = 0. `--extrapolate-layers` compiles those N
+with 2 and with 3 layers unrolled instead and extends the difference to the config's depth
+(compile_report.with_unrolled_cost): an estimate, and the way to rank the deepest models
+on a host whose memory an unrolled compile of every layer exceeds.
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
@@ -129,7 +133,7 @@ class Plan:
              f"{compile_report.ESTIMATE}; roofline s and MFU are "
              f"{compile_report.ROOFLINE}"
              + ("; FLOPs, step time and collectives of the program "
-                + " / ".join(("with " if p == compile_report.UNROLLED else "") + p
+                + " / ".join(("with " if p.startswith(compile_report.UNROLLED) else "") + p
                              for p in cost_programs) if cost_programs else ""),
              f"  {'#':>3} {'data':>5} {'fsdp':>5} {'tensor':>6} {'remat':>6} {'fits':>5} "
              f"{'GiB/chip':>9} {'layers':>6} {'step s':>10} {'MFU %':>7} {'tok/s/chip':>11} "
@@ -247,7 +251,8 @@ def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slic
 def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
          global_batch: int | None = None, time_budget_s: float | None = None,
          remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_top: int = 3,
-         jobs: int = 1, previous: dict | None = None, progress=None, log=print) -> Plan:
+         extrapolate_layers: bool = False, jobs: int = 1, previous: dict | None = None,
+         progress=None, log=print) -> Plan:
   """The search. `previous`: an earlier search's `Plan.to_json` whose results are reused
   (`--resume`); `progress(plan)` is called with the partial plan after every compile."""
   for r in remats:
@@ -346,11 +351,13 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
       return candidate.layout
     lay = candidate.layout
     log(f"[{i + 1}/{of}] compiling data={lay.data} fsdp={lay.fsdp} tensor={lay.tensor} "
-        f"remat={lay.remat} with the layers unrolled, for its cost figures")
+        f"remat={lay.remat} with the layers unrolled"
+        + (" (2 and 3 of them, extrapolated)" if extrapolate_layers else "")
+        + ", for its cost figures")
     start = time.perf_counter()
     try:
-      candidate.report = compile_report.with_unrolled_cost(candidate.report,
-                                                           layout_config(lay), topology)
+      candidate.report = compile_report.with_unrolled_cost(
+          candidate.report, layout_config(lay), topology, extrapolate=extrapolate_layers)
     except Exception as e:       # keeps the scanned figures, listed as not unrolled
       log(f"  the unrolled compile failed: {type(e).__name__}: {str(e).splitlines()[0]}")
       return lay
