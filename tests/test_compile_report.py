@@ -9,6 +9,8 @@ import dataclasses
 import io
 import json
 
+import jax
+import ml_collections
 import pytest
 
 from ebt_jax import cli
@@ -311,6 +313,22 @@ def test_bad_topology_is_one_line(command, name, message, capsys):
   assert cli.main([command, "--config", "tiny_cpu", "--topology", name]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err, err
+
+
+def test_meshes_split_physical_axes_where_jax_does_not():
+  """On v6e (as on v5p and v4) jax.make_mesh needs each mesh axis to be whole physical
+  axes (v6e:4x4: 1, 4 or 16 chips); the run's mesh splits one where it must, so every
+  factorization of the chips is a layout (`ebt plan` found 11 of v5p-128's 18 failing)."""
+  devices = compile_report.topology_devices(topology.parse("v6e:4x4"))
+  with pytest.raises(NotImplementedError):
+    jax.make_mesh((2, 8, 1), ("data", "fsdp", "tensor"), devices=devices)
+  for shape in ((2, 8, 1), (4, 2, 2), (1, 16, 1)):
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(zip(("data", "fsdp", "tensor"),
+                                                                  shape))), devices)
+    assert tuple(mesh.shape.values()) == shape and len(set(mesh.devices.flat)) == 16
+  # Where jax.make_mesh can, the mesh is its own.
+  whole = jax.make_mesh((1, 16, 1), ("data", "fsdp", "tensor"), devices=devices)
+  assert (mesh.devices == whole.devices).all()
 
 
 def test_xla_out_of_memory_message_is_read():

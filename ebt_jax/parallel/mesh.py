@@ -46,10 +46,32 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   axis_types = (AxisType.Auto,) * len(MESH_AXES)
   slices = len({getattr(d, "slice_index", 0) for d in devices})
   if slices == 1:
-    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    try:
+      return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    except NotImplementedError:
+      # jax.make_mesh splits a physical torus axis on v5e only; elsewhere each mesh axis
+      # must be a product of whole physical axes (v5p-128, 4x4x4: 1, 4, 16 or 64 chips;
+      # v6e-64, 8x8: 1, 8 or 64), so fsdp=32 would fail there. Splitting a physical axis
+      # (4 -> 2 x 2) keeps each mesh axis's chips neighbours on the torus.
+      grid = _split_physical_axes(mesh_utils.create_device_mesh, shape, devices=devices)
+      return Mesh(grid, MESH_AXES, axis_types=axis_types)
   if shape[0] % slices:
     raise ConfigError(f"mesh.data: expected a multiple of the {slices} slices (data "
                       f"parallelism crosses slices), got {shape[0]}")
   ici_shape = (shape[0] // slices, *shape[1:])
-  grid = mesh_utils.create_hybrid_device_mesh(ici_shape, (slices, 1, 1), devices)
+  try:
+    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, (slices, 1, 1), devices)
+  except NotImplementedError:
+    grid = _split_physical_axes(mesh_utils.create_hybrid_device_mesh, ici_shape,
+                                (slices, 1, 1), devices=devices)
   return Mesh(grid, MESH_AXES, axis_types=axis_types)
+
+
+def _split_physical_axes(create, shape, *args, devices):
+  """`create(shape, *args, devices)` allowed to split physical axes, or a one-line error."""
+  try:
+    return create(shape, *args, devices, allow_split_physical_axes=True)
+  except (NotImplementedError, ValueError) as e:
+    raise ConfigError(f"mesh: data x fsdp x tensor = {' x '.join(map(str, shape))} per slice "
+                      f"cannot be laid over these devices' physical topology "
+                      f"({str(e).splitlines()[0]})") from None
