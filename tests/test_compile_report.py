@@ -177,7 +177,7 @@ def test_plan_unrolls_the_best_layouts_only():
 
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypatch):
-  def fail(*args):
+  def fail(*args, **kwargs):
     raise RuntimeError("no unrolled program\nsecond line")
   monkeypatch.setattr(compile_report, "with_unrolled_cost", fail)
   logged = []
