@@ -329,6 +329,11 @@ def test_meshes_split_physical_axes_where_jax_does_not():
   # Where jax.make_mesh can, the mesh is its own.
   whole = jax.make_mesh((1, 16, 1), ("data", "fsdp", "tensor"), devices=devices)
   assert (mesh.devices == whole.devices).all()
+  # Two slices: data crosses them, each slice's 2 x 8 (a split 4x4) within one slice.
+  two = compile_report.topology_devices(topology.parse("v6e:4x4", 2))
+  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=4, fsdp=8, tensor=1)), two)
+  assert len(set(mesh.devices.flat)) == 32
+  assert [len({d.slice_index for d in row.flat}) for row in mesh.devices] == [1] * 4
 
 
 def test_xla_out_of_memory_message_is_read():
