@@ -149,14 +149,20 @@ def test_plan_shards_what_does_not_fit_replicated():
   assert sorted([slow, fast], key=plan.Candidate.rank_key) == [fast, slow]
 
 
+@pytest.fixture(scope="module")
+def unrolled_plan():
+  """A two-layer search on v5e:2x2 whose best layout by the scanned figures is unrolled."""
+  return plan.plan(tiny_config(REPORT_OVERRIDES), topology.parse("v5e:2x2"), remats=("none",),
+                   unrolled_top=1, log=lambda line: None)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
-def test_plan_unrolls_the_best_layouts_only():
+def test_plan_unrolls_the_best_layouts_only(unrolled_plan):
   """Every layout compiles once (scanned: one layer's cost); the best by those figures
   compiles again unrolled and ranks first, on figures that count both layers."""
   config = tiny_config(REPORT_OVERRIDES)
-  result = plan.plan(config, topology.parse("v5e:2x2"), remats=("none",), unrolled_top=1,
-                     log=lambda line: None)
+  result = unrolled_plan
   best, *rest = result.candidates
   assert len(rest) == 2 and best.report.counts_every_layer
   assert best.report.cost_program == "layers unrolled"
@@ -223,6 +229,38 @@ def test_plan_writes_progress_and_resumes(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.count("\n") == 1
   assert "--resume: expected a --json file an `ebt plan` of the same" in err
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
+def test_resumed_plan_unrolls_what_an_uninterrupted_one_does(unrolled_plan):
+  """A killed search's file holds one layout, unrolled there because it was the best so
+  far but the worst of all by the scanned figures: the resumed search (N = 1) still
+  unrolls the scanned best, as the uninterrupted one did, with the same figures."""
+  config, v5e = tiny_config(REPORT_OVERRIDES), topology.parse("v5e:2x2")
+  by_scanned = sorted(unrolled_plan.candidates, key=plan.Candidate.first_cut_key)
+  best, worst = by_scanned[0], by_scanned[-1]
+  assert best.layout == unrolled_plan.best.layout and not worst.report.counts_every_layer
+  assert worst.first_cut_key() > best.first_cut_key()
+  early = plan.Candidate(worst.layout, compile_report.with_unrolled_cost(
+      worst.report, _with_mesh(config, worst.layout), v5e))
+  assert early.report.scanned_roofline_seconds == worst.report.roofline_seconds
+  killed = plan.Plan(unrolled_plan.topology, unrolled_plan.global_batch,
+                     unrolled_plan.hbm_bytes, [early], {}, [], 1.0,
+                     fingerprint=unrolled_plan.fingerprint, complete=False)
+  # Through JSON, as `--resume` reads it.
+  previous = json.loads(json.dumps(killed.to_json()))
+  resumed = plan.plan(config, v5e, remats=("none",), unrolled_top=1, previous=previous,
+                      log=lambda line: None)
+  unrolled = {c.layout: c.report for c in resumed.candidates if c.report.counts_every_layer}
+  assert set(unrolled) == {best.layout, worst.layout}
+  assert _untimed(unrolled[best.layout]) == _untimed(best.report)
+  assert _untimed(unrolled[worst.layout]) == _untimed(early.report)
+
+
+def _untimed(report):
+  return dataclasses.replace(report, cost_compile_s=0.0,
+                             memory=dataclasses.replace(report.memory, compile_s=0.0))
 
 
 def _with_mesh(config, layout):

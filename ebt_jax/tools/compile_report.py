@@ -134,6 +134,9 @@ class TopologyReport:
   cost_while_loops: int = 0       # while loops left in it (each body counted once)
   cost_compile_s: float = 0.0     # the second compile's time (0: none)
   layers_scanned: bool = True     # the configured program scans its layers
+  # The configured program's roofline step time, kept where an unrolled compile replaced
+  # the cost figures: `ebt plan` picks the layouts to unroll by it (None: not replaced)
+  scanned_roofline_seconds: float | None = None
 
   @property
   def counts_every_layer(self) -> bool:
@@ -211,7 +214,8 @@ class TopologyReport:
         "roofline": {"source": ROOFLINE, "step_seconds": self.roofline_seconds,
                      "bound": self.roofline_bound, "hbm_bytes_per_s": self.hbm_bytes_per_s,
                      "tokens_per_s_per_chip": self.roofline_tokens_per_s_per_chip,
-                     "mfu": self.roofline_mfu},
+                     "mfu": self.roofline_mfu,
+                     "scanned_program_step_seconds": self.scanned_roofline_seconds},
         "collectives": self.collectives, "out_of_memory": self.out_of_memory,
         "cost_analysis_program": self.cost_program,
         "cost_analysis_while_loops": self.cost_while_loops,
@@ -240,7 +244,9 @@ class TopologyReport:
                collectives=d["collectives"], hbm_bytes_per_s=d["roofline"]["hbm_bytes_per_s"],
                out_of_memory=d["out_of_memory"], cost_program=d["cost_analysis_program"],
                cost_while_loops=d["cost_analysis_while_loops"],
-               cost_compile_s=d["cost_analysis_compile_s"], layers_scanned=d["layers_scanned"])
+               cost_compile_s=d["cost_analysis_compile_s"], layers_scanned=d["layers_scanned"],
+               # (absent from files written before 2026-12-02)
+               scanned_roofline_seconds=d["roofline"].get("scanned_program_step_seconds"))
 
   def table(self) -> str:
     m = self.memory
@@ -422,11 +428,12 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
     return dataclasses.replace(
         report, cost_program=f"{AS_CONFIGURED} (the unrolled program is over HBM)",
         cost_compile_s=time.perf_counter() - t0)
+  kept = dict(cost_compile_s=time.perf_counter() - t0,
+              scanned_roofline_seconds=report.roofline_seconds)
   if len(figures) == 2:
     return dataclasses.replace(report, **_extrapolated(*figures, n_layers - 3),
-                               cost_program=EXTRAPOLATED, cost_compile_s=time.perf_counter() - t0)
-  return dataclasses.replace(report, **figures[0], cost_program=UNROLLED,
-                             cost_compile_s=time.perf_counter() - t0)
+                               cost_program=EXTRAPOLATED, **kept)
+  return dataclasses.replace(report, **figures[0], cost_program=UNROLLED, **kept)
 
 
 def _extrapolated(two: dict, three: dict, more_layers: int) -> dict:

@@ -41,7 +41,8 @@ A search at the paper's sizes takes hours on a small host, so `--json FILE` is r
 (atomically) after every compile with the plan so far (`"complete": false`), and
 `--resume` reuses the layouts FILE holds where its `fingerprint` matches (the config less
 mesh and remat, the slice, batch, HBM, and the JAX, libtpu and ebt_jax versions) and
-compiles the rest.
+compiles the rest; the `--unrolled-top` N are chosen by the configured programs' figures,
+kept for layouts the earlier run unrolled, so it unrolls what an uninterrupted search would.
 """
 
 from __future__ import annotations
@@ -100,6 +101,21 @@ class Candidate:
             r.roofline_seconds or 0.0,
             r.optimal_seconds is None, r.optimal_seconds or 0.0,
             sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
+
+
+  def first_cut_key(self):
+    """The order in which layouts get their unrolled compiles: by the configured (scanned)
+    program's roofline, also for a layout an earlier run (`--resume`) already unrolled, so
+    a resumed search unrolls what an uninterrupted one would. (Such a layout from a file
+    that lacks its scanned figure ranks first.)"""
+    r = self.report
+    if not self.fits:
+      return (True, False, 0.0)
+    seconds = r.roofline_seconds
+    if r.cost_program in (compile_report.UNROLLED, compile_report.EXTRAPOLATED):
+      seconds = (-float("inf") if r.scanned_roofline_seconds is None
+                 else r.scanned_roofline_seconds)
+    return (False, seconds is None, seconds or 0.0)
 
 
 @dataclasses.dataclass
@@ -373,8 +389,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     done = sorted((c for candidates, _ in results for c in candidates), key=Candidate.rank_key)
     # Every layout compiled once, the best by those (one layer's) figures get every layer
     # counted: unrolled compiles take several times as long as scanned ones.
-    # (Layouts an earlier search unrolled rank first and count towards the N.)
-    top = [c for c in done if c.fits][:unrolled_top]
+    top = sorted((c for c in done if c.fits), key=Candidate.first_cut_key)[:unrolled_top]
     top = [c for c in top if not c.report.counts_every_layer]
     left_out = list(pool.map(lambda args: unroll(*args, len(top)),
                              ((i, c) for i, c in enumerate(top))))
