@@ -102,7 +102,6 @@ class Candidate:
             r.optimal_seconds is None, r.optimal_seconds or 0.0,
             sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
 
-
   def first_cut_key(self):
     """The order in which layouts get their unrolled compiles: by the configured (scanned)
     program's roofline, also for a layout an earlier run (`--resume`) already unrolled, so
