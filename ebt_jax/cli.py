@@ -851,7 +851,7 @@ def _add_topology_flags(p, required: bool = False) -> None:
   p.add_argument("--extrapolate-layers", action="store_true", help="with --topology: the "
                  "unrolled cost figures from the program with 2 and with 3 layers unrolled, "
                  "extended to the config's depth (an estimate, 0.2-2.4%% off unrolling every "
-                 "layer on v5e and v5p where measured, -9%% to +3%% on v6e; a fraction of "
+                 "layer on v5e and v5p where measured, -9%% to +16%% on v6e; a fraction of "
                  "the host memory)")
 
 
