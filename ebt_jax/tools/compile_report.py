@@ -47,9 +47,9 @@ v5e:2x2 (batch 32, 4-way FSDP) FLOPs +0.003%, bytes +2.4%, all-gather bytes -54%
 program gathers the embedding 35 times, the shallow ones 14-15); S1 large on v5p-128 FLOPs
 -0.2%, bytes -1.7%; S2 xxs on v5p-128 bytes -0.2%; but on v6e-64 the Transformer++ small's
 bytes -9.2%, where XLA's bytes per layer vary with the depth (2 to 3 layers 0.67 GiB, 3 to 4
-0.49, from 6 layers on 0.83-0.87), S1 small's +3.2%, S1 medium's +16%. It needs a fraction of the host
-memory (5.9 GB for S1 large on v5p-128; the unrolled S2 large was killed at 20.5 GB) but not
-less time where the thinking steps, not the layers, make the program large.
+0.49, from 6 layers on 0.83-0.87), S1 small's +3.2%, S1 medium's +16%. It needs a fraction
+of the host memory (5.9 GB for S1 large on v5p-128; the unrolled S2 large was killed at
+20.5 GB) but not less time where the thinking steps, not the layers, make the program large.
 Loops that remain (`generate`'s scan over tokens, blockwise attention, a thinking loop
 that is not unrolled) are counted in `cost_analysis_while_loops`; their bodies still
 count once (none in a tiny S1 `train` or `think` program).
