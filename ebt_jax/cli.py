@@ -25,6 +25,9 @@ from ebt_jax.errors import ConfigError, check
 
 DEFAULT_CONFIG = "default"
 DEFAULT_NEW_TOKENS = 64    # `ebt generate`'s most new tokens by default (fewer if the context ends)
+# The commands that run XLA programs step after step: they start again with huge pages for
+# XLA:CPU's per-step buffers (ebt_jax/hugepages.py).
+STEP_COMMANDS = ("train", "eval", "think", "generate", "sweep-inner", "bench", "scale")
 
 
 def load_config_file(spec: str, flag: str = "--config") -> tuple[ml_collections.ConfigDict, str]:
@@ -867,6 +870,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "eval", "think", "generate", "bench", "sweep-inner", "plan",
                                         "scale"):
     parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+  if argv is None and args.command in STEP_COMMANDS:   # a command line, not a caller's list
+    from ebt_jax import hugepages
+    hugepages.restart_with_huge_pages()
   from ebt_jax.checkpoint.manager import CheckpointError
   from ebt_jax.checkpoint.torch_file import TorchFileError
   from ebt_jax.training.trainer import Preempted, TrainingError

@@ -15,13 +15,16 @@ by inert stand-ins before import, and its tokenizer by one of the configured siz
   per-step energies for each step-count mode, the final-landscape alpha and the clamp.
 * `--bench`: the S1 training step of the issue's reference size (D=384, 6 layers, 6 heads,
   S=128, B=8, V=4096, two steps, time_embed, float32, AdamW update included), each side
-  timed in its own fresh processes, alternating; prints the medians and their ratio.
+  timed in its own fresh processes, alternating; prints the medians and their ratio. Both
+  sides' processes get the huge-page tunable that `ebt`'s step commands start with
+  (ebt_jax/hugepages.py; `EBT_JAX_HUGE_PAGES=0` times both without it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +39,7 @@ import optax
 
 import ebt_jax
 from ebt_jax import config as config_lib
-from ebt_jax import official_hparams
+from ebt_jax import hugepages, official_hparams
 from ebt_jax.checkpoint import import_official
 
 
@@ -267,7 +270,8 @@ def bench(repo: str, repeats: int = 5, rounds: int = 3) -> dict:
       out = subprocess.run([sys.executable, "-m", "ebt_jax.tools.official_side_by_side",
                             "--official-repo", repo,
                             "--time-side", side, "--repeats", str(repeats)],
-                           check=True, capture_output=True, text=True).stdout
+                           check=True, capture_output=True, text=True,
+                           env=hugepages.step_environ(os.environ)).stdout
       measured = json.loads(out.strip().splitlines()[-1])
       times[side] += measured["times"]
       if side == "jax":
