@@ -53,10 +53,15 @@ print(json.dumps({"tunables": os.environ.get("GLIBC_TUNABLES"), "faults": faults
 PAGES = (256 << 20) // 4096
 
 
+def _clean_environ(**env) -> dict:
+  """This process's environment without the tunable or the opt-out, plus `env`."""
+  drop = ("GLIBC_TUNABLES", hugepages.OPT_OUT_ENV)
+  return {**{k: v for k, v in os.environ.items() if k not in drop}, **env}
+
+
 def _step_faults(**env) -> tuple[int, dict]:
-  env = {k: v for k, v in {**os.environ, **env}.items() if k != "GLIBC_TUNABLES"}
   out = subprocess.run([sys.executable, "-c", _STEP_FAULTS], check=True, capture_output=True,
-                       text=True, env=env).stdout.strip().splitlines()
+                       text=True, env=_clean_environ(**env)).stdout.strip().splitlines()
   return out.count("started"), json.loads(out[-1])
 
 
@@ -80,8 +85,8 @@ def test_step_commands_restart_once_and_others_do_not(tmp_path):
   def starts(*argv):
     code = ("import sys; print('started', flush=True); from ebt_jax.cli import main; "
             f"sys.argv = ['ebt', *{list(argv)!r}]; sys.exit(main())")
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=_clean_environ())
     assert run.returncode == 2, run.stderr   # the missing run directory, after the restart
     return run.stdout.splitlines().count("started")
 
