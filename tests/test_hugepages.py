@@ -10,6 +10,12 @@ import pytest
 
 from ebt_jax import hugepages
 
+# Where a restart helps at all (as on the CI and development VMs).
+NEEDS_RESTART = pytest.mark.skipif(
+    not hugepages.restart_needed({}),
+    reason="needs Linux, glibc 2.35 or later and the kernel's transparent huge pages in "
+    "madvise mode")
+
 
 def test_step_environ_adds_the_tunable_once():
   assert hugepages.step_environ({})["GLIBC_TUNABLES"] == hugepages.TUNABLE
@@ -65,8 +71,7 @@ def _step_faults(**env) -> tuple[int, dict]:
   return out.count("started"), json.loads(out[-1])
 
 
-@pytest.mark.skipif(not hugepages.restart_needed({}), reason="needs Linux, glibc 2.35 or later "
-                    "and the kernel's transparent huge pages in madvise mode")
+@NEEDS_RESTART
 def test_a_restarted_process_faults_its_blocks_in_huge_pages():
   starts, huge = _step_faults()
   assert starts == 2 and huge["tunables"] == hugepages.TUNABLE, huge
@@ -79,8 +84,7 @@ def test_a_restarted_process_faults_its_blocks_in_huge_pages():
   assert max(huge["faults"]) < PAGES // 10, huge
 
 
-@pytest.mark.skipif(not hugepages.restart_needed({}), reason="needs Linux, glibc 2.35 or later "
-                    "and the kernel's transparent huge pages in madvise mode")
+@NEEDS_RESTART
 def test_step_commands_restart_once_and_others_do_not(tmp_path):
   def starts(*argv):
     code = ("import sys; print('started', flush=True); from ebt_jax.cli import main; "
