@@ -15,12 +15,12 @@ import ast
 import importlib.resources
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import ml_collections
 
+from ebt_jax import atomic
 from ebt_jax.errors import ConfigError, check
 
 DEFAULT_CONFIG = "default"
@@ -337,7 +337,7 @@ def _cmd_eval(args, overrides):
     if plot:
       print(f"Wrote {plot}")
   if args.json:
-    Path(args.json).write_text(json.dumps(results, indent=2))
+    atomic.write_json(args.json, results)
     print(f"Wrote {args.json}")
 
 
@@ -356,7 +356,7 @@ def _eval_downstream(args, overrides):
       max_new_tokens=args.downstream_new_tokens, overrides=_inference_overrides(args, overrides))
   print(report.table())
   if args.json:
-    Path(args.json).write_text(json.dumps(report.as_json(), indent=2))
+    atomic.write_json(args.json, report.as_json())
     print(f"Wrote {args.json}")
 
 
@@ -385,7 +385,7 @@ def _eval_continuous(args, overrides):
     print(gain.table())
     print(f"Wrote {gain.plot(Path(args.workdir) / 'plots' / 'shift_gain.png')}")
   if args.json:
-    Path(args.json).write_text(json.dumps(results, indent=2))
+    atomic.write_json(args.json, results)
     print(f"Wrote {args.json}")
 
 
@@ -450,7 +450,7 @@ def _cmd_sweep_inner(args, overrides):
                              overrides=_inference_overrides(args, overrides))
   print(report.table())
   if args.json:
-    Path(args.json).write_text(json.dumps(report.as_json(), indent=2))
+    atomic.write_json(args.json, report.as_json())
     print(f"Wrote {args.json}")
   print(f"Wrote {report.plot(args.plot or Path(args.workdir) / 'plots' / 'sweep_inner.png')}")
 
@@ -464,7 +464,7 @@ def _cmd_bench(args, overrides):
                            think_steps=args.think_steps)
   print(bench.table(result))
   if args.json:
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    atomic.write_json(args.json, result)
     print(f"Wrote {args.json}")
 
 
@@ -555,7 +555,7 @@ def _cmd_plan(args, overrides):
         raise ConfigError(f"--resume: {args.json} is not JSON ({e})") from None
   if args.json not in (None, "-"):
     # The partial plan after every compile: a killed search loses only the compiles in flight.
-    progress = lambda partial: _write_atomically(args.json, partial.to_json())
+    progress = lambda partial: atomic.write_json(args.json, partial.to_json())
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
                      unrolled_top=top, extrapolate_layers=args.extrapolate_layers,
@@ -588,15 +588,8 @@ def _print_and_write(table: str, as_json: dict, path: str | None) -> None:
     return
   print(table)
   if path:
-    _write_atomically(path, as_json)
+    atomic.write_json(path, as_json)
     print(f"Wrote {path}")
-
-
-def _write_atomically(path: str, as_json: dict) -> None:
-  """Writes a temporary file and renames it, so a kill never leaves half a file."""
-  tmp = Path(f"{path}.tmp-{os.getpid()}")
-  tmp.write_text(json.dumps(as_json, indent=2))
-  os.replace(tmp, path)
 
 
 def _cmd_scale(args, overrides):

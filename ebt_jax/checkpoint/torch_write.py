@@ -23,14 +23,14 @@ strings, numbers, booleans, None and numpy arrays (as tensors).
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import struct
 import zipfile
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
+from ebt_jax import atomic
 
 _STORAGE_NAMES = {
     np.dtype(np.float32): "FloatStorage", np.dtype(np.float64): "DoubleStorage",
@@ -148,16 +148,10 @@ def save_torch_file(obj, path) -> None:
   emitter = _Emitter()
   emitter.save(obj)
   emitter.out += pickle.STOP
-  path = Path(path)
-  partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
   prefix = "archive"
-  try:
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
-      _write_aligned(archive, f"{prefix}/data.pkl", bytes(emitter.out))
-      _write_aligned(archive, f"{prefix}/byteorder", b"little")
-      for key, array in enumerate(emitter.storages):
-        _write_aligned(archive, f"{prefix}/data/{key}", array)
-      _write_aligned(archive, f"{prefix}/version", b"3\n")
-    os.replace(partial, path)
-  finally:
-    partial.unlink(missing_ok=True)
+  with atomic.replacing(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+    _write_aligned(archive, f"{prefix}/data.pkl", bytes(emitter.out))
+    _write_aligned(archive, f"{prefix}/byteorder", b"little")
+    for key, array in enumerate(emitter.storages):
+      _write_aligned(archive, f"{prefix}/data/{key}", array)
+    _write_aligned(archive, f"{prefix}/version", b"3\n")

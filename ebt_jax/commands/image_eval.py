@@ -41,7 +41,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ebt_jax import tasks
+from ebt_jax import atomic, tasks
 from ebt_jax.data import images
 from ebt_jax.errors import ConfigError, check
 from ebt_jax.tasks.base import mean_batches, per_batch
@@ -354,7 +354,7 @@ def _write_png(workdir: Path, task: ImageTask, clean: np.ndarray, denoised: dict
   for spine in ax.spines.values():
     spine.set_visible(False)
   fig.tight_layout()
-  fig.savefig(out)
+  atomic.save_figure(fig, out)
   plt.close(fig)
   return out
 

@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 
 from flax import traverse_util  # noqa: E402
 
-from ebt_jax import tasks  # noqa: E402
+from ebt_jax import atomic, tasks  # noqa: E402
 from ebt_jax.commands import powerlaw  # noqa: E402
 from ebt_jax.errors import ConfigError, check  # noqa: E402
 from ebt_jax.training import metrics as metrics_lib  # noqa: E402
@@ -256,7 +256,7 @@ class Report:
       ax.legend(fontsize=8)
       fig.tight_layout()
       path = folder / f"{axis}.png"
-      fig.savefig(path, dpi=120)
+      atomic.save_figure(fig, path, dpi=120)
       plt.close(fig)
       paths.append(path)
     return paths
@@ -350,10 +350,9 @@ def run_study(study: ml_collections.ConfigDict, workdir, make_config: Callable,
 def write_outputs(report: Report, workdir, json_path=None) -> list[Path]:
   """The plots (WORKDIR/plots/<axis>.png), WORKDIR/scale.json and `json_path` if given."""
   workdir = Path(workdir)
-  text = json.dumps(report.as_json(), indent=2)
   written = report.plot(workdir / "plots")
   for path in (workdir / "scale.json", json_path):
     if path:
-      Path(path).write_text(text)
+      atomic.write_json(path, report.as_json())
       written.append(Path(path))
   return written

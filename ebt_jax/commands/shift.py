@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from ebt_jax import tasks
+from ebt_jax import atomic, tasks
 from ebt_jax.data import synthetic
 from ebt_jax.inference import system2
 from ebt_jax.tasks import options
@@ -104,7 +104,7 @@ class GainReport:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

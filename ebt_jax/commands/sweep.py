@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 from ebt_jax.errors import ConfigError, check  # noqa: E402
-from ebt_jax import tasks  # noqa: E402
+from ebt_jax import atomic, tasks  # noqa: E402
 from ebt_jax.commands import evaluation  # noqa: E402
 from ebt_jax.tasks.base import per_batch  # noqa: E402
 from ebt_jax.thinking import optimizers  # noqa: E402
@@ -102,7 +102,7 @@ class SweepReport:
     ax.set_title("Thinking with each inner optimizer")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import numpy as np  # noqa: E402
 
+from ebt_jax import atomic  # noqa: E402
 from ebt_jax.errors import check  # noqa: E402
 from ebt_jax.data.tokenizers import make_tokenizer  # noqa: E402
 from ebt_jax.inference import system2  # noqa: E402
@@ -120,7 +121,7 @@ class TokenEnergies:
                "step has its own landscape).\nEnergies of two landscapes are not on one "
                "scale, so an energy may rise there: this is expected.", fontsize=8)
     fig.tight_layout(rect=(0, 0.1 if changes else 0, 1, 1))
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

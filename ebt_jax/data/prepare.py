@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import tqdm
 
+from ebt_jax import atomic
 from ebt_jax.errors import ConfigError
 from ebt_jax.data import sources
 from ebt_jax.data.tokenizers import make_tokenizer, stream_dtype
@@ -41,31 +42,15 @@ def _source_description(d) -> dict:
 
 
 def _write_split(path: str, docs: list[str], tokenizer, dtype, bar) -> int:
-  tmp = f"{path}.tmp-{os.getpid()}"
   count = 0
-  try:
-    with open(tmp, "wb") as f:
-      for start in range(0, len(docs), _DOCS_PER_CHUNK):
-        chunk = docs[start:start + _DOCS_PER_CHUNK]
-        tokens = tokenizer.encode_documents(chunk).astype(dtype.newbyteorder("<"), copy=False)
-        f.write(tokens.tobytes())
-        count += tokens.size
-        bar.update(len(chunk))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with atomic.replacing(path, "wb") as f:
+    for start in range(0, len(docs), _DOCS_PER_CHUNK):
+      chunk = docs[start:start + _DOCS_PER_CHUNK]
+      tokens = tokenizer.encode_documents(chunk).astype(dtype.newbyteorder("<"), copy=False)
+      f.write(tokens.tobytes())
+      count += tokens.size
+      bar.update(len(chunk))
   return count
-
-
-def _write_json(path: str, obj: dict) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def prepare_shards(config, out_dir: str, *, progress: bool = True) -> dict:
@@ -97,7 +82,7 @@ def prepare_shards(config, out_dir: str, *, progress: bool = True) -> dict:
       "documents": {s: len(docs[s]) for s in sources.SPLITS},
       "source": _source_description(d),
   }
-  _write_json(meta_path, meta)
+  atomic.write_json(meta_path, meta, sort_keys=True)
   return meta
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from ebt_jax import atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -103,6 +104,4 @@ def drop_records_after(workdir, step: int) -> None:
   if jax.process_index() != 0 or not path.exists():
     return
   kept = [r for r in history(read_metrics(workdir)) if r.get("step", 0) <= step]
-  tmp = path.with_suffix(".jsonl.tmp")
-  tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-  os.replace(tmp, path)
+  atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

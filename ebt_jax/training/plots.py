@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import numpy as np  # noqa: E402
 
+from ebt_jax import atomic  # noqa: E402
 from ebt_jax.errors import ConfigError  # noqa: E402
 from ebt_jax.training.metrics import METRICS_FILE, history, read_metrics  # noqa: E402
 
@@ -76,7 +77,7 @@ def plot_workdir(workdir) -> list[Path]:
   ax_ppl.legend()
   fig.tight_layout()
   written.append(out_dir / "curves.png")
-  fig.savefig(written[-1], dpi=120)
+  atomic.save_figure(fig, written[-1], dpi=120)
   plt.close(fig)
 
   per_step = next(((p, label, f) for p, label, f in _PER_STEP
@@ -103,6 +104,6 @@ def plot_workdir(workdir) -> list[Path]:
              title="Energy against thinking step")
     fig.tight_layout()
     written.append(out_dir / "thinking.png")
-    fig.savefig(written[-1], dpi=120)
+    atomic.save_figure(fig, written[-1], dpi=120)
     plt.close(fig)
   return written

@@ -31,7 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from ebt_jax import config as config_lib
-from ebt_jax import official_hparams, tasks
+from ebt_jax import atomic, official_hparams, tasks
 from ebt_jax.checkpoint.manager import Checkpointer
 from ebt_jax.checkpoint import official
 from ebt_jax.checkpoint.torch_file import load_torch_file, state_dict_and_hparams
@@ -63,9 +63,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
             f"{key}: the run in {workdir} was started with {previous[key]!r}, not {value!r} "
             f"(use a new --workdir, or the same value to resume)")
   if jax.process_index() == 0:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(saved, indent=2, sort_keys=True))
-    tmp.replace(path)
+    atomic.write_json(path, saved, sort_keys=True)
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
