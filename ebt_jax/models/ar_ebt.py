@@ -152,7 +152,13 @@ def prediction_energy(params: dict, cache: ContextCache, probs_BxSxV: jax.Array,
   h = blocks.prediction_stream(params["blocks"], x_BxSxD, pred_index_S + 1 + m.prefix,
                                pred_index_S + m.prefix, cache,
                                _block_modulations(params, landscape, m), m.stack)
-  h = layers.rms_norm(h, params["final_norm"], m.stack.norm_eps)
+  return energy_head(params, h, landscape, m)
+
+
+def energy_head(params: dict, h_BxSxD: jax.Array, landscape, m: TextEBTDims) -> jax.Array:
+  """The prediction stream's output to energies [B, S]: final RMSNorm, the landscape's
+  final modulation (adaLN kinds) and the Linear(D -> 1) head; shared with `latent_ebt`."""
+  h = layers.rms_norm(h_BxSxD, params["final_norm"], m.stack.norm_eps)
   if m.adaln:
     step_D = params["step_embed"][landscape]
     shift_scale = jax.nn.silu(step_D) @ params["final_mod_w"] + params["final_mod_b"]

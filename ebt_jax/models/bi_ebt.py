@@ -26,31 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from ebt_jax.models import dit_blocks, layers
-from ebt_jax.models.dit_blocks import DiTStackDims
+from ebt_jax.models.dit_blocks import PatchedImageDims
 from ebt_jax.models.params import Param, constant, normal
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageEBTDims:
+class ImageEBTDims(PatchedImageDims):
   """Static description of an image EBT (square images, as the official code requires)."""
-
-  stack: DiTStackDims
-  image_size: int                # official image_dims[0] (== image_dims[1])
-  patch_size: int                # official patch_size
-  channels: int = 3
-
-  def __post_init__(self):
-    if self.image_size % self.patch_size:
-      raise ValueError(f"model.image_size {self.image_size} is not a multiple of "
-                       f"model.patch_size {self.patch_size}")
-
-  @property
-  def grid(self) -> int:
-    return self.image_size // self.patch_size
-
-  @property
-  def num_patches(self) -> int:
-    return self.grid ** 2
 
 
 def param_specs(m: ImageEBTDims) -> dict:

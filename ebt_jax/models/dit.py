@@ -17,27 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from ebt_jax.models import dit_blocks, layers
-from ebt_jax.models.dit_blocks import DiTStackDims
+from ebt_jax.models.dit_blocks import PatchedImageDims
 from ebt_jax.models.params import Param, constant, normal
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTDims:
-  stack: DiTStackDims
-  image_size: int
-  patch_size: int
-  channels: int = 3
+class DiTDims(PatchedImageDims):
   learn_sigma: bool = True        # official create_diffusion(learn_sigma=True)
   frequency_dim: int = 256        # official TimestepEmbedder.frequency_embedding_size
-
-  def __post_init__(self):
-    if self.image_size % self.patch_size:
-      raise ValueError(f"model.image_size {self.image_size} is not a multiple of "
-                       f"model.patch_size {self.patch_size}")
-
-  @property
-  def grid(self) -> int:
-    return self.image_size // self.patch_size
 
   @property
   def out_channels(self) -> int:

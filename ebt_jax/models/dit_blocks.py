@@ -71,6 +71,29 @@ class DiTStackDims:
     return int(self.dim * self.mlp_ratio)
 
 
+@dataclasses.dataclass(frozen=True)
+class PatchedImageDims:
+  """A DiT stack over square images cut into patches: what the image EBT and DiT share."""
+
+  stack: DiTStackDims
+  image_size: int                # official image_dims[0] (== image_dims[1])
+  patch_size: int                # official patch_size
+  channels: int = 3
+
+  def __post_init__(self):
+    if self.image_size % self.patch_size:
+      raise ValueError(f"model.image_size {self.image_size} is not a multiple of "
+                       f"model.patch_size {self.patch_size}")
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid ** 2
+
+
 def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
   omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
   out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)

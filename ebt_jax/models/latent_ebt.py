@@ -111,13 +111,7 @@ def prediction_energy(params: dict, cache: ContextCache, cand_BxSxL: jax.Array, 
   h = blocks.prediction_stream(params["blocks"], x_BxSxD,
                                pred_index_S + 1 + prefix, pred_index_S + prefix, cache,
                                _modulations(params, landscape, m), m.stack)
-  h = layers.rms_norm(h, params["final_norm"], m.stack.norm_eps)
-  if m.text_dims.adaln:
-    step_D = params["step_embed"][landscape]
-    shift_scale = jax.nn.silu(step_D) @ params["final_mod_w"] + params["final_mod_b"]
-    shift_D, scale_D = jnp.split(shift_scale.astype(h.dtype), 2)
-    h = layers.modulate(h, shift_D, scale_D)
-  return layers.wide_linear(h, params["head"])
+  return ar_ebt.energy_head(params, h, landscape, m.text_dims)
 
 
 def energy(params: dict, latents_BxSxL: jax.Array, cand_BxSxL: jax.Array, landscape,
