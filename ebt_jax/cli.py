@@ -531,7 +531,8 @@ def _cmd_compile_report(args, overrides):
   report = compile_report.compile_report(config, topology, program=args.program or "train",
                                          hbm_bytes=_hbm_bytes(args),
                                          unrolled_cost=not args.no_unrolled_cost,
-                                         extrapolate_layers=args.extrapolate_layers)
+                                         extrapolate_layers=args.extrapolate_layers,
+                                         log=lambda line: print(line, file=sys.stderr))
   _print_and_write(report.table(), report.to_json(), args.json)
 
 

@@ -51,19 +51,24 @@ def tiny_config(overrides=OVERRIDES):
 
 @pytest.fixture(scope="module")
 def cli_report(tmp_path_factory):
-  """`ebt compile-report --topology v5e:2x2 --json F` on the default layout: (table, JSON)."""
+  """`ebt compile-report --topology v5e:2x2 --json F` on the default layout: (table, JSON,
+  what it said on stderr while compiling)."""
   path = tmp_path_factory.mktemp("report") / "report.json"
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     rc = cli.main(["compile-report", "--config", "tiny_cpu", *REPORT_OVERRIDES,
                    "--topology", "v5e:2x2", "--json", str(path)])
   assert rc == 0
-  return out.getvalue(), json.loads(path.read_text())
+  return out.getvalue(), json.loads(path.read_text()), err.getvalue()
 
 
 @pytest.mark.slow
 def test_report_figures(cli_report):
-  table, r = cli_report
+  table, r, progress = cli_report
+  assert progress.splitlines()[0] == (
+      "compiling the train program for v5e:2x2 (4 chips, data=4 fsdp=1 tensor=1)")
+  assert "compiling it again with the layers unrolled" in progress
+  assert progress.count("  compiled in ") == 2, progress
   config = tiny_config(REPORT_OVERRIDES)
   mem = r["memory_per_chip"]
   assert (r["topology"], r["num_chips"], r["device_kind"]) == ("v5e:2x2", 4, "TPU v5 lite")

@@ -355,11 +355,15 @@ def _cost_figures(compiled) -> dict:
 
 def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
                    program: str = "train", hbm_bytes: int | None = None,
-                   unrolled_cost: bool = True, extrapolate_layers: bool = False) -> TopologyReport:
+                   unrolled_cost: bool = True, extrapolate_layers: bool = False,
+                   log=None) -> TopologyReport:
   """Compiles `program` of `config` for `topology`'s chips; `hbm_bytes` replaces the
   generation's HBM per chip (headroom, or a test's small chip). With `unrolled_cost` and
   scanned layers, the cost figures come from a second compile with the layers unrolled
-  (`with_unrolled_cost`; `extrapolate_layers`: two compiles, with 2 and 3 layers)."""
+  (`with_unrolled_cost`; `extrapolate_layers`: two compiles, with 2 and 3 layers).
+  `log(line)`, if given, hears what is compiling and how long each compile took (minutes
+  at the paper's sizes)."""
+  log = log or (lambda line: None)
   if program not in PROGRAMS:
     raise ConfigError(f"--program: expected one of {', '.join(PROGRAMS)}, got {program!r}")
   devices = topology_devices(topology)
@@ -370,6 +374,8 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
   prog, compile_, tokens, model_flops = _build(config, topology, program)
   fields = dict(device_kind=kind, num_devices=len(devices), mesh=dict(prog.mesh.shape),
                 model_flops_per_step=model_flops, program=f"{program.capitalize()} program")
+  log(f"compiling the {program} program for {topology.describe()} ({len(devices)} chips, "
+      f"{' '.join(f'{k}={v}' for k, v in prog.mesh.shape.items())})")
   try:
     compiled = compile_()
   except jax.errors.JaxRuntimeError as e:
@@ -392,9 +398,15 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
                           tokens_per_step=tokens, peak_flops=peak,
                           hbm_bytes_per_s=topology.spec.hbm_bytes_per_s,
                           layers_scanned=config.model.scan_layers, **_cost_figures(compiled))
-  if not unrolled_cost:
+  log(f"  compiled in {mem.compile_s:.0f} s")
+  if not unrolled_cost or report.counts_every_layer:
     return report
-  return with_unrolled_cost(report, config, topology, extrapolate=extrapolate_layers)
+  log("compiling it again with the layers unrolled"
+      + (" (2 and 3 of them, extrapolated)" if extrapolate_layers else "")
+      + ", for its cost figures (--no-unrolled-cost skips this)")
+  report = with_unrolled_cost(report, config, topology, extrapolate=extrapolate_layers)
+  log(f"  compiled in {report.cost_compile_s:.0f} s")
+  return report
 
 
 def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict,
