@@ -7,7 +7,8 @@ rest is the script's recipe, which the paper ran at xxs.
 
 xxs: 6 layers, width 384, 6 heads, context 256, `time_embed`, 2 thinking steps with a
 learnable step size (500, its learning rate x1500), AdamW at 1.2e-3 with 10k warmup
-steps and cosine decay to a tenth, batch 256, GPT-NeoX-20B's tokenizer (50277 tokens).
+steps and cosine decay to a tenth, batch 256, GPT-NeoX-20B's tokenizer (50277 tokens;
+the vocabulary axis padded to 50304, masked, so `mesh.tensor` can split it).
 The tokenizer and a text corpus are files you provide (nothing is downloaded):
 
     pip install "ebt_jax[tokenizers]"
@@ -40,6 +41,7 @@ VARIANTS = MODEL_SIZES   # size name -> (width, depth, heads)
 RECIPE = {
     "model.ebt_type": "time_embed",
     "model.vocab_size": 50277,
+    "model.vocab_multiple": 128,    # 50304 wide, so tensor parallelism splits it (masked)
     "model.context_length": 256,
     "model.dtype": "bfloat16",
     "thinking.num_steps": 2,

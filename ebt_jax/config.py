@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
                                        # latent_ebt (next frame); see ebt_jax/tasks/
   c.model.ebt_type = "time_embed"      # [ebt_type] default | time_embed | adaln | adaln_zero
   c.model.vocab_size = 256
+  c.model.vocab_multiple = 1           # pad the vocabulary axis (tables, candidates, logits)
+                                       # to a multiple of this so `mesh.tensor` splits it; the
+                                       # padding is masked: never predicted, never embedded
   c.model.dim = 384                    # [embedding_dim]
   c.model.n_layers = 6                 # [num_transformer_blocks]
   c.model.n_heads = 6                  # [multiheaded_attention_heads]
@@ -238,7 +241,7 @@ def parse_scalar(text: str):
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks the fields every kind shares; returns `c` so calls can be chained."""
   m = c.model
-  for field in ("vocab_size", "dim", "n_layers", "n_heads", "context_length"):
+  for field in ("vocab_size", "vocab_multiple", "dim", "n_layers", "n_heads", "context_length"):
     value = m[field]
     check(isinstance(value, int) and value >= 1, f"model.{field}", "a positive integer", value)
   check(m.vocab_size >= 2, "model.vocab_size", "at least 2", m.vocab_size)

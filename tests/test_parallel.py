@@ -101,16 +101,18 @@ def test_replay_buffer_records_stay_within_their_group(worker_results):
     ((1, 64, 1), P(None, "fsdp", None, None)),
     ((1, 256, 1), P(None, "fsdp", None, None)),
     ((16, 16, 1), P(None, ("data", "fsdp"), None, None)),
+    ((1, 128, 2), P(None, "fsdp", None, "tensor")),   # the padded vocabulary splits
 ])
 def test_paper_s2_replay_buffer_is_split_as_its_batch(mesh_shape, expected):
   """configs/ebt_s2.py's buffer (39.5 GB of logits) on 64 and 256 chips: its lanes' 256
-  rows go where the batch's rows go, whatever the mesh."""
+  rows go where the batch's rows go, whatever the mesh, and its vocabulary (50277 tokens
+  padded to 50304) where the candidates' goes."""
   task = tasks.build(cli.load_config_file("ebt_s2:xxs")[0])
   logits = jax.eval_shape(lambda: replay.init(task)).logits
-  assert logits.shape == (3, 256, 256, 50277)      # 192 records a group = 3 lanes of 64 rows
+  assert logits.shape == (3, 256, 256, 50304)      # 192 records a group = 3 lanes of 64 rows
   mesh = AbstractMesh(mesh_shape, MESH_AXES)
   assert spec_for(logits.shape, replay.LOGICAL_AXES.logits, mesh) == expected
-  assert spec_for((256, 256, 50277), CANDIDATE, mesh) == P(*expected[1:])
+  assert spec_for((256, 256, 50304), CANDIDATE, mesh) == P(*expected[1:])
 
 
 def _train(workdir, devices, *extra, processes=None):

@@ -457,6 +457,9 @@ def test_s2_job_script_converts_to_the_xxs_config():
   # bfloat16-precision matmuls: --set_matmul_precision medium).
   assert (converted.model.dtype, ours.model.dtype) == ("float32", "bfloat16")
   converted.model.dtype = "bfloat16"
+  # They also pad the vocabulary axis for tensor parallelism (masked: no value changes).
+  assert (converted.model.vocab_multiple, ours.model.vocab_multiple) == (1, 128)
+  converted.model.vocab_multiple = 128
   for section in ("model", "thinking", "optimizer"):
     assert converted[section].to_dict() == ours[section].to_dict(), section
   assert (converted.train.batch_size, converted.train.num_steps) == (256, 1000000)

@@ -42,10 +42,11 @@ def _out_proj(w, shape):     # [D, N*H] -> [N, H, D]
 
 def _entries(config) -> dict[str, tuple[tuple, int | None, Callable, Callable]]:
   """official name -> (param path, layer index or None, to_ours, to_official)."""
-  shapes = shapes_tree(tasks.build(config).param_specs())
+  task = tasks.build(config)
+  shapes = shapes_tree(task.param_specs())
   if "patch_w" in shapes:
     return _dit_stack_entries(shapes, config.model.n_layers)
-  return _ar_entries(shapes, config.model.n_layers)
+  return _ar_entries(shapes, config.model.n_layers, getattr(task.dims, "vocab_size", None))
 
 
 _IDENT = (lambda w: w, lambda w: w)
@@ -53,11 +54,32 @@ _LIN = (_linear_in_out, _linear_in_out)
 _ROW = (lambda w: w[0], lambda w: w[None, :])   # Linear(D, 1).weight / Embedding(1, D) [1, D]
 
 
-def _ar_entries(shapes, n_layers):
-  """The autoregressive transformer (`model/ar_*.py`): text EBT, Transformer++, video EBT."""
+def _vocab_padded(pair, vocab: int | None, width: int, axis: int):
+  """`pair` (to_ours, to_official) for a table whose vocabulary axis `axis` (ours) is
+  padded from `vocab` to `width` (`model.vocab_multiple`): importing adds zero rows,
+  exporting drops them, so official checkpoints never see the padding."""
+  if vocab is None or vocab == width:
+    return pair
+  to_ours, to_official = pair
+
+  def pad(w):
+    ours = to_ours(w)
+    if ours.shape[axis] != vocab:
+      raise ValueError(f"{ours.shape[axis]} tokens, not {vocab}")
+    padding = [(0, 0)] * ours.ndim
+    padding[axis] = (0, width - vocab)
+    return np.pad(ours, padding)
+
+  return pad, lambda w: to_official(np.take(w, np.arange(vocab), axis=axis))
+
+
+def _ar_entries(shapes, n_layers, vocab: int | None):
+  """The autoregressive transformer (`model/ar_*.py`): text EBT, Transformer++, video EBT
+  (`vocab`: the text models' real vocabulary, where their tables are padded)."""
   entries = {"transformer.norm.weight": (("final_norm",), None, *_IDENT)}
   if "embed" in shapes:
-    entries["embeddings.weight"] = (("embed",), None, *_IDENT)
+    entries["embeddings.weight"] = (
+        ("embed",), None, *_vocab_padded(_IDENT, vocab, shapes["embed"][0], 0))
   b = shapes["blocks"]
   qkv_shape, out_shape = b["wq"][1:], b["wo"][1:]
   for i in range(n_layers):
@@ -76,13 +98,15 @@ def _ar_entries(shapes, n_layers):
       entries[f"{pre}adaLN_modulation.1.bias"] = (("blocks", "mod_b"), i, *_IDENT)
 
   if "out" in shapes:   # the Transformer++ baseline's softmax head
-    entries["output.weight"] = (("out",), None, *_LIN)
+    entries["output.weight"] = (("out",), None,
+                                *_vocab_padded(_LIN, vocab, shapes["out"][1], 1))
     return entries
 
   entries["alpha"] = (("alpha",), None, *_IDENT)
   entries["langevin_dynamics_noise_std"] = (("langevin_std",), None, *_IDENT)
   if "v2e" in shapes:
-    entries["vocab_to_embed.weight"] = (("v2e",), None, *_LIN)
+    entries["vocab_to_embed.weight"] = (("v2e",), None,
+                                        *_vocab_padded(_LIN, vocab, shapes["v2e"][0], 0))
   if "proj_w" in shapes:   # the video EBT's Linear(3136 -> D) from VAE latents
     entries["encoder_down_projection.weight"] = (("proj_w",), None, *_LIN)
     entries["encoder_down_projection.bias"] = (("proj_b",), None, *_IDENT)

@@ -97,7 +97,7 @@ def ebt_choice_scores(params, batch, key, *, task) -> jax.Array:
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
   landscape = system2.landscapes(task, system2.num_steps(task))[-1]
   cache = jax.tree_util.tree_map(lambda a: a[landscape], task.encode_landscapes(params, inputs))
-  one_hot = jax.nn.one_hot(targets, task.vocab_size, dtype=task.candidate_dtype)
+  one_hot = jax.nn.one_hot(targets, task.vocab_width, dtype=task.candidate_dtype)
   energy = ar_ebt.prediction_energy(params, cache, one_hot, landscape, task.dims)
   return -jnp.sum(energy * mask, axis=1)
 

@@ -71,7 +71,7 @@ def position_candidates(key: jax.Array, best_of: int, batch: int, positions_S: j
                         task: TextEBT) -> jax.Array:
   """Initial candidates [N, B, S, V], each position's drawn from `fold_in(key, position)`."""
   draw = lambda p: system2.initial_candidates(jax.random.fold_in(key, p),
-                                              (best_of, batch, task.vocab_size), task)
+                                              (best_of, batch, task.vocab_width), task)
   return jnp.moveaxis(jax.vmap(draw)(positions_S), 0, 2)
 
 

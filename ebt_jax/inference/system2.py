@@ -50,7 +50,7 @@ from ebt_jax.thinking import inference, loop
 
 
 class Thought(NamedTuple):
-  logits: jax.Array          # [B, S, V] the chosen candidate after thinking
+  logits: jax.Array          # [B, S, V] the chosen candidate after thinking (-inf padding)
   initial_energy: jax.Array  # [B, S] energy of the chosen candidate's starting point
   final_energy: jax.Array    # [B, S] its energy after thinking
   steps_used: jax.Array      # [B, S] thinking steps it received
@@ -200,7 +200,7 @@ def think(params: dict, caches, y0_NxBxSxV: jax.Array, task: TextEBT,
   (logits, e0, e1, used), choice = inference.best_of(
       (result.final, initial_N, final_N, result.steps_used), initial_N, final_N,
       task.config.inference.select)
-  return Thought(logits, e0, e1, used, choice, result.energies, result.outputs)
+  return Thought(task.logits(logits), e0, e1, used, choice, result.energies, result.outputs)
 
 
 def think_tokens(params: dict, inputs_BxS: jax.Array, task: TextEBT,
@@ -216,11 +216,12 @@ def think_tokens(params: dict, inputs_BxS: jax.Array, task: TextEBT,
   init_key, think_key = jax.random.split(key)
   if initial_logits is None:
     best_of = best_of or task.config.inference.best_of
-    y0 = initial_candidates(init_key, (best_of, B, S, task.vocab_size), task)
+    y0 = initial_candidates(init_key, (best_of, B, S, task.vocab_width), task)
   else:
     y0 = initial_logits if initial_logits.ndim == 4 else initial_logits[None]
     y0 = y0.astype(task.candidate_dtype)
-  emit = None if targets_BxS is None else (lambda y: text.token_nll(y, targets_BxS))
+  emit = None if targets_BxS is None else (
+      lambda y: text.token_nll(task.logits(y), targets_BxS))
   caches = task.encode_landscapes(params, inputs_BxS)
   return think(params, caches, y0, task, think_key, steps=steps, emit=emit,
                trajectory=trajectory)

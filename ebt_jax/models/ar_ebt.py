@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from ebt_jax.models import blocks, layers
 from ebt_jax.models.blocks import ContextCache, StackDims
-from ebt_jax.models.params import Param, constant, linear_init, normal, torch_default_linear_init
+from ebt_jax.models.params import (Param, constant, linear_init, normal, padded,
+                                   torch_default_linear_init)
 
 EBT_TYPES = ("default", "time_embed", "adaln", "adaln_zero")
 
@@ -40,10 +41,16 @@ class TextEBTDims:
                                  # vocab_to_embed_uses_prob_dist)
   weight_init: str = "xavier"
   weight_init_gain: float = 1.0
+  vocab_multiple: int = 1        # the tables and candidates padded to a multiple of this
 
   def __post_init__(self):
     if self.ebt_type not in EBT_TYPES:
       raise ValueError(f"model.ebt_type: expected one of {EBT_TYPES}, got {self.ebt_type!r}")
+
+  @property
+  def vocab_width(self) -> int:
+    """The candidates' and the tables' vocabulary axis, padding included."""
+    return layers.vocab_width(self.vocab_size, self.vocab_multiple)
 
   @property
   def prefix(self) -> int:
@@ -60,9 +67,9 @@ class TextEBTDims:
 
 
 def param_specs(m: TextEBTDims) -> dict:
-  D, V = m.stack.dim, m.vocab_size
+  D, V, W = m.stack.dim, m.vocab_size, m.vocab_width
   specs = {
-      "embed": Param((V, D), ("vocab", "embed"), normal(1.0)),
+      "embed": Param((W, D), ("vocab", "embed"), padded(normal(1.0), 0, V)),
       "blocks": blocks.block_specs(m.stack, m.weight_init, m.weight_init_gain,
                                    adaln_zero=m.ebt_type == "adaln_zero"),
       "final_norm": Param((D,), ("embed",), constant(1.0)),
@@ -71,8 +78,8 @@ def param_specs(m: TextEBTDims) -> dict:
                     else linear_init(m.weight_init, D, 1)),
   }
   if not m.tied_v2e:
-    specs["v2e"] = Param((V, D), ("vocab", "embed"),
-                         linear_init(m.weight_init, V, D, m.weight_init_gain))
+    specs["v2e"] = Param((W, D), ("vocab", "embed"),
+                         padded(linear_init(m.weight_init, V, D, m.weight_init_gain), 0, V))
   if m.uses_step_embedding:
     specs["step_embed"] = Param((m.num_landscapes, D), (None, "embed"), normal(1.0))
   if m.adaln:
@@ -135,7 +142,9 @@ def candidate_embedding(params: dict, probs_BxSxV: jax.Array, m: TextEBTDims) ->
   float32 matmul at default precision is one bfloat16 pass, on GPUs TF32)."""
   dtype = m.stack.dtype
   w_VxD = params["embed"] if m.tied_v2e else params["v2e"]
-  probs_BxSxV = layers.constrain(probs_BxSxV, layers.CANDIDATE)
+  # Padded entries embed nothing, whatever the candidate holds there (and get no gradient).
+  probs_BxSxV = layers.mask_vocab(layers.constrain(probs_BxSxV, layers.CANDIDATE),
+                                  m.vocab_size, 0)
   return layers.constrain(layers.wide_linear(probs_BxSxV, w_VxD).astype(dtype), layers.HIDDEN)
 
 

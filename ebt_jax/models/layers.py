@@ -21,6 +21,21 @@ FFN = ("act_batch", "act_seq", "act_mlp")
 CANDIDATE = ("act_batch", "act_seq", "act_vocab")
 
 
+def vocab_width(vocab: int, multiple: int) -> int:
+  """The vocabulary padded up to a multiple of `multiple` (`model.vocab_multiple`), so that
+  tensor parallelism can split every vocabulary-sized dimension (50277 splits no way)."""
+  return -(-vocab // multiple) * multiple
+
+
+def mask_vocab(x_xV: jax.Array, vocab: int, fill) -> jax.Array:
+  """`x_xV` with the entries of its last axis past the real vocabulary (the padding) set
+  to `fill`: -inf for logits, which no softmax then weighs, 0 for probabilities, which no
+  embedding then reads; `x_xV` itself when nothing is padded."""
+  if x_xV.shape[-1] == vocab:
+    return x_xV
+  return jnp.where(jnp.arange(x_xV.shape[-1]) < vocab, x_xV, jnp.asarray(fill, x_xV.dtype))
+
+
 def wide_dtype(dtype) -> jnp.dtype:
   """float32, or the input's dtype when it is wider (float64 under x64)."""
   return jnp.promote_types(dtype, jnp.float32)

@@ -81,6 +81,20 @@ def linear_init(method: str, fan_in: int, fan_out: int, gain: float = 1.0) -> In
   return init
 
 
+def padded(init: Init, axis: int, size: int) -> Init:
+  """`init` drawn with `size` entries along `axis`, then zero-padded to the parameter's
+  shape there: a vocabulary table padded for sharding (`model.vocab_multiple`) holds what
+  the unpadded one holds from the same key, and zeros in the rows nothing reads."""
+
+  def init_fn(key, shape, dtype=jnp.float32):
+    real = shape[:axis] + (size,) + shape[axis + 1:]
+    pad = [(0, 0)] * len(shape)
+    pad[axis] = (0, shape[axis] - size)
+    return jnp.pad(init(key, real, dtype), pad)
+
+  return init_fn
+
+
 def uniform(bound: float) -> Init:
   """U(-bound, bound), with the bound given.
 

@@ -17,7 +17,8 @@ The default layout:
 * the S2 replay buffer's rows (`tasks/replay.py`) as the batch's rows, through the same
   names.
 A dimension that a rule's mesh axes do not divide keeps the largest dividing prefix of
-them (down to replication), so a config never fails for an odd size.
+them (down to replication), so a config never fails for an odd size (an odd vocabulary
+then stays whole on every chip: `model.vocab_multiple` pads it).
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def empty(task, record: jax.ShapeDtypeStruct, candidate: jax.ShapeDtypeStruct) -
 
 def init(task) -> ReplayBuffer:
   """The text EBT's empty buffer."""
-  S, V = task.config.model.context_length, task.vocab_size
+  S, V = task.config.model.context_length, task.vocab_width
   return empty(task, jax.ShapeDtypeStruct((S + 1,), jnp.int32),
                jax.ShapeDtypeStruct((S, V), task.candidate_dtype))
 

@@ -56,7 +56,7 @@ from ebt_jax import config as config_lib
 from ebt_jax.data import pipeline
 from ebt_jax.data.tokenizers import make_tokenizer
 from ebt_jax.errors import check
-from ebt_jax.models import ar_ebt, blocks, transformer
+from ebt_jax.models import ar_ebt, blocks, layers, transformer
 from ebt_jax.models.ar_ebt import EBT_TYPES
 from ebt_jax.models.attention import Attention
 from ebt_jax.models.layers import CANDIDATE
@@ -80,9 +80,10 @@ def token_nll(logits_BxSxV: jax.Array, targets_BxS: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(logp, targets, axis=-1)[..., 0]
 
 
-def uniform_nll(logits_BxSxV: jax.Array) -> jax.Array:
-  """-mean over the vocabulary of log p: the cross-entropy against a uniform target."""
-  return -jnp.mean(log_probs(logits_BxSxV), axis=-1)
+def uniform_nll(logits_BxSxV: jax.Array, vocab: int) -> jax.Array:
+  """-mean over the `vocab` real tokens of log p: the cross-entropy against a uniform
+  target (the padding, at -inf, left out)."""
+  return -jnp.sum(layers.mask_vocab(log_probs(logits_BxSxV), vocab, 0), axis=-1) / vocab
 
 
 def masked_mean(x_BxS: jax.Array, mask_BxS: jax.Array) -> jax.Array:
@@ -104,7 +105,8 @@ def text_ebt_dims(c: ml_collections.ConfigDict) -> ar_ebt.TextEBTDims:
   return ar_ebt.TextEBTDims(
       stack=stack_dims(c, adaln=m.ebt_type in ("adaln", "adaln_zero")),
       vocab_size=m.vocab_size, ebt_type=m.ebt_type, num_landscapes=c.thinking.num_steps,
-      tied_v2e=m.tied_v2e, weight_init=m.weight_init, weight_init_gain=m.weight_init_gain)
+      tied_v2e=m.tied_v2e, weight_init=m.weight_init, weight_init_gain=m.weight_init_gain,
+      vocab_multiple=m.vocab_multiple)
 
 
 def validate_rope_stack(config: ml_collections.ConfigDict) -> None:
@@ -169,6 +171,7 @@ class TextEBT(TextTask):
     self.dims = text_ebt_dims(config)
     self.thinking = ThinkingOptions.from_config(config.thinking)
     self.vocab_size = config.model.vocab_size
+    self.vocab_width = self.dims.vocab_width      # the candidates' last axis, padding included
     # Candidates stay in float32 (or wider) whatever the activation dtype.
     self.candidate_dtype = jnp.promote_types(self.dims.stack.dtype, jnp.float32)
 
@@ -229,14 +232,22 @@ class TextEBT(TextTask):
     gradient with respect to probabilities), or its softmax (`grad_wrt="logits"`)."""
     t = self.thinking
     if t.normalize_initial_condition and t.grad_wrt == "logits":
-      return jax.nn.softmax(z_BxSxV, axis=-1)
+      return self.softmax(z_BxSxV)
     return z_BxSxV
 
   def candidate_reparam(self):
     t = self.thinking
     if t.normalize_initial_condition and t.grad_wrt == "probs":
-      return functools.partial(jax.nn.softmax, axis=-1)
+      return self.softmax
     return None
+
+  def logits(self, z_xV: jax.Array) -> jax.Array:
+    """The candidate read as logits: -inf at the padded vocabulary (`model.vocab_multiple`),
+    so no softmax, loss, argmax or sample sees it."""
+    return layers.mask_vocab(z_xV, self.vocab_size, -jnp.inf)
+
+  def softmax(self, z_xV: jax.Array) -> jax.Array:
+    return jax.nn.softmax(self.logits(z_xV), axis=-1)
 
   def default_landscapes(self) -> jnp.ndarray:
     """Landscape of each training step: 0..K-1 for time_embed/adaln, all 0 for default."""
@@ -283,12 +294,12 @@ class TextEBT(TextTask):
     +-v softmaxed with `normalize_initial_condition`) on the final landscape; E_fake the
     energy the final step started from. Neither is detached."""
     t = self.thinking
-    one_hot = jax.nn.one_hot(targets_BxS, self.vocab_size, dtype=self.candidate_dtype)
+    one_hot = jax.nn.one_hot(targets_BxS, self.vocab_width, dtype=self.candidate_dtype)
     if t.contrastive_true_logit == 0:
       true_probs = one_hot
     else:
       true_logits = (2 * one_hot - 1) * t.contrastive_true_logit
-      true_probs = jax.nn.softmax(true_logits, -1) if t.normalize_initial_condition else true_logits
+      true_probs = self.softmax(true_logits) if t.normalize_initial_condition else true_logits
     landscape = self.default_landscapes()[-1]
     cache = jax.tree_util.tree_map(lambda a: a[landscape], caches)
     true_energy = ar_ebt.prediction_energy(params, cache, true_probs, landscape, self.dims)
@@ -329,7 +340,7 @@ class TextEBT(TextTask):
     init_key, think_key = jax.random.split(key)
     steps_key, alpha_key = jax.random.split(jax.random.fold_in(key, 1))
     if initial_logits is None:
-      y0 = self.initial_candidate(init_key, (B, S, self.vocab_size))
+      y0 = self.initial_candidate(init_key, (B, S, self.vocab_width))
     else:
       y0 = initial_logits.astype(self.candidate_dtype)
     y0 = constrain(y0, CANDIDATE)
@@ -343,8 +354,9 @@ class TextEBT(TextTask):
     traj = loop.think(self.candidate_energy_fn(params, caches), y0, opt,
                       loop.Schedule(landscape_K, alpha, active_K), think_key,
                       reparam=self.candidate_reparam(),
-                      emit=lambda y: (token_nll(y, targets_BxS),
-                                      uniform_nll(y) if t.soften_target else None),
+                      emit=lambda y: (token_nll(self.logits(y), targets_BxS),
+                                      uniform_nll(self.logits(y), self.vocab_size)
+                                      if t.soften_target else None),
                       detach=t.detach, truncate=t.truncate,
                       pre_noise_std=options.langevin_std(
                           params, t, trainable=t.langevin_noise_learnable and warmed_up),
@@ -429,6 +441,7 @@ class Transformer(TextTask):
     super().__init__(config)
     m = config.model
     self.dims = transformer.TransformerDims(stack=stack_dims(config), vocab_size=m.vocab_size,
+                                            vocab_multiple=m.vocab_multiple,
                                             weight_init=m.weight_init,
                                             weight_init_gain=m.weight_init_gain)
 

@@ -136,7 +136,7 @@ def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len
       f"cached context vs re-encoded")
   params = task.init_params(key)
   inputs = jnp.asarray(rng.integers(1, V, (B, S), np.int32))
-  y0 = task.initial_candidate(jax.random.fold_in(key, 1), (B, S, V))
+  y0 = task.initial_candidate(jax.random.fold_in(key, 1), (B, S, task.vocab_width))
   cached_fn, naive_fn = _think_fns(task, n)
   think_args = (params, inputs, y0, jax.random.fold_in(key, 2))
   think = _time(cached_fn, think_args, repeats)
