@@ -135,6 +135,11 @@ def test_system2_logits_and_generated_tokens_equal_the_unpadded():
   np.testing.assert_allclose(padded.logits[..., :11], plain.logits, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(padded.energies, plain.energies, rtol=1e-5, atol=1e-6)
   assert np.all(np.isneginf(padded.logits[..., 11:]))
+  unpadded_start = system2.predict(params_p, tokens, p, key=jax.random.key(5), initial_logits=y0)
+  np.testing.assert_allclose(unpadded_start.logits, padded.logits, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ConfigError, match="initial_logits: expected a last axis of model.vocab_size "
+                     "11 or its padded 16, got"):
+    system2.predict(params_p, tokens, p, key=jax.random.key(5), initial_logits=y0[..., :10])
 
   sampling = generate.Sampling(max_new_tokens=4, temperature=0.0)
   out = generate.generate(params, tokens[:, :2], tasks.build(c), jax.random.key(7), sampling)

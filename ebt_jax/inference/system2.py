@@ -210,7 +210,8 @@ def think_tokens(params: dict, inputs_BxS: jax.Array, task: TextEBT,
   """System 2 prediction of the token after every position of `inputs_BxS`.
 
   With `targets_BxS`, `outputs` holds each candidate's next-token NLL after every step.
-  `initial_logits` ([B, S, V], or [N, B, S, V] for best-of-N) replaces the random start.
+  `initial_logits` ([B, S, V], or [N, B, S, V] for best-of-N; V the vocabulary or its
+  padded width) replaces the random start.
   """
   B, S = inputs_BxS.shape
   init_key, think_key = jax.random.split(key)
@@ -218,8 +219,7 @@ def think_tokens(params: dict, inputs_BxS: jax.Array, task: TextEBT,
     best_of = best_of or task.config.inference.best_of
     y0 = initial_candidates(init_key, (best_of, B, S, task.vocab_width), task)
   else:
-    y0 = initial_logits if initial_logits.ndim == 4 else initial_logits[None]
-    y0 = y0.astype(task.candidate_dtype)
+    y0 = task.given_candidate(initial_logits if initial_logits.ndim == 4 else initial_logits[None])
   emit = None if targets_BxS is None else (
       lambda y: text.token_nll(task.logits(y), targets_BxS))
   caches = task.encode_landscapes(params, inputs_BxS)

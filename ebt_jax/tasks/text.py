@@ -249,6 +249,16 @@ class TextEBT(TextTask):
   def softmax(self, z_xV: jax.Array) -> jax.Array:
     return jax.nn.softmax(self.logits(z_xV), axis=-1)
 
+  def given_candidate(self, y_xV: jax.Array) -> jax.Array:
+    """A caller's initial candidate in the candidates' dtype and width: one over the real
+    vocabulary gets zeros in the padding (masked anyway)."""
+    check(y_xV.shape[-1] in (self.vocab_size, self.vocab_width), "initial_logits",
+          f"a last axis of model.vocab_size {self.vocab_size}"
+          + (f" or its padded {self.vocab_width}" if self.vocab_width != self.vocab_size else ""),
+          tuple(y_xV.shape))
+    pad = [(0, 0)] * (y_xV.ndim - 1) + [(0, self.vocab_width - y_xV.shape[-1])]
+    return jnp.pad(y_xV.astype(self.candidate_dtype), pad)
+
   def default_landscapes(self) -> jnp.ndarray:
     """Landscape of each training step: 0..K-1 for time_embed/adaln, all 0 for default."""
     K = self.thinking.num_steps
@@ -317,8 +327,8 @@ class TextEBT(TextTask):
                 randomize: bool = False, warmed_up=True) -> Outcome:
     """The text EBT's objective on `tokens` [B, S+1], with the final candidates.
 
-    Inputs are tokens[:, :-1], targets tokens[:, 1:]. `initial_logits` [B, S, V] replaces
-    the random initial candidate; `row_mask` [B] (1/0) leaves rows out of the loss and
+    Inputs are tokens[:, :-1], targets tokens[:, 1:]. `initial_logits` [B, S, V] (V the
+    vocabulary or its padded width) replaces the random initial candidate; `row_mask` [B] (1/0) leaves rows out of the loss and
     metrics (replay rows not yet filled). `randomize` draws the S2 random step sizes and
     counts (training; the official no_randomness=False). `warmed_up` (a bool, may be
     traced) says whether the outer optimizer's warmup has finished. `key` drives every
@@ -342,7 +352,7 @@ class TextEBT(TextTask):
     if initial_logits is None:
       y0 = self.initial_candidate(init_key, (B, S, self.vocab_width))
     else:
-      y0 = initial_logits.astype(self.candidate_dtype)
+      y0 = self.given_candidate(initial_logits)
     y0 = constrain(y0, CANDIDATE)
 
     step_K, active_K = self.official_steps(steps_key if randomize else None)
