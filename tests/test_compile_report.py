@@ -204,6 +204,28 @@ def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypat
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
+def test_plan_notes_a_vocabulary_tensor_cannot_split(unrolled_plan):
+  """Layouts whose `tensor` does not divide the vocabulary repeat its work on every chip;
+  the plan says so and names the padding that fixes it."""
+  config = tiny_config()                                   # vocabulary 16
+  assert plan.vocabulary_note(config, [1, 2, 4]) is None
+  config.model.vocab_size = 61
+  note = plan.vocabulary_note(config, [1, 2, 4, 8])
+  assert note.startswith("tensor 2, 4, 8 does not divide the vocabulary (61 entries)")
+  assert note.endswith("--config.model.vocab_multiple=128 pads it to 128 (masked, the same "
+                       "model)")
+  config.model.vocab_multiple = 4                          # 64 entries: 2 and 4 divide them
+  assert plan.vocabulary_note(config, [1, 2, 4]) is None
+  note3 = plan.vocabulary_note(config, [3])
+  assert note3.startswith("tensor 3 does not divide the vocabulary (64 entries)")
+  assert "vocab_multiple=384 pads it to 384 " in note3     # a multiple of 3 and of 128
+  image, _ = cli.load_config_file("denoise")               # nothing vocabulary-sized
+  assert plan.vocabulary_note(image, [3]) is None
+  lines = dataclasses.replace(unrolled_plan, notes=[note]).table().splitlines()
+  assert lines[-2] == f"  note: {note}" and lines[-1].startswith("Best: ")
+  assert unrolled_plan.notes == [] and unrolled_plan.to_json()["notes"] == []
+
+
 def test_plan_writes_progress_and_resumes(tmp_path, capsys):
   """The plan so far after every compile; `--resume` from a killed search's file compiles
   only the layouts it lacks, and refuses a file of another search."""

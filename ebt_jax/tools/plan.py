@@ -35,7 +35,9 @@ on a host whose memory an unrolled compile of every layer exceeds.
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
-(docs/benchmarks.md). The last line gives the overrides selecting the best.
+(docs/benchmarks.md). The last line gives the overrides selecting the best; a note above
+it says where a searched `tensor` does not divide the vocabulary, which those layouts then
+keep whole on every chip (`vocabulary_note`).
 
 A search at the paper's sizes takes hours on a small host, so `--json FILE` is rewritten
 (atomically) after every compile with the plan so far (`"complete": false`), and
@@ -53,12 +55,16 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import math
 import threading
 import time
 
+import jax
 import ml_collections
 
+from ebt_jax import tasks
 from ebt_jax.errors import ConfigError, check
+from ebt_jax.models import layers
 from ebt_jax.parallel import topology as topology_lib
 from ebt_jax.tasks.base import REMAT_CHOICES
 from ebt_jax.tools import compile_report
@@ -130,6 +136,7 @@ class Plan:
   not_unrolled: list[Layout] = dataclasses.field(default_factory=list)
   fingerprint: str = ""               # of what the figures depend on (`fingerprint`)
   complete: bool = True               # False: written while the search was running
+  notes: list[str] = dataclasses.field(default_factory=list)   # about the config, for users
 
   @property
   def best(self) -> Candidate | None:
@@ -181,6 +188,7 @@ class Plan:
       lines.append("  cost of one layer only (unrolled compile over the time budget or failed): "
                    + ", ".join(f"{l.data}x{l.fsdp}x{l.tensor} {l.remat}"
                                for l in self.not_unrolled))
+    lines += [f"  note: {note}" for note in self.notes]
     if self.best is None:
       lines.append("No compiled layout fits: more chips, a smaller batch, or a larger "
                    "--time-budget for the layouts not compiled.")
@@ -198,7 +206,8 @@ class Plan:
                            for c in self.candidates],
             "pruned": self.pruned,
             "not_compiled": [dataclasses.asdict(l) for l in self.not_compiled],
-            "not_unrolled": [dataclasses.asdict(l) for l in self.not_unrolled]}
+            "not_unrolled": [dataclasses.asdict(l) for l in self.not_unrolled],
+            "notes": self.notes}
 
 
 def fingerprint(config: ml_collections.ConfigDict, topology: topology_lib.Topology,
@@ -261,6 +270,26 @@ def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slic
       else:
         keep.append((data, fsdp, tensor))
   return keep, dict(pruned)
+
+
+def vocabulary_note(config: ml_collections.ConfigDict, tensors) -> str | None:
+  """What to tell a user whose vocabulary (as padded) some `tensor` of the search does not
+  divide: those layouts keep every vocabulary-sized array whole on each chip and repeat
+  its work (docs/benchmarks.md, "The padded vocabulary"). None where nothing is
+  vocabulary-sized (image and video EBTs) or every `tensor` divides it."""
+  if "vocab" not in jax.tree.leaves(tasks.param_axes(config)):
+    return None
+  m = config.model
+  width = layers.vocab_width(m.vocab_size, m.vocab_multiple)
+  odd = sorted({t for t in tensors if width % t})
+  if not odd:
+    return None
+  # A multiple of 128 also fills the TPU's 128-wide lanes.
+  multiple = math.lcm(128, *odd)
+  return (f"tensor {', '.join(map(str, odd))} does not divide the vocabulary ({width} "
+          f"entries): those layouts keep every vocabulary-sized array whole on each chip; "
+          f"--config.model.vocab_multiple={multiple} pads it to "
+          f"{layers.vocab_width(m.vocab_size, multiple)} (masked, the same model)")
 
 
 def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
@@ -394,5 +423,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
                              ((i, c) for i, c in enumerate(top))))
   not_compiled = [layout for _, layout in results if layout is not None]
   done.sort(key=Candidate.rank_key)
+  note = vocabulary_note(config, [tensor for *_, tensor in meshes])
   return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
-              time.perf_counter() - t0, [l for l in left_out if l is not None], key)
+              time.perf_counter() - t0, [l for l in left_out if l is not None], key,
+              notes=[note] if note else [])
