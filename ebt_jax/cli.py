@@ -847,9 +847,10 @@ def _add_topology_flags(p, required: bool = False) -> None:
                  "counted once) instead of compiling it again with the layers unrolled")
   p.add_argument("--extrapolate-layers", action="store_true", help="with --topology: the "
                  "unrolled cost figures from the program with 2 and with 3 layers unrolled, "
-                 "extended to the config's depth (an estimate, 0.2-2.4%% off unrolling every "
-                 "layer on v5e and v5p where measured, -9%% to +16%% on v6e; a fraction of "
-                 "the host memory)")
+                 "extended to the config's depth, and checked against 3 and 4 layers (an "
+                 "estimate, 0.2-2.4%% off unrolling every layer in most cases measured, "
+                 "-9%% to +16%% on v6e, flagged where the check differs by over 10%%; a "
+                 "fraction of the host memory)")
 
 
 def _version() -> str:

@@ -38,11 +38,15 @@ bytes, step time and collectives come from the same program compiled a second ti
 `model.scan_layers=False` (`cost_analysis_program` in the JSON: "layers unrolled"),
 unless the config already unrolls them, `--no-unrolled-cost` skips the second compile, or
 libtpu refuses the unrolled program as over HBM ("as configured", with the reason).
-`--extrapolate-layers` makes that second compile two smaller ones, with 2 and with 3
-layers unrolled, and extends the difference (one layer's figures) to the config's depth
-("layers unrolled, extrapolated from 2 and 3 layers"): exact where the layers between the
-first and the last compile alike, an estimate where XLA's scheduling of the deep program
-differs (more all-gathers of the embedding, say). Against unrolling every layer: S1 xxs on
+`--extrapolate-layers` makes that second compile three smaller ones, with 2, 3 and 4
+layers unrolled, and extends the difference of 2 and 3 (one layer's figures) to the
+config's depth ("layers unrolled, extrapolated from 2 and 3 layers"): exact where the
+layers between the first and the last compile alike, an estimate where XLA's scheduling of
+the deep program differs (more all-gathers of the embedding, say). The bytes extended from
+3 and 4 layers check it: more than 10% apart, the report calls the extrapolation
+unreliable (the Transformer++ medium at 1x128x2 on v5e-256: 2.81, 2.81 and 3.14 GiB at 2, 3
+and 4 layers, so 2 and 3 extend to 2.8 GiB and 3 and 4 to 9.7, against 10.6 GiB with every
+layer unrolled). Against unrolling every layer: S1 xxs on
 v5e:2x2 (batch 32, 4-way FSDP) FLOPs +0.003%, bytes +2.4%, all-gather bytes -54% (the deep
 program gathers the embedding 35 times, the shallow ones 14-15); S1 large on v5p-128 FLOPs
 -0.2%, bytes -1.7%; S2 xxs on v5p-128 bytes -0.2%; but on v6e-64 the Transformer++ small's
@@ -81,6 +85,13 @@ ROOFLINE = ("estimate (roofline: XLA's FLOPs at the chip's peak or its bytes at 
             "bandwidth, whichever takes longer; no communication, so a lower bound)")
 UNROLLED, AS_CONFIGURED = "layers unrolled", "as configured"
 EXTRAPOLATED = "layers unrolled, extrapolated from 2 and 3 layers"
+# Beyond this relative difference between the bytes extrapolated from 2 and 3 layers and
+# from 3 and 4, the extrapolation is flagged: at the paper's sizes the agreeing cases were
+# within 2.5% of every layer unrolled, the failing ones 9% to 74% off (docs/benchmarks.md).
+EXTRAPOLATION_TOLERANCE = 0.1
+UNRELIABLE = ("the shallow programs' layers differ, so the extrapolation is unreliable "
+              "here: compile every layer (without --extrapolate-layers) where host memory "
+              "allows")
 
 # An HLO instruction whose opcode is a collective (sync, or the start of an async one).
 _COLLECTIVE = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(?P<type>.+?)\s(?P<op>"
@@ -137,11 +148,28 @@ class TopologyReport:
   # The configured program's roofline step time, kept where an unrolled compile replaced
   # the cost figures: `ebt plan` picks the layouts to unroll by it (None: not replaced)
   scanned_roofline_seconds: float | None = None
+  # Extrapolated figures only: the bytes per chip extrapolated from 3 and 4 layers instead
+  # of 2 and 3, a check on them (`with_unrolled_cost`)
+  check_bytes_accessed: float | None = None
 
   @property
   def counts_every_layer(self) -> bool:
     """Whether the cost figures see every layer (not one scanned layer's body once)."""
     return not self.layers_scanned or self.cost_program in (UNROLLED, EXTRAPOLATED)
+
+  @property
+  def extrapolation_difference(self) -> float | None:
+    """How far the bytes extrapolated from 3 and 4 layers are from those from 2 and 3
+    (relative; None where nothing was extrapolated): where XLA compiles shallow programs'
+    layers unlike each other, the two disagree and neither is to be trusted."""
+    if self.check_bytes_accessed is None or not self.xla_bytes_accessed:
+      return None
+    return self.check_bytes_accessed / self.xla_bytes_accessed - 1
+
+  @property
+  def extrapolation_unreliable(self) -> bool:
+    d = self.extrapolation_difference
+    return d is not None and abs(d) > EXTRAPOLATION_TOLERANCE
 
   @property
   def num_chips(self) -> int:
@@ -222,6 +250,10 @@ class TopologyReport:
         "cost_analysis_compile_s": self.cost_compile_s,
         "cost_analysis_counts_every_layer": self.counts_every_layer,
         "layers_scanned": self.layers_scanned,
+        "extrapolation_check": None if self.check_bytes_accessed is None else {
+            "bytes_accessed_from_3_and_4_layers": self.check_bytes_accessed,
+            "relative_difference": self.extrapolation_difference,
+            "unreliable": self.extrapolation_unreliable},
     }
 
   @classmethod
@@ -246,7 +278,9 @@ class TopologyReport:
                cost_while_loops=d["cost_analysis_while_loops"],
                cost_compile_s=d["cost_analysis_compile_s"], layers_scanned=d["layers_scanned"],
                # (absent from files written before 2026-12-02)
-               scanned_roofline_seconds=d["roofline"].get("scanned_program_step_seconds"))
+               scanned_roofline_seconds=d["roofline"].get("scanned_program_step_seconds"),
+               check_bytes_accessed=(d.get("extrapolation_check") or {}).get(
+                   "bytes_accessed_from_3_and_4_layers"))
 
   def table(self) -> str:
     m = self.memory
@@ -276,6 +310,12 @@ class TopologyReport:
         f"  roofline step time {fmt(self.roofline_seconds, '.4g')} s ({self.roofline_bound}), "
         f"{fmt(self.roofline_tokens_per_s_per_chip, '.4g')} tokens/s per chip, MFU "
         f"{fmt(self.roofline_mfu and 100 * self.roofline_mfu, '.1f')} %: {ROOFLINE}",
+        *([f"  check: extrapolated from 3 and 4 layers instead, "
+           f"{self.check_bytes_accessed / gib:.3f} GiB accessed per chip "
+           f"({100 * self.extrapolation_difference:+.1f}%)"
+           + (f": {UNRELIABLE}" if self.extrapolation_unreliable else ", within "
+              f"{100 * EXTRAPOLATION_TOLERANCE:.0f}%")]
+          if self.check_bytes_accessed is not None else []),
         "  collectives (instructions in the compiled HLO, result bytes per chip):"]
     lines += [f"    {kind:<20} {c['count']:6d}   {c['bytes'] / gib:10.4f} GiB"
               for kind, c in self.collectives.items()]
@@ -360,7 +400,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
   """Compiles `program` of `config` for `topology`'s chips; `hbm_bytes` replaces the
   generation's HBM per chip (headroom, or a test's small chip). With `unrolled_cost` and
   scanned layers, the cost figures come from a second compile with the layers unrolled
-  (`with_unrolled_cost`; `extrapolate_layers`: two compiles, with 2 and 3 layers).
+  (`with_unrolled_cost`; `extrapolate_layers`: three compiles, with 2, 3 and 4 layers).
   `log(line)`, if given, hears what is compiling and how long each compile took (minutes
   at the paper's sizes)."""
   log = log or (lambda line: None)
@@ -402,7 +442,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
   if not unrolled_cost or report.counts_every_layer:
     return report
   log("compiling it again with the layers unrolled"
-      + (" (2 and 3 of them, extrapolated)" if extrapolate_layers else "")
+      + (" (2, 3 and 4 of them, extrapolated)" if extrapolate_layers else "")
       + ", for its cost figures (--no-unrolled-cost skips this)")
   report = with_unrolled_cost(report, config, topology, extrapolate=extrapolate_layers)
   log(f"  compiled in {report.cost_compile_s:.0f} s")
@@ -418,16 +458,19 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
 
   XLA's cost analysis counts a while loop's body once, and the layer scan is one. The
   unrolled program's memory is not reported: a run compiles the configured program.
-  `extrapolate`: instead of unrolling every layer, compile the program with 2 and with 3
-  layers unrolled and extend the difference, one layer's figures, to the config's layer
-  count (`_extrapolated`): two small compiles instead of one that grows with the depth."""
+  `extrapolate`: instead of unrolling every layer, compile the program with 2, 3 and 4
+  layers unrolled and extend the difference of 2 and 3, one layer's figures, to the
+  config's layer count (`_extrapolated`): small compiles instead of one that grows with
+  the depth. The bytes extended from 3 and 4 layers instead are kept as a check
+  (`check_bytes_accessed`): XLA can compile a shallow stack's layers unlike each other
+  (memory-space assignment, fusion), and then the two disagree."""
   if report.counts_every_layer or report.out_of_memory:
     return report
   unrolled = config.copy_and_resolve_references()
   unrolled.model.scan_layers = False
   t0 = time.perf_counter()
   n_layers = config.model.n_layers
-  depths = (2, 3) if extrapolate and n_layers > 3 else (n_layers,)
+  depths = (2, 3, 4) if extrapolate and n_layers > 4 else (n_layers,)
   figures = []
   try:
     for depth in depths:
@@ -442,9 +485,10 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
         cost_compile_s=time.perf_counter() - t0)
   kept = dict(cost_compile_s=time.perf_counter() - t0,
               scanned_roofline_seconds=report.roofline_seconds)
-  if len(figures) == 2:
-    return dataclasses.replace(report, **_extrapolated(*figures, n_layers - 3),
-                               cost_program=EXTRAPOLATED, **kept)
+  if len(figures) == 3:
+    check = _extrapolated(figures[1], figures[2], n_layers - 4)["xla_bytes_accessed"]
+    return dataclasses.replace(report, **_extrapolated(*figures[:2], n_layers - 3),
+                               cost_program=EXTRAPOLATED, check_bytes_accessed=check, **kept)
   return dataclasses.replace(report, **figures[0], cost_program=UNROLLED, **kept)
 
 

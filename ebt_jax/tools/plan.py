@@ -29,9 +29,10 @@ one). An unrolled compile takes up to 17x as long as the scanned one at the pape
 sizes (S1 medium on v5e-256: 852 s against 49 s), so unrolling every layout would
 dominate a search; the scanned figures' order is only a first cut (docs/benchmarks.md
 compares the two). `--no-unrolled-cost` is N = 0. `--extrapolate-layers` compiles those N
-with 2 and with 3 layers unrolled instead and extends the difference to the config's depth
-(compile_report.with_unrolled_cost): an estimate, and the way to rank the deepest models
-on a host whose memory an unrolled compile of every layer exceeds.
+with 2, 3 and 4 layers unrolled instead and extends the difference of 2 and 3 to the
+config's depth (compile_report.with_unrolled_cost): an estimate, and the way to rank the
+deepest models on a host whose memory an unrolled compile of every layer exceeds; a note
+names each layout whose figures from 3 and 4 layers disagree by over 10%.
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
@@ -272,6 +273,16 @@ def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slic
   return keep, dict(pruned)
 
 
+def uncertain_rank_notes(candidates: list[Candidate]) -> list[str]:
+  """A line for each layout whose extrapolated cost figures fail their check (XLA compiled
+  the shallow programs' layers unlike each other: `TopologyReport.extrapolation_unreliable`)."""
+  return [f"{c.layout.data}x{c.layout.fsdp}x{c.layout.tensor} {c.layout.remat}: its bytes "
+          f"extrapolated from 3 and 4 layers differ by "
+          f"{100 * c.report.extrapolation_difference:+.0f}% from those from 2 and 3, so its "
+          f"rank is uncertain" for c in candidates
+          if c.report and c.report.extrapolation_unreliable]
+
+
 def vocabulary_note(config: ml_collections.ConfigDict, tensors) -> str | None:
   """What to tell a user whose vocabulary (as padded) some `tensor` of the search does not
   divide: those layouts keep every vocabulary-sized array whole on each chip and repeat
@@ -396,7 +407,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     lay = candidate.layout
     log(f"[{i + 1}/{of}] compiling data={lay.data} fsdp={lay.fsdp} tensor={lay.tensor} "
         f"remat={lay.remat} with the layers unrolled"
-        + (" (2 and 3 of them, extrapolated)" if extrapolate_layers else "")
+        + (" (2, 3 and 4 of them, extrapolated)" if extrapolate_layers else "")
         + ", for its cost figures")
     start = time.perf_counter()
     try:
@@ -423,7 +434,8 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
                              ((i, c) for i, c in enumerate(top))))
   not_compiled = [layout for _, layout in results if layout is not None]
   done.sort(key=Candidate.rank_key)
-  note = vocabulary_note(config, [tensor for *_, tensor in meshes])
+  notes = [*uncertain_rank_notes(done),
+           vocabulary_note(config, [tensor for *_, tensor in meshes])]
   return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
               time.perf_counter() - t0, [l for l in left_out if l is not None], key,
-              notes=[note] if note else [])
+              notes=[n for n in notes if n])
