@@ -262,6 +262,22 @@ def test_truncated_pickle_is_one_line(tmp_path, capsys):
   assert f"{ckpt}: unreadable" in line
 
 
+def test_side_by_side_bench_times_a_text_ebt_only(capsys):
+  """The GPU side-by-side (launch/gpu_bench.sh) refuses a config it cannot time on both
+  sides before it starts a process, and times a recipe at the official per-GPU batch."""
+  from ebt_jax.tools import official_side_by_side as side_by_side
+  with pytest.raises(SystemExit) as exit_info:
+    side_by_side.main(["--official-repo", "unused", "--bench", "--config", "transformer:xxs"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err == ("error: --config: expected a text EBT (the official step timed is "
+                 "EBT_NLP's), got \"model.kind='transformer'\""), err
+  config, batch = side_by_side.bench_config("ebt_s1:xxs", None)
+  assert (batch, config.model.dtype, config.model.context_length) == (32, "bfloat16", 256)
+  config, batch = side_by_side.bench_config(None, None)
+  assert (batch, config.model.dim, config.model.dtype) == (8, 384, "float32")
+
+
 # --- output wording -------------------------------------------------------------------------
 
 def test_one_step_rows_are_singular():

@@ -1,6 +1,8 @@
 """This project against the official PyTorch EBT code, in one process: parity and speed.
 
     python -m ebt_jax.tools.official_side_by_side --official-repo PATH/TO/EBT [--parity] [--bench]
+    python -m ebt_jax.tools.official_side_by_side --official-repo PATH/TO/EBT --bench \
+        --config ebt_s1:small --json side_by_side_small.json      # a recipe, on a GPU
 
 Needs `torch` and a checkout of the official repository (github.com/alexiglad/EBT); neither
 is a dependency of the project. The official NLP model imports Lightning, torchvision,
@@ -18,6 +20,14 @@ by inert stand-ins before import, and its tokenizer by one of the configured siz
   timed in its own fresh processes, alternating; prints the medians and their ratio. Both
   sides' processes get the huge-page tunable that `ebt`'s step commands start with
   (ebt_jax/hugepages.py; `EBT_JAX_HUGE_PAGES=0` times both without it).
+* `--bench --config SPEC`: the same for a bundled recipe or config file (e.g.
+  `ebt_s1:small`) as configured (its dtype, context, vocabulary, thinking), at `--batch`
+  rows (default 32, the official S1 job scripts' `batch_size_per_device`). The official side
+  runs in float32 with `torch.set_float32_matmul_precision("medium")`, as those job scripts
+  set it (bf16 tensor-core matmuls on a GPU). Torch runs on the GPU when it sees one and JAX
+  on its default backend; each side names its device. Where the device's peak is known
+  (training/flops.py), both sides' MFU is printed against the same count, this project's
+  model FLOPs of the step (`task.flops`).
 """
 
 from __future__ import annotations
@@ -34,13 +44,17 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 import ebt_jax
+from ebt_jax import atomic, hugepages, official_hparams, tasks
 from ebt_jax import config as config_lib
-from ebt_jax import hugepages, official_hparams
 from ebt_jax.checkpoint import import_official
+from ebt_jax.errors import ConfigError, check
+from ebt_jax.tasks.text import TextEBT
+from ebt_jax.training import flops as flops_lib
 
 
 def load_official(repo: str, vocab_size: int):
@@ -55,8 +69,6 @@ def load_official(repo: str, vocab_size: int):
       self[key] = value
 
   class LightningModule(torch.nn.Module):
-    device = torch.device("cpu")
-
     def __init__(self):
       super().__init__()
       object.__setattr__(self, "_hparams", HParams())
@@ -64,6 +76,13 @@ def load_official(repo: str, vocab_size: int):
     @property
     def hparams(self):
       return self._hparams
+
+    @property
+    def device(self):
+      # Lightning's own answer: where the module's parameters are (the official code draws
+      # its initial candidates on it).
+      first = next(self.parameters(), None)
+      return torch.device("cpu") if first is None else first.device
 
   lightning = types.ModuleType("pytorch_lightning")
   lightning.LightningModule = LightningModule
@@ -203,35 +222,55 @@ def parity_inference(EBT_NLP, vocab: int) -> float:
   return worst
 
 
-BENCH_SHAPE = dict(vocab=4096, batch=8, seq=128)
+REFERENCE_BATCH = 8
+RECIPE_BATCH = 32   # the official S1 job scripts' batch_size_per_device
 
 
-def _bench_config():
-  c = config_lib.base_config()
-  c.model.update(ebt_type="time_embed", vocab_size=BENCH_SHAPE["vocab"], dim=384, n_layers=6,
-                 n_heads=6, context_length=BENCH_SHAPE["seq"])
-  c.thinking.update(num_steps=2, step_size=500.0)
-  return c
+def bench_config(spec: str | None, batch: int | None) -> tuple[ml_collections.ConfigDict, int]:
+  """(config, rows per step): the issue's CPU reference step (D=384, 6 layers, 6 heads,
+  S=128, V=4096, time_embed, 2 steps, float32), or the text EBT config `spec` names."""
+  if spec is None:
+    c = config_lib.base_config()
+    c.model.update(ebt_type="time_embed", vocab_size=4096, dim=384, n_layers=6, n_heads=6,
+                   context_length=128)
+    c.thinking.update(num_steps=2, step_size=500.0)
+    return c, batch or REFERENCE_BATCH
+  from ebt_jax.cli import load_config_file
+  c, _ = load_config_file(spec)
+  task = tasks.build(c)
+  check(isinstance(task, TextEBT), "--config", "a text EBT (the official step timed is EBT_NLP's)",
+        task.describe())
+  return c, batch or RECIPE_BATCH
 
 
-def _time_one_side(repo: str, side: str, repeats: int) -> dict:
+def _time_one_side(repo: str, side: str, repeats: int, spec: str | None,
+                   batch: int | None) -> dict:
   """Median step time of one implementation, alone in this process."""
   import torch
-  vocab, B, S = BENCH_SHAPE["vocab"], BENCH_SHAPE["batch"], BENCH_SHAPE["seq"]
-  c = _bench_config()
+  c, B = bench_config(spec, batch)
+  vocab, S = c.model.vocab_size, c.model.context_length
   torch.manual_seed(0)
   tokens = torch.randint(1, vocab, (B, S + 1))
   compile_s = 0.0
+  measured = {}
   if side == "torch":
+    cuda = torch.cuda.is_available()
+    if spec is not None:
+      torch.set_float32_matmul_precision("medium")   # as the official job scripts
     EBT_NLP, _ = load_official(repo, vocab)
     model = EBT_NLP(official_namespace(c))
+    if cuda:
+      model, tokens = model.cuda(), tokens.cuda()
     torch_opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    measured["device"] = torch.cuda.get_device_name() if cuda else "cpu"
 
     def step(i):
       out = model.forward_loss_wrapper({"input_ids": tokens[:, None]}, phase="train")
       torch_opt.zero_grad()
       out["loss"].backward()
       torch_opt.step()
+      if cuda:
+        torch.cuda.synchronize()
   else:
     tx = optax.adamw(1e-4)
     params = ebt_jax.init_params(c, jax.random.key(0))
@@ -251,43 +290,69 @@ def _time_one_side(repo: str, side: str, repeats: int) -> dict:
       state[:] = compiled(*state, jax.random.key(i))
       jax.block_until_ready(state)
 
+    device = jax.devices()[0].device_kind
+    measured.update(device=device, model_flops=tasks.build(c).flops(B),
+                    peak_flops=flops_lib.peak_per_device(device, c.model.dtype))
+
   step(0)  # warm-up
   times = []
   for i in range(repeats):
     t0 = time.perf_counter()
     step(i + 1)
     times.append(time.perf_counter() - t0)
-  return {"times": times, "compile_s": compile_s, "threads": torch.get_num_threads()}
+  return {"times": times, "compile_s": compile_s, "threads": torch.get_num_threads(), **measured}
 
 
-def bench(repo: str, repeats: int = 5, rounds: int = 3) -> dict:
+def bench(repo: str, repeats: int = 5, rounds: int = 3, spec: str | None = None,
+          batch: int | None = None) -> dict:
   """Alternates fresh processes of each side (`rounds` each, `repeats` steps per process):
-  in one process, torch's and XLA's spinning thread pools slow whichever runs second."""
+  in one process, torch's and XLA's spinning thread pools slow whichever runs second, and
+  on a GPU each would hold memory the other needs. This process touches no device."""
+  c, B = bench_config(spec, batch)   # a bad --config fails here, before any process starts
+  S, m = c.model.context_length, c.model
   times = {"torch": [], "jax": []}
-  compile_s = []
-  for _ in range(rounds):
+  compile_s, runs = [], {}
+  extra = (["--config", spec] if spec else []) + (["--batch", str(batch)] if batch else [])
+  for r in range(rounds):
     for side in ("torch", "jax"):
+      print(f"  round {r + 1}/{rounds}: {side}, {repeats} steps ...", flush=True)
       out = subprocess.run([sys.executable, "-m", "ebt_jax.tools.official_side_by_side",
-                            "--official-repo", repo,
-                            "--time-side", side, "--repeats", str(repeats)],
+                            "--official-repo", repo, "--time-side", side,
+                            "--repeats", str(repeats), *extra],
                            check=True, capture_output=True, text=True,
                            env=hugepages.step_environ(os.environ)).stdout
-      measured = json.loads(out.strip().splitlines()[-1])
-      times[side] += measured["times"]
+      runs[side] = json.loads(out.strip().splitlines()[-1])
+      times[side] += runs[side]["times"]
       if side == "jax":
-        compile_s.append(measured["compile_s"])
-  B, S = BENCH_SHAPE["batch"], BENCH_SHAPE["seq"]
-  result = {"torch_step_s": statistics.median(times["torch"]),
+        compile_s.append(runs[side]["compile_s"])
+  result = {"config": spec or "reference", "batch": B, "context_length": S,
+            "torch_step_s": statistics.median(times["torch"]),
             "jax_step_s": statistics.median(times["jax"]),
             "jax_compile_s": statistics.median(compile_s),
-            "device": jax.devices()[0].device_kind, "steps_per_side": len(times["jax"])}
+            "torch_device": runs["torch"]["device"], "jax_device": runs["jax"]["device"],
+            "model_flops_per_step": runs["jax"]["model_flops"],
+            "peak_flops": runs["jax"]["peak_flops"], "steps_per_side": len(times["jax"])}
   result["speedup"] = result["torch_step_s"] / result["jax_step_s"]
-  print(f"S1 training step (AdamW update included), D=384 L=6 H=6 S={S} B={B} "
-        f"V={BENCH_SHAPE['vocab']}, time_embed, 2 thinking steps, float32, {result['device']}")
-  print(f"  official PyTorch: {result['torch_step_s'] * 1e3:8.0f} ms/step "
-        f"({B * S / result['torch_step_s']:,.0f} tokens/s)")
-  print(f"  ebt_jax:          {result['jax_step_s'] * 1e3:8.0f} ms/step "
-        f"({B * S / result['jax_step_s']:,.0f} tokens/s; compile {result['jax_compile_s']:.1f} s)")
+  peak = result["peak_flops"]
+  mfu = {side: result["model_flops_per_step"] / result[f"{side}_step_s"] / peak
+         for side in ("torch", "jax")} if peak else {}
+  result.update({f"{side}_mfu": v for side, v in mfu.items()})
+  print(f"S1 training step (AdamW update included), D={m.dim} L={m.n_layers} H={m.n_heads} "
+        f"S={S} B={B} V={m.vocab_size}, {m.ebt_type}, {c.thinking.num_steps} thinking steps")
+  for side, label, how in (("torch", "official PyTorch", "float32"
+                            + (', matmul precision "medium"' if spec else "")),
+                           ("jax", "ebt_jax", f"{m.dtype}; compile {result['jax_compile_s']:.1f} s")):
+    step_s = result[f"{side}_step_s"]
+    print(f"  {label + ':':<17} {step_s * 1e3:8.0f} ms/step ({B * S / step_s:,.0f} tokens/s"
+          + (f", MFU {100 * mfu[side]:.1f}%" if mfu else "")
+          + f") on {result[f'{side}_device']}, {how}")
+  if mfu:
+    print(f"  MFU: {result['model_flops_per_step']:.3g} model FLOPs per step (task.flops) over "
+          f"the device's {peak / 1e12:.0f} TFLOP/s {m.dtype} peak, for both sides")
+  if result["torch_device"].lower() not in result["jax_device"].lower() and \
+      result["jax_device"].lower() not in result["torch_device"].lower():
+    print(f"  warning: the sides ran on different devices ({result['torch_device']} and "
+          f"{result['jax_device']})")
   print(f"  ebt_jax speed / official speed: {result['speedup']:.2f}x (medians of "
         f"{result['steps_per_side']} steps per side, {rounds} alternating process pairs)")
   return result
@@ -300,13 +365,25 @@ def main(argv=None) -> int:
   parser.add_argument("--bench", action="store_true")
   parser.add_argument("--repeats", type=int, default=5, help="timed steps per process")
   parser.add_argument("--rounds", type=int, default=3, help="process pairs for --bench")
+  parser.add_argument("--config", help="--bench: time this text EBT config (FILE[:ARG] or a "
+                      "bundled name, e.g. ebt_s1:small) instead of the CPU reference step")
+  parser.add_argument("--batch", type=int, help=f"--bench: rows per step (default "
+                      f"{REFERENCE_BATCH} for the reference step, {RECIPE_BATCH} with --config)")
+  parser.add_argument("--json", help="--bench: also write the figures to this JSON file")
   parser.add_argument("--time-side", choices=("torch", "jax"), help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.time_side:
-    print(json.dumps(_time_one_side(args.official_repo, args.time_side, args.repeats)))
+    print(json.dumps(_time_one_side(args.official_repo, args.time_side, args.repeats,
+                                    args.config, args.batch)))
     return 0
   if args.bench:
-    bench(args.official_repo, args.repeats, args.rounds)
+    try:
+      result = bench(args.official_repo, args.repeats, args.rounds, args.config, args.batch)
+    except ConfigError as e:
+      parser.exit(2, f"error: {e}\n")
+    if args.json:
+      atomic.write_json(args.json, result)
+      print(f"Wrote {args.json}")
   if args.parity or not args.bench:
     worst = parity(args.official_repo)
     return 0 if worst < 1e-8 else 1
