@@ -22,12 +22,12 @@ by inert stand-ins before import, and its tokenizer by one of the configured siz
   (ebt_jax/hugepages.py; `EBT_JAX_HUGE_PAGES=0` times both without it).
 * `--bench --config SPEC`: the same for a bundled recipe or config file (e.g.
   `ebt_s1:small`) as configured (its dtype, context, vocabulary, thinking), at `--batch`
-  rows (default 32, the official S1 job scripts' `batch_size_per_device`). The official side
-  runs in float32 with `torch.set_float32_matmul_precision("medium")`, as those job scripts
-  set it (bf16 tensor-core matmuls on a GPU). Torch runs on the GPU when it sees one and JAX
-  on its default backend; each side names its device. Where the device's peak is known
-  (training/flops.py), both sides' MFU is printed against the same count, this project's
-  model FLOPs of the step (`task.flops`).
+  rows (default 32, the official S1 job scripts' `batch_size_per_device`). The official
+  side runs in float32 with `torch.set_float32_matmul_precision("medium")`, as those job
+  scripts set it (reduced-precision tensor-core matmuls on a GPU). Torch runs on the GPU
+  when it sees one and JAX on its default backend; each side names its device. Where the
+  device's peak is known (training/flops.py), both sides' MFU is printed against the same
+  count, this project's model FLOPs of the step (`task.flops`).
 """
 
 from __future__ import annotations
