@@ -453,11 +453,23 @@ def test_extrapolation_that_fails_its_check_is_flagged(cli_report, unrolled_plan
   assert low.extrapolation_unreliable                       # either way
   best, *rest = unrolled_plan.candidates
   flagged = [plan.Candidate(best.layout, far), *rest]
+  # A flagged layout ranks by the larger of its two byte counts (docs/benchmarks.md: the
+  # larger came out closer to every layer's each time it was measured).
+  assert far.roofline_bound == "HBM bandwidth"
+  assert far.cautious_roofline_seconds == pytest.approx(3.5 * far.roofline_seconds, rel=1e-3)
+  assert low.cautious_roofline_seconds == low.roofline_seconds
+  assert close.cautious_roofline_seconds == close.roofline_seconds
   assert plan.uncertain_rank_notes(flagged) == [
       f"{best.layout.data}x{best.layout.fsdp}x{best.layout.tensor} none: its bytes "
       "extrapolated from 3 and 4 layers differ by +250% from those from 2 and 3, so its "
-      "rank is uncertain"]
+      f"rank is uncertain; it ranks by the larger (roofline "
+      f"{far.cautious_roofline_seconds:.4g} s)"]
   assert plan.uncertain_rank_notes(unrolled_plan.candidates) == []
+  slower = dataclasses.replace(close, check_bytes_accessed=None, xla_bytes_accessed=1.5 * bytes_)
+  assert slower.roofline_seconds > far.roofline_seconds
+  ranked = sorted([plan.Candidate(best.layout, far), plan.Candidate(rest[0].layout, slower)],
+                  key=plan.Candidate.rank_key)
+  assert [c.report for c in ranked] == [slower, far]
 
 
 @pytest.mark.slow

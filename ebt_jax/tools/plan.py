@@ -32,7 +32,9 @@ compares the two). `--no-unrolled-cost` is N = 0. `--extrapolate-layers` compile
 with 2, 3 and 4 layers unrolled instead and extends the difference of 2 and 3 to the
 config's depth (compile_report.with_unrolled_cost): an estimate, and the way to rank the
 deepest models on a host whose memory an unrolled compile of every layer exceeds; a note
-names each layout whose figures from 3 and 4 layers disagree by over 10%.
+names each layout whose figures from 3 and 4 layers disagree by over 10%, which then
+ranks by the larger of the two estimates (the closer to every layer's each time that was
+measured: docs/benchmarks.md).
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
@@ -101,11 +103,12 @@ class Candidate:
     # the cost model's, fewer collective bytes per chip, less memory.
     # Figures that count one scanned layer are not comparable with those of every layer,
     # so the layouts whose cost was compiled unrolled rank first among those that fit.
+    # Extrapolations that fail their check rank by the larger of their two estimates.
     r = self.report
     if r is None:
       return (True, True, True, 0.0, True, 0.0, 0, 0)
     return (not self.fits, not r.counts_every_layer, r.roofline_seconds is None,
-            r.roofline_seconds or 0.0,
+            r.cautious_roofline_seconds or 0.0,
             r.optimal_seconds is None, r.optimal_seconds or 0.0,
             sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
 
@@ -279,7 +282,8 @@ def uncertain_rank_notes(candidates: list[Candidate]) -> list[str]:
   return [f"{c.layout.data}x{c.layout.fsdp}x{c.layout.tensor} {c.layout.remat}: its bytes "
           f"extrapolated from 3 and 4 layers differ by "
           f"{100 * c.report.extrapolation_difference:+.0f}% from those from 2 and 3, so its "
-          f"rank is uncertain" for c in candidates
+          f"rank is uncertain; it ranks by the larger (roofline "
+          f"{c.report.cautious_roofline_seconds:.4g} s)" for c in candidates
           if c.report and c.report.extrapolation_unreliable]
 
 
