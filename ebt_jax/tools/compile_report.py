@@ -209,7 +209,7 @@ class TopologyReport:
   @property
   def cautious_roofline_seconds(self) -> float | None:
     """The roofline with the larger of the two extrapolations' bytes where they disagree
-    (`extrapolation_unreliable`), else `roofline_seconds`. In the five disagreements
+    (`extrapolation_unreliable`), else `roofline_seconds`. In the six disagreements
     measured against every layer (docs/benchmarks.md, "The extrapolated cells, checked"),
     the larger was within 1-9% of every layer's bytes and the smaller 9-74% short."""
     if not self.extrapolation_unreliable or self.check_bytes_accessed <= self.xla_bytes_accessed:
