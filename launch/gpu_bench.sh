@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/benchmarks.md ("On a GPU"), on one GPU: `ebt bench` of the S1
-# recipe in its bfloat16, and the official PyTorch S1 step beside ours (its own float32
-# with matmul precision "medium", as its job scripts run it), tokens/s, MFU and the ratio.
+# The figures of docs/benchmarks.md's "S1 training step against the official code (GPU)",
+# on one GPU: `ebt bench` of the S1 recipe in its bfloat16, and the official PyTorch S1
+# step beside ours (its own float32 with matmul precision "medium", as its job scripts run
+# it), tokens/s, MFU and the ratio.
 #
 #   launch/gpu_bench.sh /path/to/official/EBT [OUT_DIR] [SIZE ...]      # sizes: xxs small
 #

@@ -272,9 +272,9 @@ def test_side_by_side_bench_times_a_text_ebt_only(capsys):
   err = capsys.readouterr().err.strip()
   assert err == ("error: --config: expected a text EBT (the official step timed is "
                  "EBT_NLP's), got \"model.kind='transformer'\""), err
-  config, batch = side_by_side.bench_config("ebt_s1:xxs", None)
+  config, _, batch = side_by_side.bench_config("ebt_s1:xxs", None)
   assert (batch, config.model.dtype, config.model.context_length) == (32, "bfloat16", 256)
-  config, batch = side_by_side.bench_config(None, None)
+  config, _, batch = side_by_side.bench_config(None, None)
   assert (batch, config.model.dim, config.model.dtype) == (8, 384, "float32")
 
 

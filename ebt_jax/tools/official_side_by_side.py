@@ -226,28 +226,32 @@ REFERENCE_BATCH = 8
 RECIPE_BATCH = 32   # the official S1 job scripts' batch_size_per_device
 
 
-def bench_config(spec: str | None, batch: int | None) -> tuple[ml_collections.ConfigDict, int]:
-  """(config, rows per step): the issue's CPU reference step (D=384, 6 layers, 6 heads,
-  S=128, V=4096, time_embed, 2 steps, float32), or the text EBT config `spec` names."""
+def bench_config(spec: str | None, batch: int | None
+                 ) -> tuple[ml_collections.ConfigDict, TextEBT, int]:
+  """(config, its task, rows per step): the issue's CPU reference step (D=384, 6 layers,
+  6 heads, S=128, V=4096, time_embed, 2 steps, float32), or the text EBT config `spec`
+  names."""
   if spec is None:
     c = config_lib.base_config()
     c.model.update(ebt_type="time_embed", vocab_size=4096, dim=384, n_layers=6, n_heads=6,
                    context_length=128)
     c.thinking.update(num_steps=2, step_size=500.0)
-    return c, batch or REFERENCE_BATCH
-  from ebt_jax.cli import load_config_file
-  c, _ = load_config_file(spec)
+    batch = batch or REFERENCE_BATCH
+  else:
+    from ebt_jax.cli import load_run_config
+    c, _ = load_run_config(spec)
+    batch = batch or RECIPE_BATCH
   task = tasks.build(c)
   check(isinstance(task, TextEBT), "--config", "a text EBT (the official step timed is EBT_NLP's)",
         task.describe())
-  return c, batch or RECIPE_BATCH
+  return c, task, batch
 
 
 def _time_one_side(repo: str, side: str, repeats: int, spec: str | None,
                    batch: int | None) -> dict:
   """Median step time of one implementation, alone in this process."""
   import torch
-  c, B = bench_config(spec, batch)
+  c, task, B = bench_config(spec, batch)
   vocab, S = c.model.vocab_size, c.model.context_length
   torch.manual_seed(0)
   tokens = torch.randint(1, vocab, (B, S + 1))
@@ -291,7 +295,7 @@ def _time_one_side(repo: str, side: str, repeats: int, spec: str | None,
       jax.block_until_ready(state)
 
     device = jax.devices()[0].device_kind
-    measured.update(device=device, model_flops=tasks.build(c).flops(B),
+    measured.update(device=device, model_flops=task.flops(B),
                     peak_flops=flops_lib.peak_per_device(device, c.model.dtype))
 
   step(0)  # warm-up
@@ -308,7 +312,7 @@ def bench(repo: str, repeats: int = 5, rounds: int = 3, spec: str | None = None,
   """Alternates fresh processes of each side (`rounds` each, `repeats` steps per process):
   in one process, torch's and XLA's spinning thread pools slow whichever runs second, and
   on a GPU each would hold memory the other needs. This process touches no device."""
-  c, B = bench_config(spec, batch)   # a bad --config fails here, before any process starts
+  c, _, B = bench_config(spec, batch)   # a bad --config fails here, before any process starts
   S, m = c.model.context_length, c.model
   times = {"torch": [], "jax": []}
   compile_s, runs = [], {}
