@@ -110,14 +110,25 @@ def test_report_figures(cli_report):
   assert "of the program with layers unrolled" in table and "no loops left" in table
 
 
+@pytest.fixture(scope="module")
+def scanned_plan():
+  """The one-layer search on v5e:2x2, each layout compiled once (no unrolled compile), and
+  the plan so far as it stood after each compile: (plan, partial plans)."""
+  partials = []
+  result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
+                     unrolled_top=0, progress=partials.append, log=lambda line: None)
+  return result, partials
+
+
 @pytest.mark.slow
 # The test process keeps its compilation cache (the CLI turns it off before JAX starts), and
 # the replicated layout compiled again here is found there but cannot be loaded.
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
-def test_plan_shards_what_does_not_fit_replicated():
+def test_plan_shards_what_does_not_fit_replicated(scanned_plan):
   """On chips one byte short of the replicated layout, the planner picks an FSDP layout."""
-  default_peak = compile_report.compile_report(tiny_config(), topology.parse("v5e:2x2"),
-                                               unrolled_cost=False).memory.peak_bytes
+  plan_, _ = scanned_plan
+  default_peak = next(c for c in plan_.candidates
+                      if c.layout.fsdp == 1).report.memory.peak_bytes
   # One compile per layout (no unrolled second compile): this test is about memory. Two
   # meshes compile at once, as `--jobs 2`.
   result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
@@ -187,13 +198,16 @@ def test_plan_unrolls_the_best_layouts_only(unrolled_plan):
 
 
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
-def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypatch):
+def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypatch,
+                                                                      scanned_plan):
   def fail(*args, **kwargs):
     raise RuntimeError("no unrolled program\nsecond line")
   monkeypatch.setattr(compile_report, "with_unrolled_cost", fail)
   logged = []
+  # The scanned compiles come from the shared search (as `--resume` reuses them); the
+  # unrolled ones, all that this test is about, run here and fail.
   result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
-                     unrolled_top=2, log=logged.append)
+                     unrolled_top=2, previous=scanned_plan[0].to_json(), log=logged.append)
   assert len(result.candidates) == 3 and result.best is not None
   assert not any(c.report.counts_every_layer for c in result.candidates)
   assert result.not_unrolled == [c.layout for c in result.candidates[:2]]
@@ -226,12 +240,10 @@ def test_plan_notes_a_vocabulary_tensor_cannot_split(unrolled_plan):
   assert unrolled_plan.notes == [] and unrolled_plan.to_json()["notes"] == []
 
 
-def test_plan_writes_progress_and_resumes(tmp_path, capsys):
+def test_plan_writes_progress_and_resumes(tmp_path, capsys, scanned_plan):
   """The plan so far after every compile; `--resume` from a killed search's file compiles
   only the layouts it lacks, and refuses a file of another search."""
-  partials = []
-  full = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",), unrolled_top=0,
-                   progress=partials.append, log=lambda line: None)
+  full, partials = scanned_plan
   assert [len(p.candidates) for p in partials] == [1, 2, 3]
   assert not any(p.complete for p in partials) and full.complete
   first = partials[0].candidates[0]
@@ -261,24 +273,27 @@ def test_plan_writes_progress_and_resumes(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_resumed_plan_unrolls_what_an_uninterrupted_one_does(unrolled_plan):
-  """A killed search's file holds one layout, unrolled there because it was the best so
-  far but the worst of all by the scanned figures: the resumed search (N = 1) still
-  unrolls the scanned best, as the uninterrupted one did, with the same figures."""
+  """A killed search's file holds two layouts, the worst of all by the scanned figures
+  unrolled there because it was the best so far: the resumed search (N = 1) compiles the
+  third and still unrolls the scanned best, as the uninterrupted one did, with the same
+  figures."""
   config, v5e = tiny_config(REPORT_OVERRIDES), topology.parse("v5e:2x2")
   by_scanned = sorted(unrolled_plan.candidates, key=plan.Candidate.first_cut_key)
-  best, worst = by_scanned[0], by_scanned[-1]
+  best, middle, worst = by_scanned
   assert best.layout == unrolled_plan.best.layout and not worst.report.counts_every_layer
   assert worst.first_cut_key() > best.first_cut_key()
   early = plan.Candidate(worst.layout, compile_report.with_unrolled_cost(
       worst.report, _with_mesh(config, worst.layout), v5e))
   assert early.report.scanned_roofline_seconds == worst.report.roofline_seconds
   killed = plan.Plan(unrolled_plan.topology, unrolled_plan.global_batch,
-                     unrolled_plan.hbm_bytes, [early], {}, [], 1.0,
+                     unrolled_plan.hbm_bytes, [early, middle], {}, [], 1.0,
                      fingerprint=unrolled_plan.fingerprint, complete=False)
   # Through JSON, as `--resume` reads it.
   previous = json.loads(json.dumps(killed.to_json()))
+  logged = []
   resumed = plan.plan(config, v5e, remats=("none",), unrolled_top=1, previous=previous,
-                      log=lambda line: None)
+                      log=logged.append)
+  assert sum("compiling" in line for line in logged) == 2      # the best, scanned and unrolled
   unrolled = {c.layout: c.report for c in resumed.candidates if c.report.counts_every_layer}
   assert set(unrolled) == {best.layout, worst.layout}
   assert _untimed(unrolled[best.layout]) == _untimed(best.report)
