@@ -540,6 +540,13 @@ def _cmd_plan(args, overrides):
   from ebt_jax.tools import plan
   topology, config = _topology_and_config(args, overrides)
   remats = plan.REMAT_CHOICES if args.remat is None else tuple(args.remat.split(","))
+  tensors = None
+  if args.tensor is not None:
+    try:
+      tensors = tuple(int(t) for t in args.tensor.split(","))
+    except ValueError:
+      raise ConfigError(f"--tensor: expected comma-separated tensor sizes, e.g. 1,2, got "
+                        f"{args.tensor!r}") from None
   if args.no_unrolled_cost and args.unrolled_top:
     raise ConfigError("--unrolled-top: not with --no-unrolled-cost (which means 0)")
   top = 0 if args.no_unrolled_cost else 3 if args.unrolled_top is None else args.unrolled_top
@@ -560,7 +567,7 @@ def _cmd_plan(args, overrides):
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
                      unrolled_top=top, extrapolate_layers=args.extrapolate_layers,
-                     jobs=args.jobs, previous=previous, progress=progress,
+                     jobs=args.jobs, previous=previous, progress=progress, tensors=tensors,
                      log=lambda line: print(line, file=sys.stderr))
   _print_and_write(result.table(), result.to_json(), args.json)
 
@@ -797,6 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "layouts past it are listed, not compiled (default 600)")
   p.add_argument("--remat", help="comma-separated model.remat values to try (default "
                  "none,dots,full; more remat only where less does not fit)")
+  p.add_argument("--tensor", help="comma-separated mesh.tensor sizes to try (default every "
+                 "divisor of the chips that divides the heads), e.g. 1,2 to narrow a search "
+                 "at the largest sizes")
   p.add_argument("--jobs", type=int, default=1, help="meshes compiled at once (threads; memory "
                  "grows with it; worth it where one compile leaves cores idle; default 1)")
   p.add_argument("--resume", action="store_true", help="with --json FILE: reuse the layouts "

@@ -325,6 +325,27 @@ def test_plan_lists_what_the_time_budget_leaves_out():
     plan.plan(tiny_config(), topology.parse("v5e:2x2"), jobs=0)
 
 
+def test_plan_tries_only_the_tensor_sizes_asked_for(capsys):
+  """`--tensor 1,2` narrows a search (v5e:4x4, 4 heads: every mesh of tensor 1, 2 and 4
+  otherwise); the others are listed as pruned, and a bad list is one line."""
+  config = tiny_config(OVERRIDES + ["--config.model.n_heads=4", "--config.train.batch_size=16"])
+  every, _ = plan.candidate_meshes(config, 16, 1, 16)
+  assert {t for *_, t in every} == {1, 2, 4}
+  narrow, pruned = plan.candidate_meshes(config, 16, 1, 16, tensors=(1, 2))
+  assert narrow == [m for m in every if m[2] in (1, 2)]
+  assert pruned["tensor not in --tensor 1,2"] == [f"{d}x{f}x4" for d, f, t in every if t == 4] \
+      + ["1x2x8", "2x1x8", "1x1x16"]
+  # Each compile is stubbed out: only the meshes tried matter here.
+  result = plan.plan(config, topology.parse("v5e:4x4"), time_budget_s=1e-9, tensors=(2,),
+                     log=lambda line: None)
+  assert {l.tensor for l in result.not_compiled} == {2}
+  for bad in ("1,x", "0"):
+    assert cli.main(["plan", "--config", "tiny_cpu", "--topology", "v5e:2x2",
+                     "--tensor", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tensor: expected comma-separated tensor sizes" in err
+
+
 def _aligned(table: str, candidates: int) -> bool:
   header, *rows = table.splitlines()[1:2 + candidates]
   return {len(row) for row in rows} == {len(header)}

@@ -2,7 +2,7 @@
 slice, chosen by compiling the candidates for that slice (ebt_jax/tools/compile_report.py).
 
     ebt plan --config configs/ebt_s1.py:medium --topology v5p:4x4x4 \\
-        [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] \\
+        [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] [--tensor 1,2] \\
         [--unrolled-top 3 [--extrapolate-layers] | --no-unrolled-cost] [--jobs 8] \\
         [--json F [--resume]]
 
@@ -10,11 +10,13 @@ Candidates are the (data, fsdp, tensor) factorizations of the chip count, pruned
 compiling: tensor must divide the attention heads (it splits them), fsdp must divide the
 model width (it splits parameters along it; otherwise they stay replicated), data x fsdp
 must divide the global batch (both split it), data must be a multiple of the slices
-(multi-slice traffic is data parallel). Every mesh compiles without remat first; remat
-trades compute for memory, so the next remat (dots, then full) compiles only where the
-previous one does not fit (a mesh the config refuses, e.g. one that cannot split the S2
-step's replayed rows, is listed once). Candidates run from the most sharded state (all
-fsdp) to the least, and once the next compile would overrun the time budget the rest are
+(multi-slice traffic is data parallel), and `--tensor`, if given, names the tensor sizes to
+try (a narrower search where one compile takes minutes: at the paper's sizes no layout with
+tensor above 2 has come out best with every layer counted, docs/benchmarks.md). Every mesh
+compiles without remat first; remat trades compute for memory, so the next remat (dots,
+then full) compiles only where the previous one does not fit (a mesh the config refuses,
+e.g. one that cannot split the S2 step's replayed rows, is listed once). Candidates run
+from the most sharded state (all fsdp) to the least, and once the next compile would overrun the time budget the rest are
 listed as not compiled.
 
 The table ranks layouts that fit by the roofline step time (XLA's FLOPs at peak or bytes
@@ -255,15 +257,17 @@ def _divisors(n: int) -> list[int]:
 
 
 def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slices: int,
-                     global_batch: int) -> tuple[list[tuple[int, int, int]], dict]:
+                     global_batch: int, tensors=None) -> tuple[list[tuple[int, int, int]], dict]:
   """(data, fsdp, tensor) meshes worth compiling, most fsdp first, and the pruned ones by
-  reason."""
+  reason; `tensors`, if given, the only tensor sizes to try (`--tensor`)."""
   m = config.model
   keep, pruned = [], collections.defaultdict(list)
   for tensor in _divisors(num_chips):
     for fsdp in reversed(_divisors(num_chips // tensor)):
       data = num_chips // tensor // fsdp
       reason = (
+          f"tensor not in --tensor {','.join(map(str, tensors))}"
+          if tensors is not None and tensor not in tensors else
           f"tensor must divide model.n_heads={m.n_heads}" if m.n_heads % tensor else
           f"fsdp must divide model.dim={m.dim}" if m.dim % fsdp else
           f"data x fsdp must divide the global batch {global_batch}"
@@ -311,9 +315,10 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
          global_batch: int | None = None, time_budget_s: float | None = None,
          remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_top: int = 3,
          extrapolate_layers: bool = False, jobs: int = 1, previous: dict | None = None,
-         progress=None, log=print) -> Plan:
+         progress=None, tensors=None, log=print) -> Plan:
   """The search. `previous`: an earlier search's `Plan.to_json` whose results are reused
-  (`--resume`); `progress(plan)` is called with the partial plan after every compile."""
+  (`--resume`); `progress(plan)` is called with the partial plan after every compile;
+  `tensors`: the tensor sizes to try (default every divisor of the chips)."""
   for r in remats:
     check(r in REMAT_CHOICES, "--remat", f"a comma-separated subset of {REMAT_CHOICES}", r)
   # Least memory saved (and compute spent) first: none, dots (keeps matmul outputs), full.
@@ -326,9 +331,12 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
         jobs)
   check(isinstance(unrolled_top, int) and unrolled_top >= 0, "--unrolled-top",
         "a number of layouts >= 0", unrolled_top)
+  check(tensors is None or (tensors and all(isinstance(t, int) and t >= 1 for t in tensors)),
+        "--tensor", "comma-separated tensor sizes >= 1", tensors)
   hbm = hbm_bytes or topology.spec.hbm_bytes
   compile_report.topology_devices(topology)   # a topology error stops here, as one line
-  meshes, pruned = candidate_meshes(config, topology.num_chips, topology.num_slices, batch)
+  meshes, pruned = candidate_meshes(config, topology.num_chips, topology.num_slices, batch,
+                                    tensors)
   if not meshes:
     raise ConfigError(f"--topology {topology.describe()}: no mesh of {topology.num_chips} "
                       f"chips suits this config ({'; '.join(pruned)})")
