@@ -35,8 +35,8 @@ with 2, 3 and 4 layers unrolled instead and extends the difference of 2 and 3 to
 config's depth (compile_report.with_unrolled_cost): an estimate, and the way to rank the
 deepest models on a host whose memory an unrolled compile of every layer exceeds; a note
 names each layout whose figures from 3 and 4 layers disagree by over 10%, which then
-ranks by the larger of the two estimates (the closer to every layer's each time that was
-measured: docs/benchmarks.md).
+ranks by the larger of the two estimates (within 9% of every layer's in the seven cases
+measured, where the smaller was up to 74% short: docs/benchmarks.md).
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
