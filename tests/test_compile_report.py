@@ -240,6 +240,7 @@ def test_plan_notes_a_vocabulary_tensor_cannot_split(unrolled_plan):
   assert unrolled_plan.notes == [] and unrolled_plan.to_json()["notes"] == []
 
 
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_writes_progress_and_resumes(tmp_path, capsys, scanned_plan):
   """The plan so far after every compile; `--resume` from a killed search's file compiles
   only the layouts it lacks, and refuses a file of another search."""
