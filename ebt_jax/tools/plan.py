@@ -16,8 +16,8 @@ tensor above 2 has come out best with every layer counted, docs/benchmarks.md). 
 compiles without remat first; remat trades compute for memory, so the next remat (dots,
 then full) compiles only where the previous one does not fit (a mesh the config refuses,
 e.g. one that cannot split the S2 step's replayed rows, is listed once). Candidates run
-from the most sharded state (all fsdp) to the least, and once the next compile would overrun the time budget the rest are
-listed as not compiled.
+from the most sharded state (all fsdp) to the least, and once the next compile would
+overrun the time budget the rest are listed as not compiled.
 
 The table ranks layouts that fit by the roofline step time (XLA's FLOPs at peak or bytes
 at HBM bandwidth per chip, an estimate), then the XLA cost model's step time (another
