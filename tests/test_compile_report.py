@@ -480,14 +480,23 @@ def test_extrapolation_that_fails_its_check_is_flagged(cli_report, unrolled_plan
   assert close.extrapolation_difference == pytest.approx(0.05)
   assert not close.extrapolation_unreliable
   assert "(+5.0%), within 10%" in close.table()
+  assert "with the larger bytes" not in close.table()
   far = dataclasses.replace(close, check_bytes_accessed=3.5 * bytes_)
   assert far.extrapolation_unreliable
   line = next(l for l in far.table().splitlines() if l.startswith("  check:"))
   assert line.endswith(f"(+250.0%): {compile_report.UNRELIABLE}")
+  # The report also gives the figures the plan ranks a flagged layout by.
+  larger = next(l for l in far.table().splitlines() if "with the larger bytes" in l)
+  assert f"roofline step time {far.cautious_roofline_seconds:.4g} s (HBM bandwidth)" in larger
+  assert f"MFU {100 * far.cautious.roofline_mfu:.1f} %" in larger
+  assert far.cautious.roofline_mfu == pytest.approx(far.roofline_mfu / 3.5, rel=1e-3)
+  assert far.to_json()["extrapolation_check"]["roofline_step_seconds_with_larger_bytes"] == (
+      far.cautious_roofline_seconds)
   again = compile_report.TopologyReport.from_json(far.to_json())
   assert again.check_bytes_accessed == far.check_bytes_accessed and again.extrapolation_unreliable
   low = dataclasses.replace(close, check_bytes_accessed=0.8 * bytes_)
   assert low.extrapolation_unreliable                       # either way
+  assert low.cautious is low and "with the larger bytes" not in low.table()
   best, *rest = unrolled_plan.candidates
   flagged = [plan.Candidate(best.layout, far), *rest]
   # A flagged layout ranks by the larger of its two byte counts (docs/benchmarks.md: within

@@ -207,16 +207,21 @@ class TopologyReport:
     return max(terms) if terms else None
 
   @property
-  def cautious_roofline_seconds(self) -> float | None:
-    """The roofline with the larger of the two extrapolations' bytes where they disagree
-    (`extrapolation_unreliable`), else `roofline_seconds`. In the seven disagreements
-    measured against every layer (docs/benchmarks.md, "The extrapolated cells, checked"),
-    the larger was within 1-9% of every layer's bytes and the smaller 9-74% short in six
-    (3% over in the seventh, where the larger was 8.5% over)."""
+  def cautious(self) -> "TopologyReport":
+    """This report with the larger of the two extrapolations' bytes where they disagree
+    (`extrapolation_unreliable`), else itself. In the seven disagreements measured against
+    every layer (docs/benchmarks.md, "The extrapolated cells, checked"), the larger was
+    within 1-9% of every layer's bytes and the smaller 9-74% short in six (3% over in the
+    seventh, where the larger was 8.5% over)."""
     if not self.extrapolation_unreliable or self.check_bytes_accessed <= self.xla_bytes_accessed:
-      return self.roofline_seconds
+      return self
     return dataclasses.replace(self, xla_bytes_accessed=self.check_bytes_accessed,
-                               check_bytes_accessed=None).roofline_seconds
+                               check_bytes_accessed=None)
+
+  @property
+  def cautious_roofline_seconds(self) -> float | None:
+    """The roofline `ebt plan` ranks a layout by: that of `cautious`."""
+    return self.cautious.roofline_seconds
 
   @property
   def roofline_bound(self) -> str | None:
@@ -265,7 +270,8 @@ class TopologyReport:
         "extrapolation_check": None if self.check_bytes_accessed is None else {
             "bytes_accessed_from_3_and_4_layers": self.check_bytes_accessed,
             "relative_difference": self.extrapolation_difference,
-            "unreliable": self.extrapolation_unreliable},
+            "unreliable": self.extrapolation_unreliable,
+            "roofline_step_seconds_with_larger_bytes": self.cautious.roofline_seconds},
     }
 
   @classmethod
@@ -302,6 +308,7 @@ class TopologyReport:
                                f"{self.topology} ({m.num_devices} x {m.device_kind})")]
     if self.out_of_memory:
       return "\n".join(lines[:1] + [f"  DOES NOT FIT: {self.out_of_memory}"])
+    larger = self.cautious
     lines += [
         "  FLOPs, bytes, step time and collectives of the program "
         + ("with " if self.cost_program.startswith(UNROLLED) else "") + self.cost_program
@@ -328,6 +335,10 @@ class TopologyReport:
            + (f": {UNRELIABLE}" if self.extrapolation_unreliable else ", within "
               f"{100 * EXTRAPOLATION_TOLERANCE:.0f}%")]
           if self.check_bytes_accessed is not None else []),
+        *([f"  with the larger bytes (what `ebt plan` ranks this layout by): roofline step "
+           f"time {larger.roofline_seconds:.4g} s ({larger.roofline_bound}), MFU "
+           f"{fmt(larger.roofline_mfu and 100 * larger.roofline_mfu, '.1f')} %"]
+          if larger is not self else []),
         "  collectives (instructions in the compiled HLO, result bytes per chip):"]
     lines += [f"    {kind:<20} {c['count']:6d}   {c['bytes'] / gib:10.4f} GiB"
               for kind, c in self.collectives.items()]
