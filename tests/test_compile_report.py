@@ -487,11 +487,11 @@ def test_extrapolation_that_fails_its_check_is_flagged(cli_report, unrolled_plan
   assert line.endswith(f"(+250.0%): {compile_report.UNRELIABLE}")
   # The report also gives the figures the plan ranks a flagged layout by.
   larger = next(l for l in far.table().splitlines() if "with the larger bytes" in l)
-  assert f"roofline step time {far.cautious_roofline_seconds:.4g} s (HBM bandwidth)" in larger
+  assert f"roofline step time {far.cautious.roofline_seconds:.4g} s (HBM bandwidth)" in larger
   assert f"MFU {100 * far.cautious.roofline_mfu:.1f} %" in larger
   assert far.cautious.roofline_mfu == pytest.approx(far.roofline_mfu / 3.5, rel=1e-3)
   assert far.to_json()["extrapolation_check"]["roofline_step_seconds_with_larger_bytes"] == (
-      far.cautious_roofline_seconds)
+      far.cautious.roofline_seconds)
   again = compile_report.TopologyReport.from_json(far.to_json())
   assert again.check_bytes_accessed == far.check_bytes_accessed and again.extrapolation_unreliable
   low = dataclasses.replace(close, check_bytes_accessed=0.8 * bytes_)
@@ -502,14 +502,14 @@ def test_extrapolation_that_fails_its_check_is_flagged(cli_report, unrolled_plan
   # A flagged layout ranks by the larger of its two byte counts (docs/benchmarks.md: within
   # 9% of every layer's each time it was measured, the smaller up to 74% short).
   assert far.roofline_bound == "HBM bandwidth"
-  assert far.cautious_roofline_seconds == pytest.approx(3.5 * far.roofline_seconds, rel=1e-3)
-  assert low.cautious_roofline_seconds == low.roofline_seconds
-  assert close.cautious_roofline_seconds == close.roofline_seconds
+  assert far.cautious.roofline_seconds == pytest.approx(3.5 * far.roofline_seconds, rel=1e-3)
+  assert low.cautious.roofline_seconds == low.roofline_seconds
+  assert close.cautious.roofline_seconds == close.roofline_seconds
   assert plan.uncertain_rank_notes(flagged) == [
       f"{best.layout.data}x{best.layout.fsdp}x{best.layout.tensor} none: its bytes "
       "extrapolated from 3 and 4 layers differ by +250% from those from 2 and 3, so its "
       f"rank is uncertain; it ranks by the larger (roofline "
-      f"{far.cautious_roofline_seconds:.4g} s)"]
+      f"{far.cautious.roofline_seconds:.4g} s)"]
   assert plan.uncertain_rank_notes(unrolled_plan.candidates) == []
   slower = dataclasses.replace(close, check_bytes_accessed=None, xla_bytes_accessed=1.5 * bytes_)
   assert slower.roofline_seconds > far.roofline_seconds

@@ -209,19 +209,15 @@ class TopologyReport:
   @property
   def cautious(self) -> "TopologyReport":
     """This report with the larger of the two extrapolations' bytes where they disagree
-    (`extrapolation_unreliable`), else itself. In the seven disagreements measured against
-    every layer (docs/benchmarks.md, "The extrapolated cells, checked"), the larger was
-    within 1-9% of every layer's bytes and the smaller 9-74% short in six (3% over in the
-    seventh, where the larger was 8.5% over)."""
+    (`extrapolation_unreliable`), else itself: `ebt plan` ranks a layout by its roofline.
+    In the seven disagreements measured against every layer (docs/benchmarks.md, "The
+    extrapolated cells, checked"), the larger was within 1-9% of every layer's bytes and
+    the smaller 9-74% short in six (3% over in the seventh, where the larger was 8.5%
+    over)."""
     if not self.extrapolation_unreliable or self.check_bytes_accessed <= self.xla_bytes_accessed:
       return self
     return dataclasses.replace(self, xla_bytes_accessed=self.check_bytes_accessed,
                                check_bytes_accessed=None)
-
-  @property
-  def cautious_roofline_seconds(self) -> float | None:
-    """The roofline `ebt plan` ranks a layout by: that of `cautious`."""
-    return self.cautious.roofline_seconds
 
   @property
   def roofline_bound(self) -> str | None:

@@ -110,7 +110,7 @@ class Candidate:
     if r is None:
       return (True, True, True, 0.0, True, 0.0, 0, 0)
     return (not self.fits, not r.counts_every_layer, r.roofline_seconds is None,
-            r.cautious_roofline_seconds or 0.0,
+            r.cautious.roofline_seconds or 0.0,
             r.optimal_seconds is None, r.optimal_seconds or 0.0,
             sum(c["bytes"] for c in r.collectives.values()), r.memory.peak_bytes)
 
@@ -287,7 +287,7 @@ def uncertain_rank_notes(candidates: list[Candidate]) -> list[str]:
           f"extrapolated from 3 and 4 layers differ by "
           f"{100 * c.report.extrapolation_difference:+.0f}% from those from 2 and 3, so its "
           f"rank is uncertain; it ranks by the larger (roofline "
-          f"{c.report.cautious_roofline_seconds:.4g} s)" for c in candidates
+          f"{c.report.cautious.roofline_seconds:.4g} s)" for c in candidates
           if c.report and c.report.extrapolation_unreliable]
 
 
