@@ -813,9 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "an earlier run of the same search wrote to FILE (it is written after every "
                  "compile) and compile the rest")
   p.add_argument("--unrolled-top", type=int, default=None, help="the best N layouts by the "
-                 "first compile's figures (one scanned layer's) are compiled again with the "
-                 "layers unrolled and ranked on every layer's figures (default 3; "
-                 "--no-unrolled-cost: 0)")
+                 "first compile's figures (one scanned layer's), and the most sharded layout "
+                 "that fits as a baseline, are compiled again with the layers unrolled and "
+                 "ranked on every layer's figures (default 3; --no-unrolled-cost: 0, no "
+                 "baseline either)")
   p.set_defaults(fn=_cmd_plan)
 
   p = sub.add_parser("scale", help="scaling study of the EBT against the same-size "

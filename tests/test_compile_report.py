@@ -216,6 +216,35 @@ def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypat
           f"{result.candidates[0].layout.data}x") in result.table()
 
 
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
+def test_plan_unrolls_the_most_sharded_layout_as_a_baseline(scanned_plan):
+  """The scanned figures can misplace a layout. Here the most sharded one (1x4x1, the
+  best with every layer) has its first-cut figures tripled, to last place: N = 1 unrolls
+  the first cut's leader and that baseline, not the third, and the baseline comes out best,
+  with a note giving both of its places."""
+  previous = scanned_plan[0].to_json()
+  for entry in previous["candidates"]:
+    if entry["fsdp"] == 4:
+      report = compile_report.TopologyReport.from_json(entry["report"])
+      entry["report"] = dataclasses.replace(
+          report, xla_flops=3 * report.xla_flops,
+          xla_bytes_accessed=3 * report.xla_bytes_accessed).to_json()
+  logged = []
+  result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
+                     unrolled_top=1, previous=previous, log=logged.append)
+  unrolled = [line.split("compiling ")[1].split(" remat")[0] for line in logged
+              if "with the layers unrolled" in line]
+  assert unrolled == ["data=2 fsdp=2 tensor=1", "data=1 fsdp=4 tensor=1"]
+  assert [c.report.counts_every_layer for c in result.candidates] == [True, True, False]
+  assert result.best.layout == plan.Layout(1, 4, 1, "none")
+  assert result.notes == ["1x4x1 none, the most sharded layout that fits, was unrolled as a "
+                          "baseline: #3 by the scanned figures, it ranks #1 with every layer "
+                          "counted"]
+  assert f"  note: {result.notes[0]}" in result.table()
+  # Where it is among the N, nothing more is unrolled and there is no note.
+  assert plan.baseline_note(result.best, [result.best], result.candidates, 1) is None
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_notes_a_vocabulary_tensor_cannot_split(unrolled_plan):

@@ -25,9 +25,11 @@ estimate, which libtpu gives for few real programs: ebt_jax/tools/compile_report
 then collective bytes per chip. XLA's cost analysis counts the layer scan's body once, so
 those figures of a scanned program see one layer. Each layout is compiled as configured
 first (its memory, which a run would need); then the `--unrolled-top` N best by those
-figures (default 3) are compiled again with their layers unrolled, within the same time
-budget, and rank first on figures that count every layer (the `layers` column: all or
-one). An unrolled compile takes up to 17x as long as the scanned one at the paper's
+figures (default 3), and as a baseline the first layout in the search's order that fits
+(the most FSDP: what a config with no searched mesh runs), are compiled again with their
+layers unrolled, within the same time budget, and rank first on figures that count every
+layer (the `layers` column: all or one); a note gives the baseline's place where it was
+not among the N. An unrolled compile takes up to 17x as long as the scanned one at the paper's
 sizes (S1 medium on v5e-256: 852 s against 49 s), so unrolling every layout would
 dominate a search; the scanned figures' order is only a first cut (docs/benchmarks.md
 compares the two). `--no-unrolled-cost` is N = 0. `--extrapolate-layers` compiles those N
@@ -291,6 +293,29 @@ def uncertain_rank_notes(candidates: list[Candidate]) -> list[str]:
           if c.report and c.report.extrapolation_unreliable]
 
 
+def baseline(in_search_order: list[Candidate]) -> Candidate | None:
+  """The layout every search also unrolls: the first in the search's order that fits, i.e.
+  the most FSDP with the least tensor and remat, what a config with no searched mesh
+  runs. The scanned figures' order misplaces layouts (S1 xxs on v6e-64: its top 3 were 7%
+  slower with every layer than full FSDP, sixth by those figures: docs/benchmarks.md), so
+  a leader is only recommended over it on every layer's figures."""
+  return next((c for c in in_search_order if c.fits), None)
+
+
+def baseline_note(base: Candidate | None, by_first_cut: list[Candidate],
+                  ranked: list[Candidate], unrolled_top: int) -> str | None:
+  """Where the baseline was unrolled beyond the `--unrolled-top` N: its place by the
+  scanned figures and by every layer's, so a reader sees when the first cut misjudged it."""
+  if base is None or not unrolled_top or base in by_first_cut[:unrolled_top]:
+    return None
+  lay = base.layout
+  where = (f"ranks #{ranked.index(base) + 1} with every layer counted"
+           if base.report.counts_every_layer else "its unrolled compile did not run")
+  return (f"{lay.data}x{lay.fsdp}x{lay.tensor} {lay.remat}, the most sharded layout that "
+          f"fits, was unrolled as a baseline: #{by_first_cut.index(base) + 1} by the scanned "
+          f"figures, it {where}")
+
+
 def vocabulary_note(config: ml_collections.ConfigDict, tensors) -> str | None:
   """What to tell a user whose vocabulary (as padded) some `tensor` of the search does not
   divide: those layouts keep every vocabulary-sized array whole on each chip and repeat
@@ -440,13 +465,17 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     done = sorted((c for candidates, _ in results for c in candidates), key=Candidate.rank_key)
     # Every layout compiled once, the best by those (one layer's) figures get every layer
     # counted: unrolled compiles take several times as long as scanned ones.
-    top = sorted((c for c in done if c.fits), key=Candidate.first_cut_key)[:unrolled_top]
+    by_first_cut = sorted((c for c in done if c.fits), key=Candidate.first_cut_key)
+    top = by_first_cut[:unrolled_top]
+    base = baseline([c for candidates, _ in results for c in candidates])
+    if top and base is not None and base not in top:
+      top.insert(1, base)     # second: the leader against it decides whether to move at all
     top = [c for c in top if not c.report.counts_every_layer]
     left_out = list(pool.map(lambda args: unroll(*args, len(top)),
                              ((i, c) for i, c in enumerate(top))))
   not_compiled = [layout for _, layout in results if layout is not None]
   done.sort(key=Candidate.rank_key)
-  notes = [*uncertain_rank_notes(done),
+  notes = [*uncertain_rank_notes(done), baseline_note(base, by_first_cut, done, unrolled_top),
            vocabulary_note(config, [tensor for *_, tensor in meshes])]
   return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
               time.perf_counter() - t0, [l for l in left_out if l is not None], key,
