@@ -85,6 +85,9 @@ class Layout:
   tensor: int
   remat: str
 
+  def __str__(self) -> str:
+    return f"{self.data}x{self.fsdp}x{self.tensor} {self.remat}"
+
   def overrides(self) -> list[str]:
     return [f"--config.mesh.data={self.data}", f"--config.mesh.fsdp={self.fsdp}",
             f"--config.mesh.tensor={self.tensor}", f"--config.model.remat={self.remat}"]
@@ -189,13 +192,11 @@ class Plan:
                    f"{' ...' if len(meshes) > 6 else ''}: {reason}")
     if self.not_compiled:
       lines.append(f"  not compiled, over the time budget: {len(self.not_compiled)} layouts ("
-                   + ", ".join(f"{l.data}x{l.fsdp}x{l.tensor} {l.remat}"
-                               for l in self.not_compiled[:6])
+                   + ", ".join(map(str, self.not_compiled[:6]))
                    + (" ..." if len(self.not_compiled) > 6 else "") + ")")
     if self.not_unrolled:
       lines.append("  cost of one layer only (unrolled compile over the time budget or failed): "
-                   + ", ".join(f"{l.data}x{l.fsdp}x{l.tensor} {l.remat}"
-                               for l in self.not_unrolled))
+                   + ", ".join(map(str, self.not_unrolled)))
     lines += [f"  note: {note}" for note in self.notes]
     if self.best is None:
       lines.append("No compiled layout fits: more chips, a smaller batch, or a larger "
@@ -285,7 +286,7 @@ def candidate_meshes(config: ml_collections.ConfigDict, num_chips: int, num_slic
 def uncertain_rank_notes(candidates: list[Candidate]) -> list[str]:
   """A line for each layout whose extrapolated cost figures fail their check (XLA compiled
   the shallow programs' layers unlike each other: `TopologyReport.extrapolation_unreliable`)."""
-  return [f"{c.layout.data}x{c.layout.fsdp}x{c.layout.tensor} {c.layout.remat}: its bytes "
+  return [f"{c.layout}: its bytes "
           f"extrapolated from 3 and 4 layers differ by "
           f"{100 * c.report.extrapolation_difference:+.0f}% from those from 2 and 3, so its "
           f"rank is uncertain; it ranks by the larger (roofline "
@@ -308,10 +309,9 @@ def baseline_note(base: Candidate | None, by_first_cut: list[Candidate],
   scanned figures and by every layer's, so a reader sees when the first cut misjudged it."""
   if base is None or not unrolled_top or base in by_first_cut[:unrolled_top]:
     return None
-  lay = base.layout
   where = (f"ranks #{ranked.index(base) + 1} with every layer counted"
            if base.report.counts_every_layer else "its unrolled compile did not run")
-  return (f"{lay.data}x{lay.fsdp}x{lay.tensor} {lay.remat}, the most sharded layout that "
+  return (f"{base.layout}, the most sharded layout that "
           f"fits, was unrolled as a baseline: #{by_first_cut.index(base) + 1} by the scanned "
           f"figures, it {where}")
 
@@ -462,12 +462,13 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   # small part at real sizes, takes turns); the sharding context is a contextvar, per thread.
   with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
     results = list(pool.map(lambda args: search(args[0], *args[1]), enumerate(meshes)))
-    done = sorted((c for candidates, _ in results for c in candidates), key=Candidate.rank_key)
+    compiled = [c for candidates, _ in results for c in candidates]     # in search order
+    done = sorted(compiled, key=Candidate.rank_key)
     # Every layout compiled once, the best by those (one layer's) figures get every layer
     # counted: unrolled compiles take several times as long as scanned ones.
     by_first_cut = sorted((c for c in done if c.fits), key=Candidate.first_cut_key)
     top = by_first_cut[:unrolled_top]
-    base = baseline([c for candidates, _ in results for c in candidates])
+    base = baseline(compiled)
     if top and base is not None and base not in top:
       top.insert(1, base)     # second: the leader against it decides whether to move at all
     top = [c for c in top if not c.report.counts_every_layer]
