@@ -861,7 +861,8 @@ def _add_topology_flags(p, required: bool = False) -> None:
                  "extended to the config's depth, and checked against 3 and 4 layers (an "
                  "estimate, 0.2-2.4%% off unrolling every layer in most cases measured, "
                  "-9%% to +16%% on v6e, flagged where the check differs by over 10%%; a "
-                 "fraction of the host memory)")
+                 "fraction of the host memory; `ebt plan` compiles a flagged layout with "
+                 "every layer where its smaller estimate beats the leader's)")
 
 
 def _version() -> str:

@@ -245,6 +245,49 @@ def test_plan_unrolls_the_most_sharded_layout_as_a_baseline(scanned_plan):
   assert plan.baseline_note(result.best, [result.best], result.candidates, 1) is None
 
 
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
+def test_plan_settles_a_flagged_extrapolation_that_may_lead(scanned_plan):
+  """A layout whose extrapolation fails its check ranks by its larger estimate; where its
+  smaller one beats the leader, the plan compiles it with every layer, which decides. Here
+  (figures set in the shared search's file, bytes in units of the largest real count):
+  2x2x1 leads at 100 agreeing, 1x4x1 is flagged between 50 and 300 and is settled (its
+  real bytes, below 1, make it lead), 4x1x1 is flagged between 200 and 400 and is not."""
+  previous = scanned_plan[0].to_json()
+  unit = max(e["report"]["xla_bytes_accessed_per_chip"] for e in previous["candidates"])
+  estimates = {4: (50, 300), 2: (100, 100), 1: (200, 400)}     # fsdp: (bytes, check)
+  for entry in previous["candidates"]:
+    report = compile_report.TopologyReport.from_json(entry["report"])
+    low, check = estimates[entry["fsdp"]]
+    entry["report"] = dataclasses.replace(
+        report, cost_program=compile_report.EXTRAPOLATED, xla_bytes_accessed=low * unit,
+        check_bytes_accessed=check * unit,
+        scanned_roofline_seconds=report.roofline_seconds).to_json()
+  logged = []
+  result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
+                     previous=previous, log=logged.append)
+  unrolled = [line for line in logged if "with the layers unrolled" in line]
+  assert unrolled == ["[1/1] compiling data=1 fsdp=4 tensor=1 remat=none with the layers "
+                      "unrolled (every one: its extrapolation failed its check and may lead), "
+                      "for its cost figures"]
+  settled, leader, flagged = result.candidates
+  assert [c.layout.fsdp for c in result.candidates] == [4, 2, 1]
+  assert settled.report.cost_program == compile_report.UNROLLED
+  assert settled.report.check_bytes_accessed is None and settled.report.xla_bytes_accessed < unit
+  assert settled.report.scanned_roofline_seconds == next(
+      e for e in previous["candidates"]
+      if e["fsdp"] == 4)["report"]["roofline"]["scanned_program_step_seconds"]
+  assert flagged.report.extrapolation_unreliable
+  hopeful = dataclasses.replace(leader.report, xla_bytes_accessed=50 * unit).roofline_seconds
+  assert result.notes == [
+      *plan.uncertain_rank_notes([flagged]),
+      f"1x4x1 none: its smaller extrapolated estimate (roofline {hopeful:.4g} s) beat the "
+      f"leader's ({leader.report.roofline_seconds:.4g} s), so it was compiled with every "
+      f"layer: {settled.report.roofline_seconds:.4g} s, #1"]
+  # Nothing is settled where no flagged layout's smaller estimate beats the leader's.
+  assert plan.flagged_contender([leader, flagged], []) is None
+  assert plan.flagged_contender(result.candidates, []) is None
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_notes_a_vocabulary_tensor_cannot_split(unrolled_plan):

@@ -220,6 +220,15 @@ class TopologyReport:
                                check_bytes_accessed=None)
 
   @property
+  def hopeful_roofline_seconds(self) -> float | None:
+    """The roofline step time with the smaller of the two extrapolations' bytes where they
+    disagree, else `roofline_seconds`: the fastest a flagged layout may turn out."""
+    if not self.extrapolation_unreliable:
+      return self.roofline_seconds
+    return min(self.roofline_seconds, dataclasses.replace(
+        self, xla_bytes_accessed=self.check_bytes_accessed).roofline_seconds)
+
+  @property
   def roofline_bound(self) -> str | None:
     terms = self._roofline_terms
     if terms is None:
@@ -482,8 +491,12 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
   config's layer count (`_extrapolated`): small compiles instead of one that grows with
   the depth. The bytes extended from 3 and 4 layers instead are kept as a check
   (`check_bytes_accessed`): XLA can compile a shallow stack's layers unlike each other
-  (memory-space assignment, fusion), and then the two disagree."""
-  if report.counts_every_layer or report.out_of_memory:
+  (memory-space assignment, fusion), and then the two disagree. An extrapolated `report`
+  with `extrapolate` False gets every layer's figures instead (`ebt plan` settles a
+  flagged extrapolation so)."""
+  # An extrapolation is compiled again with every layer when asked without `extrapolate`.
+  settle = report.cost_program == EXTRAPOLATED and not extrapolate
+  if (report.counts_every_layer and not settle) or report.out_of_memory:
     return report
   unrolled = config.copy_and_resolve_references()
   unrolled.model.scan_layers = False
@@ -502,13 +515,16 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
     return dataclasses.replace(
         report, cost_program=f"{AS_CONFIGURED} (the unrolled program is over HBM)",
         cost_compile_s=time.perf_counter() - t0)
-  kept = dict(cost_compile_s=time.perf_counter() - t0,
-              scanned_roofline_seconds=report.roofline_seconds)
+  kept = (dict(cost_compile_s=report.cost_compile_s + time.perf_counter() - t0,
+               scanned_roofline_seconds=report.scanned_roofline_seconds) if settle else
+          dict(cost_compile_s=time.perf_counter() - t0,
+               scanned_roofline_seconds=report.roofline_seconds))
   if len(figures) == 3:
     check = _extrapolated(figures[1], figures[2], n_layers - 4)["xla_bytes_accessed"]
     return dataclasses.replace(report, **_extrapolated(*figures[:2], n_layers - 3),
                                cost_program=EXTRAPOLATED, check_bytes_accessed=check, **kept)
-  return dataclasses.replace(report, **figures[0], cost_program=UNROLLED, **kept)
+  return dataclasses.replace(report, **figures[0], cost_program=UNROLLED,
+                             check_bytes_accessed=None, **kept)
 
 
 def _extrapolated(two: dict, three: dict, more_layers: int) -> dict:

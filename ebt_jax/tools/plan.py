@@ -38,7 +38,10 @@ config's depth (compile_report.with_unrolled_cost): an estimate, and the way to 
 deepest models on a host whose memory an unrolled compile of every layer exceeds; a note
 names each layout whose figures from 3 and 4 layers disagree by over 10%, which then
 ranks by the larger of the two estimates (within 9% of every layer's in the seven cases
-measured, where the smaller was up to 74% short: docs/benchmarks.md).
+measured, where the smaller was up to 74% short: docs/benchmarks.md); where the smaller
+beats the leader's figure, that layout is compiled again with every layer (within the
+budget, one at a time: `flagged_contender`), since ranking by the larger misplaced such
+a layout (docs/benchmarks.md).
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
@@ -294,6 +297,20 @@ def uncertain_rank_notes(candidates: list[Candidate]) -> list[str]:
           if c.report and c.report.extrapolation_unreliable]
 
 
+def flagged_contender(ranked: list[Candidate], tried: list[Candidate]) -> Candidate | None:
+  """The best placed layout below the leader, not in `tried`, whose extrapolation failed
+  its check and whose smaller estimate beats the leader's figure: it ranks by its larger
+  estimate, and with every layer counted it may lead (the Transformer++ xl on v5e-256:
+  4x16x4 ranked behind 1x64x4 by an estimate 18% high, and was 7% faster with every
+  layer: docs/benchmarks.md). None where there is none."""
+  if not ranked or not ranked[0].fits or ranked[0].report.cautious.roofline_seconds is None:
+    return None
+  bar = ranked[0].report.cautious.roofline_seconds
+  return next((c for c in ranked[1:] if c.fits and c not in tried
+               and c.report.extrapolation_unreliable
+               and c.report.hopeful_roofline_seconds < bar), None)
+
+
 def baseline(in_search_order: list[Candidate]) -> Candidate | None:
   """The layout every search also unrolls: the first in the search's order that fits, i.e.
   the most FSDP with the least tensor and remat, what a config with no searched mesh
@@ -434,9 +451,11 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
         break        # more remat only costs compute, or cannot help
     return done, None
 
-  def unroll(i: int, candidate: Candidate, of: int) -> Layout | None:
-    """The candidate's cost figures from its program compiled with the layers unrolled;
-    its layout if the time budget leaves that compile out or it fails."""
+  def unroll(i: int, candidate: Candidate, of: int,
+             extrapolate: bool = extrapolate_layers) -> Layout | None:
+    """The candidate's cost figures from its program compiled with the layers unrolled
+    (every one, or extrapolated); its layout if the time budget leaves that compile out or
+    it fails."""
     # Before the first, an unrolled compile is expected to take at least as long as the
     # longest scanned one (up to 17x as long at the paper's sizes: docs/benchmarks.md).
     if over_budget(unrolled_times or compile_times):
@@ -444,12 +463,14 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     lay = candidate.layout
     log(f"[{i + 1}/{of}] compiling data={lay.data} fsdp={lay.fsdp} tensor={lay.tensor} "
         f"remat={lay.remat} with the layers unrolled"
-        + (" (2, 3 and 4 of them, extrapolated)" if extrapolate_layers else "")
+        + (" (2, 3 and 4 of them, extrapolated)" if extrapolate else
+           " (every one: its extrapolation failed its check and may lead)"
+           if candidate.report.extrapolation_unreliable else "")
         + ", for its cost figures")
     start = time.perf_counter()
     try:
       candidate.report = compile_report.with_unrolled_cost(
-          candidate.report, layout_config(lay), topology, extrapolate=extrapolate_layers)
+          candidate.report, layout_config(lay), topology, extrapolate=extrapolate)
     except Exception as e:       # keeps the scanned figures, listed as not unrolled
       log(f"  the unrolled compile failed: {type(e).__name__}: {str(e).splitlines()[0]}")
       return lay
@@ -474,9 +495,24 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
     top = [c for c in top if not c.report.counts_every_layer]
     left_out = list(pool.map(lambda args: unroll(*args, len(top)),
                              ((i, c) for i, c in enumerate(top))))
-  not_compiled = [layout for _, layout in results if layout is not None]
   done.sort(key=Candidate.rank_key)
-  notes = [*uncertain_rank_notes(done), baseline_note(base, by_first_cut, done, unrolled_top),
+  # A flagged extrapolation ranks by its larger estimate; where its smaller one beats the
+  # leader, every layer decides (one at a time: each can change the leader).
+  tried, settle_notes = [], []
+  while (c := flagged_contender(done, tried)) is not None:
+    tried.append(c)
+    hopeful, bar = c.report.hopeful_roofline_seconds, done[0].report.cautious.roofline_seconds
+    missed = unroll(len(tried) - 1, c, len(tried), extrapolate=False)
+    done.sort(key=Candidate.rank_key)
+    settle_notes.append(
+        f"{c.layout}: its smaller extrapolated estimate (roofline {hopeful:.4g} s) beat the "
+        f"leader's ({bar:.4g} s), so "
+        + ("its every-layer compile was due, but the time budget left it out or it failed"
+           if missed else f"it was compiled with every layer: {c.report.roofline_seconds:.4g} "
+           f"s, #{done.index(c) + 1}"))
+  not_compiled = [layout for _, layout in results if layout is not None]
+  notes = [*uncertain_rank_notes(done), *settle_notes,
+           baseline_note(base, by_first_cut, done, unrolled_top),
            vocabulary_note(config, [tensor for *_, tensor in meshes])]
   return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
               time.perf_counter() - t0, [l for l in left_out if l is not None], key,
