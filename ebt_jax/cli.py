@@ -552,6 +552,8 @@ def _cmd_plan(args, overrides):
   top = 0 if args.no_unrolled_cost else 3 if args.unrolled_top is None else args.unrolled_top
   if args.extrapolate_layers and not top:
     raise ConfigError("--extrapolate-layers: needs unrolled compiles (--unrolled-top > 0)")
+  if args.no_settle and not args.extrapolate_layers:
+    raise ConfigError("--no-settle: only with --extrapolate-layers (nothing else is settled)")
   previous, progress = None, None
   if args.resume:
     if args.json in (None, "-"):
@@ -567,7 +569,7 @@ def _cmd_plan(args, overrides):
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
                      unrolled_top=top, extrapolate_layers=args.extrapolate_layers,
-                     jobs=args.jobs, previous=previous, progress=progress, tensors=tensors,
+                     settle=not args.no_settle, jobs=args.jobs, previous=previous, progress=progress, tensors=tensors,
                      log=lambda line: print(line, file=sys.stderr))
   _print_and_write(result.table(), result.to_json(), args.json)
 
@@ -817,6 +819,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "that fits as a baseline, are compiled again with the layers unrolled and "
                  "ranked on every layer's figures (default 3; --no-unrolled-cost: 0, no "
                  "baseline either)")
+  p.add_argument("--no-settle", action="store_true", help="with --extrapolate-layers: rank a "
+                 "layout whose extrapolation fails its check by its larger estimate only, "
+                 "instead of compiling it with every layer where its smaller estimate beats "
+                 "the leader's (for hosts whose memory such a compile exceeds)")
   p.set_defaults(fn=_cmd_plan)
 
   p = sub.add_parser("scale", help="scaling study of the EBT against the same-size "

@@ -247,7 +247,7 @@ def test_plan_unrolls_the_most_sharded_layout_as_a_baseline(scanned_plan):
 
 
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
-def test_plan_settles_a_flagged_extrapolation_that_may_lead(scanned_plan):
+def test_plan_settles_a_flagged_extrapolation_that_may_lead(scanned_plan, capsys):
   """A layout whose extrapolation fails its check ranks by its larger estimate; where its
   smaller one beats the leader, the plan compiles it with every layer, which decides. Here
   (figures set in the shared search's file, bytes in units of the largest real count):
@@ -263,6 +263,14 @@ def test_plan_settles_a_flagged_extrapolation_that_may_lead(scanned_plan):
         report, cost_program=compile_report.EXTRAPOLATED, xla_bytes_accessed=low * unit,
         check_bytes_accessed=check * unit,
         scanned_roofline_seconds=report.roofline_seconds).to_json()
+  # `--no-settle` compiles nothing here: the file holds every layout's figures.
+  kept = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
+                   previous=previous, settle=False, log=lambda line: None)
+  assert [c.layout.fsdp for c in kept.candidates] == [2, 4, 1]
+  assert kept.notes == plan.uncertain_rank_notes(kept.candidates)
+  assert cli.main(["plan", "--config", "tiny_cpu", "--topology", "v5e:2x2", "--no-settle"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "--no-settle: only with --extrapolate-layers" in err
   logged = []
   result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
                      previous=previous, log=logged.append)

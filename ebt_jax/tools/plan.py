@@ -3,8 +3,8 @@ slice, chosen by compiling the candidates for that slice (ebt_jax/tools/compile_
 
     ebt plan --config configs/ebt_s1.py:medium --topology v5p:4x4x4 \\
         [--global-batch 1024] [--time-budget 600] [--remat none,dots,full] [--tensor 1,2] \\
-        [--unrolled-top 3 [--extrapolate-layers] | --no-unrolled-cost] [--jobs 8] \\
-        [--json F [--resume]]
+        [--unrolled-top 3 [--extrapolate-layers [--no-settle]] | --no-unrolled-cost] \\
+        [--jobs 8] [--json F [--resume]]
 
 Candidates are the (data, fsdp, tensor) factorizations of the chip count, pruned before
 compiling: tensor must divide the attention heads (it splits them), fsdp must divide the
@@ -40,8 +40,8 @@ names each layout whose figures from 3 and 4 layers disagree by over 10%, which 
 ranks by the larger of the two estimates (within 9% of every layer's in the seven cases
 measured, where the smaller was up to 74% short: docs/benchmarks.md); where the smaller
 beats the leader's figure, that layout is compiled again with every layer (within the
-budget, one at a time: `flagged_contender`), since ranking by the larger misplaced such
-a layout (docs/benchmarks.md).
+budget, one at a time: `flagged_contender`; `--no-settle` leaves it), since ranking by
+the larger misplaced such a layout (docs/benchmarks.md).
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
@@ -356,11 +356,12 @@ def vocabulary_note(config: ml_collections.ConfigDict, tensors) -> str | None:
 def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
          global_batch: int | None = None, time_budget_s: float | None = None,
          remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_top: int = 3,
-         extrapolate_layers: bool = False, jobs: int = 1, previous: dict | None = None,
+         extrapolate_layers: bool = False, settle: bool = True, jobs: int = 1, previous: dict | None = None,
          progress=None, tensors=None, log=print) -> Plan:
   """The search. `previous`: an earlier search's `Plan.to_json` whose results are reused
   (`--resume`); `progress(plan)` is called with the partial plan after every compile;
-  `tensors`: the tensor sizes to try (default every divisor of the chips)."""
+  `tensors`: the tensor sizes to try (default every divisor of the chips); `settle`:
+  compile a flagged extrapolation that may lead with every layer (`flagged_contender`)."""
   for r in remats:
     check(r in REMAT_CHOICES, "--remat", f"a comma-separated subset of {REMAT_CHOICES}", r)
   # Least memory saved (and compute spent) first: none, dots (keeps matmul outputs), full.
@@ -499,7 +500,7 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   # A flagged extrapolation ranks by its larger estimate; where its smaller one beats the
   # leader, every layer decides (one at a time: each can change the leader).
   tried, settle_notes = [], []
-  while (c := flagged_contender(done, tried)) is not None:
+  while settle and (c := flagged_contender(done, tried)) is not None:
     tried.append(c)
     hopeful, bar = c.report.hopeful_roofline_seconds, done[0].report.cautious.roofline_seconds
     missed = unroll(len(tried) - 1, c, len(tried), extrapolate=False)
