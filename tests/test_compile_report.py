@@ -239,11 +239,17 @@ def test_plan_unrolls_the_most_sharded_layout_as_a_baseline(scanned_plan):
   assert [c.report.counts_every_layer for c in result.candidates] == [True, True, False]
   assert result.best.layout == plan.Layout(1, 4, 1, "none")
   assert result.notes == ["1x4x1 none, the most sharded layout that fits, was unrolled as a "
-                          "baseline: #3 by the scanned figures, it ranks #1 with every layer "
+                          "baseline: #3 by the scanned figures; it ranks #1 with every layer "
                           "counted"]
   assert f"  note: {result.notes[0]}" in result.table()
   # Where it is among the N, nothing more is unrolled and there is no note.
   assert plan.baseline_note(result.best, [result.best], result.candidates, 1) is None
+  # Where the time budget left its unrolled compile out, the note says so.
+  scanned = scanned_plan[0].candidates
+  assert plan.baseline_note(scanned[1], scanned, scanned, 1) == (
+      f"{scanned[1].layout}, the most sharded layout that fits, was to be unrolled as a "
+      "baseline: #2 by the scanned figures; the time budget left its unrolled compile out, "
+      "or it failed")
 
 
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")

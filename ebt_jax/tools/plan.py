@@ -326,11 +326,12 @@ def baseline_note(base: Candidate | None, by_first_cut: list[Candidate],
   scanned figures and by every layer's, so a reader sees when the first cut misjudged it."""
   if base is None or not unrolled_top or base in by_first_cut[:unrolled_top]:
     return None
-  where = (f"ranks #{ranked.index(base) + 1} with every layer counted"
-           if base.report.counts_every_layer else "its unrolled compile did not run")
-  return (f"{base.layout}, the most sharded layout that "
-          f"fits, was unrolled as a baseline: #{by_first_cut.index(base) + 1} by the scanned "
-          f"figures, it {where}")
+  done = base.report.counts_every_layer
+  return (f"{base.layout}, the most sharded layout that fits, was "
+          f"{'unrolled' if done else 'to be unrolled'} as a baseline: "
+          f"#{by_first_cut.index(base) + 1} by the scanned figures; "
+          + (f"it ranks #{ranked.index(base) + 1} with every layer counted" if done else
+             "the time budget left its unrolled compile out, or it failed"))
 
 
 def vocabulary_note(config: ml_collections.ConfigDict, tensors) -> str | None:
