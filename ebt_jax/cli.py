@@ -569,7 +569,8 @@ def _cmd_plan(args, overrides):
   result = plan.plan(config, topology, global_batch=args.global_batch,
                      time_budget_s=args.time_budget, remats=remats, hbm_bytes=_hbm_bytes(args),
                      unrolled_top=top, extrapolate_layers=args.extrapolate_layers,
-                     settle=not args.no_settle, jobs=args.jobs, previous=previous, progress=progress, tensors=tensors,
+                     settle=not args.no_settle, jobs=args.jobs, previous=previous,
+                     progress=progress, tensors=tensors,
                      log=lambda line: print(line, file=sys.stderr))
   _print_and_write(result.table(), result.to_json(), args.json)
 

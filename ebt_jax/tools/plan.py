@@ -357,8 +357,8 @@ def vocabulary_note(config: ml_collections.ConfigDict, tensors) -> str | None:
 def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
          global_batch: int | None = None, time_budget_s: float | None = None,
          remats=REMAT_CHOICES, hbm_bytes: int | None = None, unrolled_top: int = 3,
-         extrapolate_layers: bool = False, settle: bool = True, jobs: int = 1, previous: dict | None = None,
-         progress=None, tensors=None, log=print) -> Plan:
+         extrapolate_layers: bool = False, settle: bool = True, jobs: int = 1,
+         previous: dict | None = None, progress=None, tensors=None, log=print) -> Plan:
   """The search. `previous`: an earlier search's `Plan.to_json` whose results are reused
   (`--resume`); `progress(plan)` is called with the partial plan after every compile;
   `tensors`: the tensor sizes to try (default every divisor of the chips); `settle`:
