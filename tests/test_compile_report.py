@@ -6,6 +6,7 @@ errors for bad topologies."""
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 
@@ -21,14 +22,14 @@ from ebt_jax.training import program as program_lib
 
 pytest.importorskip("libtpu", reason="needs the [tpu] extra: pip install -e '.[dev,tpu]'")
 
-# One attention head (tensor parallelism has nothing to split), one layer, width 16.
-OVERRIDES = ["--config.model.dim=16", "--config.model.n_layers=1", "--config.model.n_heads=1",
+# One attention head (tensor parallelism has nothing to split), width 16, two layers: XLA
+# drops a scan of one layer, so one layer would not show what the layer scan hides from the
+# cost analysis. Every program here has this base, so that the searches, the report and
+# the resumed searches share their compiles (`shared_compiles`).
+OVERRIDES = ["--config.model.dim=16", "--config.model.n_layers=2", "--config.model.n_heads=1",
              "--config.model.vocab_size=16", "--config.model.context_length=8",
              "--config.thinking.num_steps=1", "--config.train.batch_size=4"]
 V5E_PEAK = 197e12
-# The report's program has two layers: XLA drops a scan of one layer, so one layer would
-# not show what the layer scan hides from the cost analysis.
-REPORT_OVERRIDES = OVERRIDES + ["--config.model.n_layers=2"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,6 +41,25 @@ def tpu_env():
                         ("TPU_WORKER_HOSTNAMES", "localhost"),
                         ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
       mp.setenv(name, value)
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_compiles():
+  """Each program compiles once in this module: its searches compile the same layouts
+  again (a resumed search, the CLI beside the library, a plan beside a report). The cache
+  is keyed by all that `_build` reads, so a layout the planner configured differently
+  still compiles afresh."""
+  build, built = compile_report._build, {}
+
+  def cached_build(config, topology_, program):
+    key = (config.to_json_best_effort(sort_keys=True), topology_, program)
+    if key not in built:
+      prog, compile_, *rest = build(config, topology_, program)
+      built[key] = (prog, functools.cache(compile_), *rest)
+    return built[key]
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(compile_report, "_build", cached_build)
     yield
 
 
@@ -56,7 +76,7 @@ def cli_report(tmp_path_factory):
   path = tmp_path_factory.mktemp("report") / "report.json"
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    rc = cli.main(["compile-report", "--config", "tiny_cpu", *REPORT_OVERRIDES,
+    rc = cli.main(["compile-report", "--config", "tiny_cpu", *OVERRIDES,
                    "--topology", "v5e:2x2", "--json", str(path)])
   assert rc == 0
   return out.getvalue(), json.loads(path.read_text()), err.getvalue()
@@ -69,7 +89,7 @@ def test_report_figures(cli_report):
       "compiling the train program for v5e:2x2 (4 chips, data=4 fsdp=1 tensor=1)")
   assert "compiling it again with the layers unrolled" in progress
   assert progress.count("  compiled in ") == 2, progress
-  config = tiny_config(REPORT_OVERRIDES)
+  config = tiny_config()
   mem = r["memory_per_chip"]
   assert (r["topology"], r["num_chips"], r["device_kind"]) == ("v5e:2x2", 4, "TPU v5 lite")
   assert r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
@@ -112,7 +132,7 @@ def test_report_figures(cli_report):
 
 @pytest.fixture(scope="module")
 def scanned_plan():
-  """The one-layer search on v5e:2x2, each layout compiled once (no unrolled compile), and
+  """The search on v5e:2x2, each layout compiled once (no unrolled compile), and
   the plan so far as it stood after each compile: (plan, partial plans)."""
   partials = []
   result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
@@ -157,7 +177,7 @@ def test_plan_shards_what_does_not_fit_replicated(scanned_plan):
   assert _aligned(result.table(), len(result.candidates))
   # The roofline ranks first: a cost-model step time, however short, does not lift a
   # layout whose roofline is slower above one the cost model is silent on.
-  slow, fast = [c for c in result.candidates if c.fits]
+  slow, fast = (plan.Candidate(c.layout, c.report) for c in plan_.candidates[:2])
   fast.report = dataclasses.replace(slow.report, xla_flops=slow.report.xla_flops / 2,
                                     xla_bytes_accessed=slow.report.xla_bytes_accessed / 2,
                                     optimal_seconds=None)
@@ -168,7 +188,7 @@ def test_plan_shards_what_does_not_fit_replicated(scanned_plan):
 @pytest.fixture(scope="module")
 def unrolled_plan():
   """A two-layer search on v5e:2x2 whose best layout by the scanned figures is unrolled."""
-  return plan.plan(tiny_config(REPORT_OVERRIDES), topology.parse("v5e:2x2"), remats=("none",),
+  return plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
                    unrolled_top=1, log=lambda line: None)
 
 
@@ -177,7 +197,7 @@ def unrolled_plan():
 def test_plan_unrolls_the_best_layouts_only(unrolled_plan):
   """Every layout compiles once (scanned: one layer's cost); the best by those figures
   compiles again unrolled and ranks first, on figures that count both layers."""
-  config = tiny_config(REPORT_OVERRIDES)
+  config = tiny_config()
   result = unrolled_plan
   best, *rest = result.candidates
   assert len(rest) == 2 and best.report.counts_every_layer
@@ -365,7 +385,7 @@ def test_resumed_plan_unrolls_what_an_uninterrupted_one_does(unrolled_plan):
   unrolled there because it was the best so far: the resumed search (N = 1) compiles the
   third and still unrolls the scanned best, as the uninterrupted one did, with the same
   figures."""
-  config, v5e = tiny_config(REPORT_OVERRIDES), topology.parse("v5e:2x2")
+  config, v5e = tiny_config(), topology.parse("v5e:2x2")
   by_scanned = sorted(unrolled_plan.candidates, key=plan.Candidate.first_cut_key)
   best, middle, worst = by_scanned
   assert best.layout == unrolled_plan.best.layout and not worst.report.counts_every_layer
