@@ -21,6 +21,7 @@ from ebt_jax import cli, tasks
 from ebt_jax.models.layers import CANDIDATE
 from ebt_jax.parallel.logical import MESH_AXES, spec_for
 from ebt_jax.tasks import replay
+from ebt_jax.training import trainer
 from ebt_jax.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +116,15 @@ def test_paper_s2_replay_buffer_is_split_as_its_batch(mesh_shape, expected):
   assert spec_for((256, 256, 50304), CANDIDATE, mesh) == P(*expected[1:])
 
 
-def _train(workdir, devices, *extra, processes=None):
+TRAIN_OVERRIDES = ["--config.model.n_layers=1", "--config.train.log_every=1",
+                   "--config.train.checkpoint_every=2", "--config.train.eval_every=100"]
+
+
+def _train(workdir, devices, *extra, processes):
+  """`ebt train` in `processes` local processes of `devices` CPU devices each: the first's
+  output."""
   base = [sys.executable, "-m", "ebt_jax.cli", "train", "--config", "tiny_cpu", "--workdir",
-          str(workdir), "--no-progress", "--config.model.n_layers=1", "--config.train.log_every=1",
-          "--config.train.checkpoint_every=2", "--config.train.eval_every=100", *extra]
-  if processes is None:
-    out = subprocess.run(base, env=_env(devices), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+          str(workdir), "--no-progress", *TRAIN_OVERRIDES, *extra]
   with socket.socket() as s:   # a free port for the coordinator
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
@@ -148,9 +150,12 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4]
   out = _train(workdir, 4, "--config.train.num_steps=6", processes=2)
   assert "Resuming" in out and "Trained steps 4..6" in out
-  # The same global batch in one process on one device: the same losses, logged once
-  # (the mesh test above checks FSDP and tensor-parallel steps against one device).
-  _train(tmp_path / "single", 1, "--config.train.num_steps=6")
+  # The same global batch in one process on one device (this one: no process start-up to
+  # pay for again): the same losses, logged once (the mesh test above checks FSDP and
+  # tensor-parallel steps against one device).
+  config, _ = cli.load_config_file("tiny_cpu")
+  cli.apply_overrides(config, TRAIN_OVERRIDES + ["--config.train.num_steps=6"])
+  trainer.train(config, tmp_path / "single", progress=False, log=lambda *a: None)
   two, single = _losses(workdir), _losses(tmp_path / "single")
   assert sorted(two) == sorted(single) == list(range(1, 7))
   np.testing.assert_allclose([two[s] for s in range(1, 7)], [single[s] for s in range(1, 7)],
