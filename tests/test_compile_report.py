@@ -141,9 +141,6 @@ def scanned_plan():
 
 
 @pytest.mark.slow
-# The test process keeps its compilation cache (the CLI turns it off before JAX starts), and
-# the replicated layout compiled again here is found there but cannot be loaded.
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_shards_what_does_not_fit_replicated(scanned_plan):
   """On chips one byte short of the replicated layout, the planner picks an FSDP layout."""
   plan_, _ = scanned_plan
@@ -193,7 +190,6 @@ def unrolled_plan():
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_unrolls_the_best_layouts_only(unrolled_plan):
   """Every layout compiles once (scanned: one layer's cost); the best by those figures
   compiles again unrolled and ranks first, on figures that count both layers."""
@@ -218,7 +214,6 @@ def test_plan_unrolls_the_best_layouts_only(unrolled_plan):
   assert plan.Candidate(rest[0].layout, fast).rank_key() > best.rank_key()
 
 
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypatch,
                                                                       scanned_plan):
   def fail(*args, **kwargs):
@@ -237,7 +232,6 @@ def test_plan_keeps_the_first_figures_where_the_unrolled_compile_fails(monkeypat
           f"{result.candidates[0].layout.data}x") in result.table()
 
 
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_unrolls_the_most_sharded_layout_as_a_baseline(scanned_plan):
   """The scanned figures can misplace a layout. Here the most sharded one (1x4x1, the
   best with every layer) has its first-cut figures tripled, to last place: N = 1 unrolls
@@ -272,7 +266,6 @@ def test_plan_unrolls_the_most_sharded_layout_as_a_baseline(scanned_plan):
       "or it failed")
 
 
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_settles_a_flagged_extrapolation_that_may_lead(scanned_plan, capsys):
   """A layout whose extrapolation fails its check ranks by its larger estimate; where its
   smaller one beats the leader, the plan compiles it with every layer, which decides. Here
@@ -324,7 +317,6 @@ def test_plan_settles_a_flagged_extrapolation_that_may_lead(scanned_plan, capsys
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_notes_a_vocabulary_tensor_cannot_split(unrolled_plan):
   """Layouts whose `tensor` does not divide the vocabulary repeat its work on every chip;
   the plan says so and names the padding that fixes it."""
@@ -347,7 +339,6 @@ def test_plan_notes_a_vocabulary_tensor_cannot_split(unrolled_plan):
   assert unrolled_plan.notes == [] and unrolled_plan.to_json()["notes"] == []
 
 
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_plan_writes_progress_and_resumes(tmp_path, capsys, scanned_plan):
   """The plan so far after every compile; `--resume` from a killed search's file compiles
   only the layouts it lacks, and refuses a file of another search."""
@@ -379,7 +370,6 @@ def test_plan_writes_progress_and_resumes(tmp_path, capsys, scanned_plan):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_resumed_plan_unrolls_what_an_uninterrupted_one_does(unrolled_plan):
   """A killed search's file holds two layouts, the worst of all by the scanned figures
   unrolled there because it was the best so far: the resumed search (N = 1) compiles the
@@ -627,7 +617,6 @@ def test_extrapolation_that_fails_its_check_is_flagged(cli_report, unrolled_plan
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_extrapolated_layers_match_every_layer_unrolled(tmp_path):
   """`--extrapolate-layers` (2-, 3- and 4-layer compiles, extended to 5 layers) against the
   5-layer program unrolled: the same FLOPs and bytes within the tolerances measured at the
