@@ -146,8 +146,8 @@ def test_plan_shards_what_does_not_fit_replicated(scanned_plan):
   plan_, _ = scanned_plan
   default_peak = next(c for c in plan_.candidates
                       if c.layout.fsdp == 1).report.memory.peak_bytes
-  # One compile per layout (no unrolled second compile): this test is about memory. Two
-  # meshes compile at once, as `--jobs 2`.
+  # No unrolled second compile: this test is about memory. Two meshes at a time, as
+  # `--jobs 2` (their compiles are the shared search's: only the chip's HBM differs).
   result = plan.plan(tiny_config(), topology.parse("v5e:2x2"), remats=("none",),
                      hbm_bytes=default_peak - 1, unrolled_top=0, jobs=2,
                      log=lambda line: None)
