@@ -12,12 +12,30 @@ Public API (kept stable; see README.md):
 * `ebt_jax.thinking.think(...)` and the inner-optimizer registry `ebt_jax.thinking.optimizers`
 """
 
-from ebt_jax import checkpoint, config, tasks, thinking
-from ebt_jax.official_hparams import from_official_hparams
-from ebt_jax.tasks import init_params, param_axes
-from ebt_jax.tasks.text import text_ebt_loss, transformer_loss
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["checkpoint", "config", "tasks", "thinking", "from_official_hparams", "init_params",
-           "param_axes", "text_ebt_loss", "transformer_loss"]
+# The API is imported on first use (PEP 562), not with the package: `ebt` and the modules
+# that need no JAX (`atomic`, `errors`, `hugepages`) then start without importing JAX, and
+# the training commands' restart (`hugepages`) happens before that import, not after it.
+_WHERE = {"checkpoint": "ebt_jax.checkpoint", "config": "ebt_jax.config",
+          "tasks": "ebt_jax.tasks", "thinking": "ebt_jax.thinking",
+          "from_official_hparams": "ebt_jax.official_hparams", "init_params": "ebt_jax.tasks",
+          "param_axes": "ebt_jax.tasks", "text_ebt_loss": "ebt_jax.tasks.text",
+          "transformer_loss": "ebt_jax.tasks.text"}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+  if name not in _WHERE:
+    raise AttributeError(f"module 'ebt_jax' has no attribute {name!r}")
+  module = importlib.import_module(_WHERE[name])
+  value = module if module.__name__ == f"ebt_jax.{name}" else getattr(module, name)
+  globals()[name] = value   # later reads skip this function
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), *_WHERE])

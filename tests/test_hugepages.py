@@ -96,3 +96,17 @@ def test_step_commands_restart_once_and_others_do_not(tmp_path):
 
   assert starts("eval", "--workdir", str(tmp_path / "none")) == 2
   assert starts("export-torch", "--workdir", str(tmp_path / "none"), "--out", "x.ckpt") == 1
+
+
+def test_the_cli_restarts_before_importing_jax():
+  """The step commands' restart re-runs whatever was imported before it: the CLI and the
+  package import no JAX (nor NumPy) until a command needs it, and the package's API still
+  resolves on first use."""
+  code = ("import sys, ebt_jax, ebt_jax.cli, ebt_jax.hugepages; "
+          "print(sorted(m for m in ('jax', 'jaxlib', 'numpy', 'flax', 'optax') "
+          "if m in sys.modules)); "
+          "print(sorted(n for n in ebt_jax.__all__ if getattr(ebt_jax, n) is None)); "
+          "print('jax' in sys.modules, set(ebt_jax.__all__) <= set(dir(ebt_jax)))")
+  out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       text=True).stdout.splitlines()
+  assert out == ["[]", "[]", "True True"], out
