@@ -13,29 +13,31 @@ Public API (kept stable; see README.md):
 """
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
 # The API is imported on first use (PEP 562), not with the package: `ebt` and the modules
 # that need no JAX (`atomic`, `errors`, `hugepages`) then start without importing JAX, and
 # the training commands' restart (`hugepages`) happens before that import, not after it.
-_WHERE = {"checkpoint": "ebt_jax.checkpoint", "config": "ebt_jax.config",
-          "tasks": "ebt_jax.tasks", "thinking": "ebt_jax.thinking",
-          "from_official_hparams": "ebt_jax.official_hparams", "init_params": "ebt_jax.tasks",
+# Subpackages (`ebt_jax.tasks`, `ebt_jax.training`, ...) import on first use as well.
+_WHERE = {"from_official_hparams": "ebt_jax.official_hparams", "init_params": "ebt_jax.tasks",
           "param_axes": "ebt_jax.tasks", "text_ebt_loss": "ebt_jax.tasks.text",
           "transformer_loss": "ebt_jax.tasks.text"}
 
-__all__ = list(_WHERE)
+__all__ = ["checkpoint", "config", "tasks", "thinking", *_WHERE]
 
 
 def __getattr__(name: str):
-  if name not in _WHERE:
-    raise AttributeError(f"module 'ebt_jax' has no attribute {name!r}")
-  module = importlib.import_module(_WHERE[name])
-  value = module if module.__name__ == f"ebt_jax.{name}" else getattr(module, name)
+  if name in _WHERE:
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+  elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+    value = importlib.import_module(f"{__name__}.{name}")
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
   globals()[name] = value   # later reads skip this function
   return value
 
 
 def __dir__() -> list[str]:
-  return sorted([*globals(), *_WHERE])
+  return sorted({*globals(), *__all__})

@@ -106,7 +106,8 @@ def test_the_cli_restarts_before_importing_jax():
           "print(sorted(m for m in ('jax', 'jaxlib', 'numpy', 'flax', 'optax') "
           "if m in sys.modules)); "
           "print(sorted(n for n in ebt_jax.__all__ if getattr(ebt_jax, n) is None)); "
-          "print('jax' in sys.modules, set(ebt_jax.__all__) <= set(dir(ebt_jax)))")
+          "print('jax' in sys.modules, set(ebt_jax.__all__) <= set(dir(ebt_jax)), "
+          "hasattr(ebt_jax, 'no_such_name'), ebt_jax.training.__name__)")
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                        text=True).stdout.splitlines()
-  assert out == ["[]", "[]", "True True"], out
+  assert out == ["[]", "[]", "True True False ebt_jax.training"], out
