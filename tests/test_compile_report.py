@@ -611,8 +611,13 @@ def test_extrapolation_that_fails_its_check_is_flagged(cli_report, unrolled_plan
       f"{best.layout.data}x{best.layout.fsdp}x{best.layout.tensor} none: its bytes "
       "extrapolated from 3 and 4 layers differ by +250% from those from 2 and 3, so its "
       f"rank is uncertain; it ranks by the larger (roofline "
-      f"{far.cautious.roofline_seconds:.4g} s)"]
+      f"{far.cautious.roofline_seconds:.4g} s, in the table; the smaller "
+      f"{far.roofline_seconds:.4g} s)"]
   assert plan.uncertain_rank_notes(unrolled_plan.candidates) == []
+  # The table shows the figures it ranks by: the larger estimate, and its MFU.
+  row = dataclasses.replace(unrolled_plan, candidates=flagged).table().splitlines()[2].split()
+  assert row[11:13] == [format(far.cautious.roofline_seconds, ".4g"),
+                        format(100 * far.cautious.roofline_mfu, ".1f")]
   slower = dataclasses.replace(close, check_bytes_accessed=None, xla_bytes_accessed=1.5 * bytes_)
   assert slower.roofline_seconds > far.roofline_seconds
   ranked = sorted([plan.Candidate(best.layout, far), plan.Candidate(rest[0].layout, slower)],

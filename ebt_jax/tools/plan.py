@@ -183,11 +183,13 @@ class Plan:
       # "n/a" padded to the column's width (the format's digits before the point).
       num = lambda v, f, scale=1: ("n/a".rjust(int(f.split(".")[0])) if v is None
                                    else format(v * scale, f))
+      # The roofline a layout ranks by: a flagged extrapolation's larger (its note gives both).
+      rank = r.cautious
       lines.append(f"{head} {'yes' if c.fits else 'NO':>5} {r.memory.peak_bytes / gib:9.2f} "
                    f"{'all' if r.counts_every_layer else 'one':>6} "
                    f"{num(r.optimal_seconds, '10.4g')} {num(r.mfu, '7.1f', 100)} "
-                   f"{num(r.tokens_per_s_per_chip, '11.4g')} {num(r.roofline_seconds, '10.4g')} "
-                   f"{num(r.roofline_mfu, '7.1f', 100)} {num(r.xla_flops, '10.3f', 1e-12)} "
+                   f"{num(r.tokens_per_s_per_chip, '11.4g')} {num(rank.roofline_seconds, '10.4g')} "
+                   f"{num(rank.roofline_mfu, '7.1f', 100)} {num(r.xla_flops, '10.3f', 1e-12)} "
                    f"{sum(c['bytes'] for c in r.collectives.values()) / gib:9.3f}")
     for reason, meshes in self.pruned.items():
       lines.append(f"  skipped {len(meshes)} mesh{'es' if len(meshes) > 1 else ''} "
@@ -293,7 +295,8 @@ def uncertain_rank_notes(candidates: list[Candidate]) -> list[str]:
           f"extrapolated from 3 and 4 layers differ by "
           f"{100 * c.report.extrapolation_difference:+.0f}% from those from 2 and 3, so its "
           f"rank is uncertain; it ranks by the larger (roofline "
-          f"{c.report.cautious.roofline_seconds:.4g} s)" for c in candidates
+          f"{c.report.cautious.roofline_seconds:.4g} s, in the table; the smaller "
+          f"{c.report.hopeful_roofline_seconds:.4g} s)" for c in candidates
           if c.report and c.report.extrapolation_unreliable]
 
 
