@@ -210,9 +210,9 @@ class TopologyReport:
   def cautious(self) -> "TopologyReport":
     """This report with the larger of the two extrapolations' bytes where they disagree
     (`extrapolation_unreliable`), else itself: `ebt plan` ranks a layout by its roofline.
-    In the seven disagreements measured against every layer (docs/benchmarks.md, "The
+    In the eight disagreements measured against every layer (docs/benchmarks.md, "The
     extrapolated cells, checked"), the larger was within 1-9% of every layer's bytes and
-    the smaller 9-74% short in six (3% over in the seventh, where the larger was 8.5%
+    the smaller 9-74% short in seven (3% over in the eighth, where the larger was 8.5%
     over)."""
     if not self.extrapolation_unreliable or self.check_bytes_accessed <= self.xla_bytes_accessed:
       return self
