@@ -210,10 +210,11 @@ class TopologyReport:
   def cautious(self) -> "TopologyReport":
     """This report with the larger of the two extrapolations' bytes where they disagree
     (`extrapolation_unreliable`), else itself: `ebt plan` ranks a layout by its roofline.
-    In the eight disagreements measured against every layer (docs/benchmarks.md, "The
-    extrapolated cells, checked"), the larger was within 1-9% of every layer's bytes and
-    the smaller 9-74% short in seven (3% over in the eighth, where the larger was 8.5%
-    over)."""
+    In ten disagreements measured against every layer (docs/benchmarks.md, "The
+    extrapolated cells, checked"), the larger was within 1-9% of every layer's bytes in
+    eight and 17-31% over in two; the smaller was 6-74% short in nine (3% over in the
+    tenth). So a flagged layout whose smaller estimate beats the leader's is compiled
+    with every layer (`plan.flagged_contender`)."""
     if not self.extrapolation_unreliable or self.check_bytes_accessed <= self.xla_bytes_accessed:
       return self
     return dataclasses.replace(self, xla_bytes_accessed=self.check_bytes_accessed,

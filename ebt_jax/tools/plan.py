@@ -37,8 +37,9 @@ with 2, 3 and 4 layers unrolled instead and extends the difference of 2 and 3 to
 config's depth (compile_report.with_unrolled_cost): an estimate, and the way to rank the
 deepest models on a host whose memory an unrolled compile of every layer exceeds; a note
 names each layout whose figures from 3 and 4 layers disagree by over 10%, which then
-ranks by the larger of the two estimates (within 9% of every layer's in the eight cases
-measured, where the smaller was up to 74% short: docs/benchmarks.md); where the smaller
+ranks by the larger of the two estimates (within 9% of every layer's in eight of ten
+cases measured and up to 31% over in two, where the smaller was up to 74% short:
+docs/benchmarks.md); where the smaller
 beats the leader's figure, that layout is compiled again with every layer (within the
 budget, one at a time: `flagged_contender`; `--no-settle` leaves it), since ranking by
 the larger misplaced such a layout (docs/benchmarks.md).
