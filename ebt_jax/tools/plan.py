@@ -39,10 +39,10 @@ deepest models on a host whose memory an unrolled compile of every layer exceeds
 names each layout whose figures from 3 and 4 layers disagree by over 10%, which then
 ranks by the larger of the two estimates (within 9% of every layer's in eight of ten
 cases measured and up to 31% over in two, where the smaller was up to 74% short:
-docs/benchmarks.md); where the smaller
-beats the leader's figure, that layout is compiled again with every layer (within the
-budget, one at a time: `flagged_contender`; `--no-settle` leaves it), since ranking by
-the larger misplaced such a layout (docs/benchmarks.md).
+docs/benchmarks.md); where the smaller beats the leader's figure, that layout is
+compiled again with every layer (within the budget, one at a time: `flagged_contender`;
+`--no-settle` leaves it), since ranking by the larger misplaced such a layout
+(docs/benchmarks.md).
 `--jobs N` compiles N meshes at once (threads; each compile holds its own program, so
 memory grows with N), for hosts with more cores than one compile keeps busy: libtpu's
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
