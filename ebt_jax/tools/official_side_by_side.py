@@ -320,12 +320,16 @@ def bench(repo: str, repeats: int = 5, rounds: int = 3, spec: str | None = None,
   for r in range(rounds):
     for side in ("torch", "jax"):
       print(f"  round {r + 1}/{rounds}: {side}, {repeats} steps ...", flush=True)
-      out = subprocess.run([sys.executable, "-m", "ebt_jax.tools.official_side_by_side",
-                            "--official-repo", repo, "--time-side", side,
-                            "--repeats", str(repeats), *extra],
-                           check=True, capture_output=True, text=True,
-                           env=hugepages.step_environ(os.environ)).stdout
-      runs[side] = json.loads(out.strip().splitlines()[-1])
+      proc = subprocess.run([sys.executable, "-m", "ebt_jax.tools.official_side_by_side",
+                             "--official-repo", repo, "--time-side", side,
+                             "--repeats", str(repeats), *extra],
+                            capture_output=True, text=True,
+                            env=hugepages.step_environ(os.environ))
+      if proc.returncode:
+        # Its stdout is one JSON line; what went wrong is on stderr, which would be lost.
+        raise RuntimeError(f"the {side} side's process failed (exit {proc.returncode}):\n"
+                           + proc.stderr[-4000:])
+      runs[side] = json.loads(proc.stdout.strip().splitlines()[-1])
       times[side] += runs[side]["times"]
       if side == "jax":
         compile_s.append(runs[side]["compile_s"])
