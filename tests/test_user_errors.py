@@ -7,7 +7,9 @@ escaped `main` would fail the test with its traceback. Nothing here trains or co
 import collections
 import io
 import pickle
+import subprocess
 import zipfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -276,6 +278,12 @@ def test_side_by_side_bench_times_a_text_ebt_only(capsys):
   assert (batch, config.model.dtype, config.model.context_length) == (32, "bfloat16", 256)
   config, _, batch = side_by_side.bench_config(None, None)
   assert (batch, config.model.dim, config.model.dtype) == (8, 384, "float32")
+  # A side's process that fails brings its stderr along (its stdout is only the JSON line).
+  failed = subprocess.CompletedProcess([], 1, stdout="", stderr="Traceback ...\nImportError: torch")
+  with mock.patch.object(side_by_side.subprocess, "run", return_value=failed), \
+      pytest.raises(RuntimeError, match=r"(?s)torch side's process failed \(exit 1\).*"
+                                        r"ImportError: torch"):
+    side_by_side.bench("unused", repeats=1, rounds=1)
 
 
 # --- output wording -------------------------------------------------------------------------
