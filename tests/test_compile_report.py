@@ -475,6 +475,13 @@ def test_replayed_rows_the_batch_axes_cannot_split_are_refused():
       (1, 4, "none"), (2, 2, "none"), (4, 1, "none")]
   assert all("must divide the 6 rows" in c.error for c in result.candidates)
   assert result.best is None
+  # A search resumed from its file does not try the next remat of a refused mesh either.
+  lines = []
+  resumed = plan.plan(config, topology.parse("v5e:2x2"), log=lines.append,
+                      previous=json.loads(json.dumps(result.to_json())))
+  assert [c.layout for c in resumed.candidates] == [c.layout for c in result.candidates]
+  assert all(c.refused for c in resumed.candidates)
+  assert not [line for line in lines if "compiling" in line], lines
 
 
 def test_multislice_mesh_puts_slices_on_data():

@@ -102,6 +102,7 @@ class Candidate:
   layout: Layout
   report: compile_report.TopologyReport | None = None
   error: str | None = None       # the compile failed (one line)
+  refused: bool = False          # the config refuses the mesh: no remat changes that
 
   @property
   def fits(self) -> bool:
@@ -217,7 +218,7 @@ class Plan:
             "fingerprint": self.fingerprint, "complete": self.complete,
             "best_overrides": self.overrides() if self.best else None,
             "candidates": [{**dataclasses.asdict(c.layout), "fits": c.fits, "error": c.error,
-                            "report": c.report and c.report.to_json()}
+                            "refused": c.refused, "report": c.report and c.report.to_json()}
                            for c in self.candidates],
             "pruned": self.pruned,
             "not_compiled": [dataclasses.asdict(l) for l in self.not_compiled],
@@ -257,7 +258,8 @@ def _previous_candidates(previous: dict, expected: str) -> dict[Layout, Candidat
   for entry in previous["candidates"]:
     layout = Layout(entry["data"], entry["fsdp"], entry["tensor"], entry["remat"])
     report = entry["report"] and compile_report.TopologyReport.from_json(entry["report"])
-    out[layout] = Candidate(layout, report, entry["error"])
+    # (Files from before `refused` was kept: their refusals are retried with more remat.)
+    out[layout] = Candidate(layout, report, entry["error"], entry.get("refused", False))
   return out
 
 
@@ -433,27 +435,26 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
             "from the earlier search")
         snapshot(candidate)
         done.append(candidate)
-        if candidate.fits:
+        if candidate.fits or candidate.refused:
           break
-        continue     # (a refusal is cheap: the config refuses the next remat before compiling)
+        continue
       if over_budget(compile_times):
         return done, layout
       log(f"[{i + 1}/{len(meshes)}] compiling data={data} fsdp={fsdp} tensor={tensor} "
           f"remat={remat}")
       start = time.perf_counter()
-      refused = False
       try:
         candidate = Candidate(layout, compile_report.compile_report(
             layout_config(layout), topology, hbm_bytes=hbm, unrolled_cost=False))
-      except ConfigError as e:   # the mesh does not suit the config: no remat changes that
-        candidate, refused = Candidate(layout, error=str(e)), True
+      except ConfigError as e:   # the mesh does not suit the config
+        candidate = Candidate(layout, error=str(e), refused=True)
       except Exception as e:     # an XLA failure of one layout (e.g. out of memory in
         # compilation) must not lose the others' results
         candidate = Candidate(layout, error=f"{type(e).__name__}: {str(e).splitlines()[0]}")
       compile_times.append(time.perf_counter() - start)
       done.append(candidate)
       report_progress(candidate)
-      if candidate.fits or refused:
+      if candidate.fits or candidate.refused:
         break        # more remat only costs compute, or cannot help
     return done, None
 
