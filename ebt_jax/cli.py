@@ -457,11 +457,14 @@ def _cmd_sweep_inner(args, overrides):
 
 def _cmd_bench(args, overrides):
   from ebt_jax.tools import bench
+  if args.profile is not None and Path(args.profile).exists() and not Path(args.profile).is_dir():
+    raise ConfigError(f"--profile: expected a directory for the trace, got the file "
+                      f"{args.profile}")
   config, _ = load_run_config(args.config)
   apply_overrides(config, overrides)
   result = bench.run_bench(config, repeats=args.repeats, batch_size=args.batch_size,
                            prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                           think_steps=args.think_steps)
+                           think_steps=args.think_steps, profile_dir=args.profile)
   print(bench.table(result))
   if args.json:
     atomic.write_json(args.json, result)
@@ -765,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--new-tokens", type=int, help="tokens generated (default context/2)")
   p.add_argument("--think-steps", type=int, help="thinking steps timed (default "
                  "inference.thinking_steps); the cache pays off past the trained landscapes")
+  p.add_argument("--profile", metavar="DIR", help="also trace 2 train steps with "
+                 "jax.profiler into DIR and print the device's time by kernel (GPU/TPU)")
   p.set_defaults(fn=_cmd_bench)
 
   p = sub.add_parser("prepare", help="tokenize a text source into token shards", **with_config)

@@ -2,7 +2,8 @@
 # The figures of docs/benchmarks.md's "S1 training step against the official code (GPU)",
 # on one GPU: `ebt bench` of the S1 recipe in its bfloat16, and the official PyTorch S1
 # step beside ours (its own float32 with matmul precision "medium", as its job scripts run
-# it), tokens/s, MFU and the ratio.
+# it), tokens/s, MFU and the ratio; and the train step's device time by kernel (a
+# jax.profiler trace under OUT_DIR/trace_SIZE).
 #
 #   launch/gpu_bench.sh /path/to/official/EBT [OUT_DIR] [SIZE ...]      # sizes: xxs small
 #
@@ -22,7 +23,7 @@ for size in "${SIZES[@]}"; do
   echo "== S1 $size: ebt bench (bfloat16, batch 32)"
   # 16 new tokens: generation's naive baseline compiles one program per 16 lengths.
   "$PY" -m ebt_jax.cli bench --config "ebt_s1:$size" --config.train.batch_size=32 \
-      --new-tokens 16 --repeats 5 --json "$OUT/bench_$size.json"
+      --new-tokens 16 --repeats 5 --json "$OUT/bench_$size.json" --profile "$OUT/trace_$size"
   echo "== S1 $size: the official step beside ours"
   # One process pair: on a GPU neither side's thread pool slows the other's.
   "$PY" -m ebt_jax.tools.official_side_by_side --official-repo "$OFFICIAL" --bench \

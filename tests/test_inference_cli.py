@@ -1,11 +1,13 @@
 """`ebt eval | think | generate | bench` on tiny trained runs, in process."""
 
+import gzip
 import json
 
 import numpy as np
 import pytest
 
 from ebt_jax import cli
+from ebt_jax.tools import kernel_profile
 from ebt_jax.training import trainer
 from conftest import run_config
 
@@ -70,15 +72,77 @@ def test_generate_continues_the_prompt(runs, capsys):
 
 
 def test_bench_prints_and_writes_the_figures(tmp_path, capsys):
-  out = tmp_path / "bench.json"
+  out, traces = tmp_path / "bench.json", tmp_path / "traces"
   assert cli.main(["bench", "--config", "tiny_cpu", "--repeats", "1", "--new-tokens", "4",
                    "--config.train.batch_size=2", "--config.model.n_layers=1",
-                   "--json", str(out)]) == 0
+                   "--json", str(out), "--profile", str(traces)]) == 0
   result = json.loads(out.read_text())
   for key in ("train_tokens_per_s", "think_step_ms", "generate_tokens_per_s",
               "generate_naive_tokens_per_s", "think_step_naive_ms", "peak_memory_bytes"):
     assert result[key] > 0, key
-  assert "tokens/s" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "tokens/s" in printed
+  # The CPU backend's trace has no device timeline: the trace is written, the summary says so.
+  assert result["train_profile"] is None and result["profile_dir"] == str(traces)
+  assert list(traces.rglob(kernel_profile.TRACE_FILE))
+  assert "profile: this backend's trace has no device timeline (CPU)" in printed
+
+
+def _trace_event_file(path, events):
+  """A Chrome trace-event file as jax.profiler writes it (gzipped JSON, durations in us)."""
+  with gzip.open(path, "wt") as f:
+    json.dump({"displayTimeUnit": "ns", "traceEvents": events}, f)
+  return path
+
+
+def test_kernel_profile_sums_the_first_devices_kernels(tmp_path):
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "process_name", "pid": 3, "args": {"name": "/device:GPU:1"}},
+          {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7,
+           "args": {"name": "Stream #14(Compute,MemcpyD2D,Memset)"}},
+          {"ph": "M", "name": "thread_name", "pid": 2, "tid": 8, "args": {"name": "XLA Modules"}}]
+
+  def kernel(pid, tid, name, dur_us):
+    return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": 0, "dur": dur_us}
+
+  events = meta + [
+      kernel(2, 7, "sm90_xmma_gemm_bf16bf16_bf16f32", 6000), kernel(2, 7, "memcpy128", 500),
+      kernel(2, 7, "memcpy128", 1500), kernel(2, 7, "loop_select_fusion", 2400),
+      kernel(2, 8, "jit_update", 10_000),          # spans the step: not a kernel
+      kernel(3, 7, "memcpy128", 99_000),           # another device
+      kernel(1, 1, "ThunkExecutor::Execute", 99_000)]     # the host
+  summary = kernel_profile.summarize(_trace_event_file(tmp_path / "t.json.gz", events), steps=2)
+  assert summary["device"] == "/device:GPU:0" and summary["kernels"] == 3
+  np.testing.assert_allclose(summary["busy_ms"], 5.2)
+  np.testing.assert_allclose([summary["by_kind_ms"][k] for k in ("matmul", "copy", "other")],
+                             [3.0, 1.0, 1.2])
+  assert [(k["name"], k["ms"], k["calls"]) for k in summary["top"]] == [
+      ("sm90_xmma_gemm_bf16bf16_bf16f32", 3.0, 0.5), ("loop_select_fusion", 1.2, 0.5),
+      ("memcpy128", 1.0, 1.0)]
+  lines = kernel_profile.table(summary, step_ms=10.0, log_dir=tmp_path).splitlines()
+  assert "kernels busy 5.2 ms per step (52.0% of the timed step)" in lines[0]
+  assert "matmul 3.0 ms (30.0%), copy 1.0 ms (10.0%), other 1.2 ms (12.0%)" in lines[1]
+  # A TPU-like device: only its "XLA Ops" thread counts, not the threads spanning programs.
+  tpu = [{"ph": "M", "name": "process_name", "pid": 4, "args": {"name": "/device:TPU:0"}},
+         {"ph": "M", "name": "thread_name", "pid": 4, "tid": 1, "args": {"name": "XLA Ops"}},
+         {"ph": "M", "name": "thread_name", "pid": 4, "tid": 2, "args": {"name": "Steps"}},
+         kernel(4, 1, "fusion.3", 700), kernel(4, 1, "convolution.1", 300),
+         kernel(4, 2, "0", 5000)]
+  summary = kernel_profile.summarize(_trace_event_file(tmp_path / "tpu.json.gz", tpu), steps=1)
+  assert (summary["device"], summary["busy_ms"], summary["by_kind_ms"]["matmul"]) == (
+      "/device:TPU:0", 1.0, 0.3)
+  # A trace with no device timeline (the CPU backend) has no summary.
+  assert kernel_profile.summarize(_trace_event_file(tmp_path / "cpu.json.gz", meta[:1] + [
+      kernel(1, 1, "ThunkExecutor::Execute", 5)]), steps=1) is None
+
+
+def test_bench_profile_must_be_a_directory(tmp_path, capsys):
+  afile = tmp_path / "notadir"
+  afile.write_text("")
+  assert cli.main(["bench", "--config", "tiny_cpu", "--profile", str(afile)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "--profile: expected a directory" in err[0], err
 
 
 @pytest.mark.parametrize("args,message", [

@@ -15,6 +15,9 @@ depend on training. In the same run the naive way of doing the same work is time
   compiled shapes serve); ours thinks about the new token only, against a KV cache.
 Peak memory is the device's own peak where the backend reports it (GPU/TPU), else XLA's
 compile-time estimate of the largest program (arguments + temporaries + outputs).
+
+`--profile DIR` also traces a few more train steps with `jax.profiler` into DIR and
+prints where the device's time goes, by kernel (`tools/kernel_profile.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ebt_jax.models import ar_ebt
 from ebt_jax.tasks import options
 from ebt_jax.tasks.text import TextEBT
 from ebt_jax.thinking import inference, loop
+from ebt_jax.tools import kernel_profile
 from ebt_jax.training import flops as flops_lib
 from ebt_jax.training import program as program_lib
 
@@ -44,10 +48,15 @@ class Timing:
   compile_s: float
   median_s: float
   compiled_bytes: int | None = None
+  profile: dict | None = None
 
 
-def _time(fn, args, repeats: int, threads_state: bool = False) -> Timing:
-  """Compile (ahead of time), warm up once, then the median of `repeats` synchronised runs.
+PROFILE_STEPS = 2
+
+
+def _time(fn, args, repeats: int, threads_state: bool = False, profile_dir=None) -> Timing:
+  """Compile (ahead of time), warm up once, then the median of `repeats` synchronised runs;
+  then, with `profile_dir`, `PROFILE_STEPS` more runs under the profiler.
 
   With `threads_state`, the first argument is donated state: each run feeds the next.
   """
@@ -65,7 +74,10 @@ def _time(fn, args, repeats: int, threads_state: bool = False) -> Timing:
   stats = compiled.memory_analysis()
   used = None if stats is None else (stats.argument_size_in_bytes + stats.temp_size_in_bytes
                                      + stats.output_size_in_bytes - stats.alias_size_in_bytes)
-  return Timing(compile_s, statistics.median(times), used)
+  profile = None
+  if profile_dir is not None:
+    profile = kernel_profile.trace(compiled, args, PROFILE_STEPS, profile_dir, threads_state)
+  return Timing(compile_s, statistics.median(times), used, profile)
 
 
 def _think_fns(task: TextEBT, steps: int):
@@ -104,7 +116,7 @@ def _peak_bytes(timings) -> tuple[int | None, str]:
 
 def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len: int | None = None,
               new_tokens: int | None = None, batch_size: int | None = None,
-              think_steps: int | None = None, log=print) -> dict:
+              think_steps: int | None = None, profile_dir=None, log=print) -> dict:
   task = tasks.build(config)
   check(isinstance(task, TextEBT), "--config", "a text EBT (bench times one)", task.describe())
   S, V = config.model.context_length, config.model.vocab_size
@@ -123,10 +135,14 @@ def run_bench(config: ml_collections.ConfigDict, *, repeats: int = 5, prompt_len
   with program.context():
     state = program.init_state()
     batch = program.put_global(rng.integers(1, V, (config.train.batch_size, S + 1), np.int32))
-    train = _time(program.train_step, (state, batch), repeats, threads_state=True)
+    train = _time(program.train_step, (state, batch), repeats, threads_state=True,
+                  profile_dir=profile_dir)
   train_tokens = config.train.batch_size * S
   out.update(train_step_ms=1e3 * train.median_s, train_compile_s=train.compile_s,
              train_tokens_per_s=train_tokens / train.median_s)
+  if profile_dir is not None:
+    out["train_profile"] = train.profile
+    out["profile_dir"] = str(profile_dir)
   peak = flops_lib.device_peak_flops(config)
   if peak:
     flops = task.flops(config.train.batch_size)
@@ -184,4 +200,6 @@ def table(result: dict) -> str:
   if r.get("peak_memory_bytes") is not None:
     lines.append(f"  peak memory       {r['peak_memory_bytes'] / 2**20:10.1f} MiB "
                  f"({r['peak_memory_source']})")
+  if "profile_dir" in r:
+    lines.append(kernel_profile.table(r["train_profile"], r["train_step_ms"], r["profile_dir"]))
   return "\n".join(lines)
