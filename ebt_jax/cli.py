@@ -457,9 +457,9 @@ def _cmd_sweep_inner(args, overrides):
 
 def _cmd_bench(args, overrides):
   from ebt_jax.tools import bench
-  if args.profile is not None and Path(args.profile).exists() and not Path(args.profile).is_dir():
-    raise ConfigError(f"--profile: expected a directory for the trace, got the file "
-                      f"{args.profile}")
+  if args.profile is not None:
+    check(Path(args.profile).is_dir() or not Path(args.profile).exists(), "--profile",
+          "a directory for the trace", f"the file {args.profile}")
   config, _ = load_run_config(args.config)
   apply_overrides(config, overrides)
   result = bench.run_bench(config, repeats=args.repeats, batch_size=args.batch_size,

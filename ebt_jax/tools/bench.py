@@ -63,20 +63,26 @@ def _time(fn, args, repeats: int, threads_state: bool = False, profile_dir=None)
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
+
+  def run() -> None:
+    """One synchronised run (feeding the next one its state)."""
+    nonlocal args
+    out = jax.block_until_ready(compiled(*args))
+    if threads_state:
+      args = (out[0],) + tuple(args[1:])
+
   times = []
   for _ in range(repeats + 1):
     t0 = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
+    run()
     times.append(time.perf_counter() - t0)
-    if threads_state:
-      args = (out[0],) + tuple(args[1:])
   times = times[1:]      # the first run warms up
   stats = compiled.memory_analysis()
   used = None if stats is None else (stats.argument_size_in_bytes + stats.temp_size_in_bytes
                                      + stats.output_size_in_bytes - stats.alias_size_in_bytes)
   profile = None
   if profile_dir is not None:
-    profile = kernel_profile.trace(compiled, args, PROFILE_STEPS, profile_dir, threads_state)
+    profile = kernel_profile.trace(run, PROFILE_STEPS, profile_dir)
   return Timing(compile_s, statistics.median(times), used, profile)
 
 

@@ -2,14 +2,14 @@
 
     ebt bench --config ebt_s1:small --profile traces/small      # on a GPU or TPU
 
-`trace(compiled, args, steps, log_dir)` runs an already compiled (and warmed-up) program under
-`jax.profiler.trace` with a Perfetto trace (the Chrome trace-event JSON, gzipped;
-open it at ui.perfetto.dev), and `summarize` reads that file back: the first device's
-kernel time per step, by kernel name, with a coarse split into matmuls, copies and the
-rest. Only device timelines count (`/device:GPU:0`, `/device:TPU:0`, ...); a CPU backend
-has none, and then the summary says so and only the trace is left. Checked against an
-H200's trace (docs/benchmarks.md); the TPU rule (its "XLA Ops" threads) is from the trace
-format, not yet from a TPU.
+`trace(run, steps, log_dir)` calls `run` (one synchronised run of a compiled, warmed-up
+program) `steps` times under `jax.profiler.trace` with a Perfetto trace (the Chrome
+trace-event JSON, gzipped; open it at ui.perfetto.dev), and `summarize` reads that file
+back: the first device's kernel time per step, by kernel name, with a coarse split into
+matmuls, copies and the rest. Only device timelines count (`/device:GPU:0`,
+`/device:TPU:0`, ...); a CPU backend has none, and then the summary says so and only the
+trace is left. Checked against an H200's trace (docs/benchmarks.md); the TPU rule (its
+"XLA Ops" threads) is from the trace format, not yet from a TPU.
 
 Parsing the trace's JSON here, rather than depending on xprof/TensorBoard's profile
 plugin, keeps the summary to the standard library; the file itself is what those tools
@@ -38,15 +38,12 @@ SPANNING_THREADS = ("XLA Modules", "Steps")
 TRACE_FILE = "perfetto_trace.json.gz"
 
 
-def trace(compiled, args, steps: int, log_dir, threads_state: bool = False) -> dict | None:
-  """Runs `compiled(*args)` `steps` times under the profiler; the summary (None on a
-  backend with no device timeline). With `threads_state`, the first argument is donated
-  state that each run feeds to the next."""
+def trace(run, steps: int, log_dir) -> dict | None:
+  """Calls `run()` (one synchronised run) `steps` times under the profiler; the summary
+  (None on a backend with no device timeline)."""
   with jax.profiler.trace(str(log_dir), create_perfetto_trace=True):
     for _ in range(steps):
-      out = jax.block_until_ready(compiled(*args))
-      if threads_state:
-        args = (out[0],) + tuple(args[1:])
+      run()
   found = sorted(Path(log_dir).rglob(TRACE_FILE), key=lambda p: p.stat().st_mtime)
   if not found:
     raise FileNotFoundError(f"{log_dir}: the profiler wrote no {TRACE_FILE}")
