@@ -24,11 +24,13 @@ float32, and candidates, softmaxes, energies, the candidate gradient and losses 
 tests/test_bf16.py), the counterpart of the script's `--set_matmul_precision medium`
 (bfloat16-precision float32 matmuls); `--config.model.dtype=float32` for full precision.
 
-Expected run time (xxs): 4.6e13 model FLOPs per step (`ebt_jax.training.flops`), so about
-0.12 s per step on one H100 at 40% MFU in bfloat16 (0.23 s in float32 as TF32), about 1.4
-days for the official 1M steps; an estimate from the FLOP count, not yet a measurement. On
-a 2-core CPU one step at batch 8 and context 128 takes ~3.2 s in float32
-(docs/benchmarks.md): use accelerators.
+Expected run time: measured on one H200 at the official per-GPU batch of 32 rows
+(`launch/gpu_bench.sh`, docs/benchmarks.md), 54 ms per step at xxs (MFU 10.8%) and 147 ms
+at small with `--config.model.scan_layers=False`, which GPUs want (1.3x faster than the
+scanned layers, half the memory). The official 1M xxs steps at batch 256 on 8 such GPUs
+would then take about 15 hours, if the gradient all-reduce hides behind compute (an
+extrapolation, not a multi-GPU measurement). On a 2-core CPU one step at batch 8 and
+context 128 takes ~3.2 s in float32 (docs/benchmarks.md): use accelerators.
 """
 
 from ebt_jax.config import base_config

@@ -278,12 +278,24 @@ def test_side_by_side_bench_times_a_text_ebt_only(capsys):
   assert (batch, config.model.dtype, config.model.context_length) == (32, "bfloat16", 256)
   config, _, batch = side_by_side.bench_config(None, None)
   assert (batch, config.model.dim, config.model.dtype) == (8, 384, "float32")
+  # Overrides reach the timed config (launch/gpu_bench.sh unrolls the layers on a GPU), and
+  # a bad one fails in one line before any process starts.
+  config, _, _ = side_by_side.bench_config("ebt_s1:xxs", None, ("--config.model.scan_layers",
+                                                                "False"))
+  assert config.model.scan_layers is False
+  with pytest.raises(SystemExit) as exit_info:
+    side_by_side.main(["--official-repo", "unused", "--bench", "--config", "ebt_s1:xxs",
+                       "--config.model.scan_layer=False"])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.strip() == (
+      "error: --config.model.scan_layer: the config has no such field")
   # A side's process that fails brings its stderr along (its stdout is only the JSON line).
   failed = subprocess.CompletedProcess([], 1, stdout="", stderr="Traceback ...\nImportError: torch")
-  with mock.patch.object(side_by_side.subprocess, "run", return_value=failed), \
+  with mock.patch.object(side_by_side.subprocess, "run", return_value=failed) as run, \
       pytest.raises(RuntimeError, match=r"(?s)torch side's process failed \(exit 1\).*"
                                         r"ImportError: torch"):
-    side_by_side.bench("unused", repeats=1, rounds=1)
+    side_by_side.bench("unused", repeats=1, rounds=1, overrides=("--config.model.dim=192",))
+  assert run.call_args.args[0][-1] == "--config.model.dim=192"   # each side gets them
 
 
 # --- output wording -------------------------------------------------------------------------

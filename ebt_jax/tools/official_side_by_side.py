@@ -3,6 +3,8 @@
     python -m ebt_jax.tools.official_side_by_side --official-repo PATH/TO/EBT [--parity] [--bench]
     python -m ebt_jax.tools.official_side_by_side --official-repo PATH/TO/EBT --bench \
         --config ebt_s1:small --json side_by_side_small.json      # a recipe, on a GPU
+    python -m ebt_jax.tools.official_side_by_side --official-repo PATH/TO/EBT --bench \
+        --config ebt_s1:small --config.model.scan_layers=False    # with overrides (ours)
 
 Needs `torch` and a checkout of the official repository (github.com/alexiglad/EBT); neither
 is a dependency of the project. The official NLP model imports Lightning, torchvision,
@@ -27,7 +29,9 @@ by inert stand-ins before import, and its tokenizer by one of the configured siz
   scripts set it (reduced-precision tensor-core matmuls on a GPU). Torch runs on the GPU
   when it sees one and JAX on its default backend; each side names its device. Where the
   device's peak is known (training/flops.py), both sides' MFU is printed against the same
-  count, this project's model FLOPs of the step (`task.flops`).
+  count, this project's model FLOPs of the step (`task.flops`). `--config.FIELD=VALUE`
+  overrides change this project's side, as in `ebt bench`, and the official side where it
+  reads the field (model size, vocabulary, context, thinking steps).
 """
 
 from __future__ import annotations
@@ -226,11 +230,12 @@ REFERENCE_BATCH = 8
 RECIPE_BATCH = 32   # the official S1 job scripts' batch_size_per_device
 
 
-def bench_config(spec: str | None, batch: int | None
+def bench_config(spec: str | None, batch: int | None, overrides: tuple[str, ...] = ()
                  ) -> tuple[ml_collections.ConfigDict, TextEBT, int]:
   """(config, its task, rows per step): the issue's CPU reference step (D=384, 6 layers,
   6 heads, S=128, V=4096, time_embed, 2 steps, float32), or the text EBT config `spec`
-  names."""
+  names, with `--config.FIELD=VALUE` `overrides` applied."""
+  from ebt_jax.cli import apply_overrides, load_run_config
   if spec is None:
     c = config_lib.base_config()
     c.model.update(ebt_type="time_embed", vocab_size=4096, dim=384, n_layers=6, n_heads=6,
@@ -238,9 +243,9 @@ def bench_config(spec: str | None, batch: int | None
     c.thinking.update(num_steps=2, step_size=500.0)
     batch = batch or REFERENCE_BATCH
   else:
-    from ebt_jax.cli import load_run_config
     c, _ = load_run_config(spec)
     batch = batch or RECIPE_BATCH
+  apply_overrides(c, list(overrides))
   task = tasks.build(c)
   check(isinstance(task, TextEBT), "--config", "a text EBT (the official step timed is EBT_NLP's)",
         task.describe())
@@ -248,10 +253,10 @@ def bench_config(spec: str | None, batch: int | None
 
 
 def _time_one_side(repo: str, side: str, repeats: int, spec: str | None,
-                   batch: int | None) -> dict:
+                   batch: int | None, overrides: tuple[str, ...] = ()) -> dict:
   """Median step time of one implementation, alone in this process."""
   import torch
-  c, task, B = bench_config(spec, batch)
+  c, task, B = bench_config(spec, batch, overrides)
   vocab, S = c.model.vocab_size, c.model.context_length
   torch.manual_seed(0)
   tokens = torch.randint(1, vocab, (B, S + 1))
@@ -308,15 +313,17 @@ def _time_one_side(repo: str, side: str, repeats: int, spec: str | None,
 
 
 def bench(repo: str, repeats: int = 5, rounds: int = 3, spec: str | None = None,
-          batch: int | None = None) -> dict:
+          batch: int | None = None, overrides: tuple[str, ...] = ()) -> dict:
   """Alternates fresh processes of each side (`rounds` each, `repeats` steps per process):
   in one process, torch's and XLA's spinning thread pools slow whichever runs second, and
   on a GPU each would hold memory the other needs. This process touches no device."""
-  c, _, B = bench_config(spec, batch)   # a bad --config fails here, before any process starts
+  # A bad --config or override fails here, before any process starts.
+  c, _, B = bench_config(spec, batch, overrides)
   S, m = c.model.context_length, c.model
   times = {"torch": [], "jax": []}
   compile_s, runs = [], {}
-  extra = (["--config", spec] if spec else []) + (["--batch", str(batch)] if batch else [])
+  extra = ((["--config", spec] if spec else []) + (["--batch", str(batch)] if batch else [])
+           + list(overrides))
   for r in range(rounds):
     for side in ("torch", "jax"):
       print(f"  round {r + 1}/{rounds}: {side}, {repeats} steps ...", flush=True)
@@ -333,7 +340,8 @@ def bench(repo: str, repeats: int = 5, rounds: int = 3, spec: str | None = None,
       times[side] += runs[side]["times"]
       if side == "jax":
         compile_s.append(runs[side]["compile_s"])
-  result = {"config": spec or "reference", "batch": B, "context_length": S,
+  result = {"config": spec or "reference", "overrides": list(overrides), "batch": B,
+            "context_length": S,
             "torch_step_s": statistics.median(times["torch"]),
             "jax_step_s": statistics.median(times["jax"]),
             "jax_compile_s": statistics.median(compile_s),
@@ -379,14 +387,18 @@ def main(argv=None) -> int:
                       f"{REFERENCE_BATCH} for the reference step, {RECIPE_BATCH} with --config)")
   parser.add_argument("--json", help="--bench: also write the figures to this JSON file")
   parser.add_argument("--time-side", choices=("torch", "jax"), help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  args, overrides = parser.parse_known_args(argv)
+  if overrides and not (args.bench or args.time_side):
+    parser.error(f"unrecognized arguments: {' '.join(overrides)} (--config.FIELD=VALUE "
+                 "overrides go with --bench)")
   if args.time_side:
     print(json.dumps(_time_one_side(args.official_repo, args.time_side, args.repeats,
-                                    args.config, args.batch)))
+                                    args.config, args.batch, tuple(overrides))))
     return 0
   if args.bench:
     try:
-      result = bench(args.official_repo, args.repeats, args.rounds, args.config, args.batch)
+      result = bench(args.official_repo, args.repeats, args.rounds, args.config, args.batch,
+                     tuple(overrides))
     except ConfigError as e:
       parser.exit(2, f"error: {e}\n")
     if args.json:
