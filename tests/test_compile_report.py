@@ -132,6 +132,16 @@ def test_report_figures(cli_report):
   assert "device memory 16.000 GiB: fits" in table
   assert f"roofline step time {roof['step_seconds']:.4g} s ({roof['bound']})" in table
   assert "of the program with layers unrolled" in table and "no loops left" in table
+  # That compile's peak memory comes along: the peak of the config compiled unrolled.
+  unrolled = compile_report.compile_report(
+      tiny_config(OVERRIDES + ["--config.model.scan_layers=False"]), topology.parse("v5e:2x2"),
+      unrolled_cost=False)
+  assert mem["unrolled_peak_bytes"] == unrolled.memory.peak_bytes > 0
+  assert mem["unrolled_fits"] is True
+  assert ("  with the layers unrolled (--config.model.scan_layers=False): peak "
+          f"{unrolled.memory.peak_bytes / 2**30:.3f} GiB per chip, fits") in table
+  assert compile_report.TopologyReport.from_json(r).unrolled_peak_bytes == mem[
+      "unrolled_peak_bytes"]
 
 
 @pytest.fixture(scope="module")
@@ -555,6 +565,54 @@ def test_xla_out_of_memory_message_is_read():
   assert compile_report._parse_bytes(need) == int(34.41 * 2**30)
   assert compile_report._parse_bytes(have) == int(31.25 * 2**30)
   assert compile_report._parse_bytes("1.43T") == int(1.43 * 2**40)
+
+
+def test_a_refused_scanned_program_is_compiled_unrolled(monkeypatch):
+  """Where libtpu refuses the configured (scanned) program as over HBM, the report says
+  whether the layers unrolled fit (they may: S1 xl on v6e-64, 34.4 GiB scanned against
+  24.2 GiB unrolled), by compiling that program; with --no-unrolled-cost it does not."""
+  build = compile_report._build
+
+  def refuse_scanned(config, topology_, program):
+    prog, compile_, *rest = build(config, topology_, program)
+    if not config.model.scan_layers:
+      return prog, compile_, *rest
+
+    def refused():
+      raise jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+          "temporaries (34.41G) exceeds available HBM (31.25G).\nsecond line")
+    return prog, refused, *rest
+
+  monkeypatch.setattr(compile_report, "_build", refuse_scanned)
+  slice_ = topology.parse("v5e:2x2")
+  logged = []
+  report = compile_report.compile_report(tiny_config(), slice_, log=logged.append)
+  unrolled = compile_report.compile_report(
+      tiny_config(OVERRIDES + ["--config.model.scan_layers=False"]), slice_, unrolled_cost=False)
+  assert report.out_of_memory and report.memory.temp_bytes == int(34.41 * 2**30)
+  assert report.unrolled_peak_bytes == unrolled.memory.peak_bytes > 0 and report.unrolled_fits
+  assert any("compiling it with the layers unrolled to see whether that fits" in line
+             for line in logged)
+  lines = report.table().splitlines()
+  assert lines[-2].startswith("  DOES NOT FIT: XLA: Ran out of memory on HBM")
+  assert lines[-1] == ("  with the layers unrolled (--config.model.scan_layers=False): peak "
+                       f"{unrolled.memory.peak_bytes / 2**30:.3f} GiB per chip, fits")
+  assert report.to_json()["memory_per_chip"]["unrolled_fits"] is True
+  # Unrolled and refused too: libtpu's figure of what it needs, over HBM.
+  monkeypatch.setattr(compile_report, "_build",
+                      lambda c, t, p: refuse_scanned(_scanned(c), t, p))
+  both = compile_report.compile_report(tiny_config(), slice_)
+  assert both.unrolled_peak_bytes == int(34.41 * 2**30) and both.unrolled_fits is False
+  assert both.table().splitlines()[-1].endswith("GiB per chip, DOES NOT FIT either")
+  assert compile_report.compile_report(tiny_config(), slice_,
+                                       unrolled_cost=False).unrolled_peak_bytes is None
+
+
+def _scanned(config):
+  c = config.copy_and_resolve_references()
+  c.model.scan_layers = True
+  return c
 
 
 def test_extrapolated_figures_extend_one_layer():

@@ -40,6 +40,7 @@ from ebt_jax.tasks.text import TextEBT
 from ebt_jax.thinking import inference, loop
 from ebt_jax.tools import kernel_profile
 from ebt_jax.training import flops as flops_lib
+from ebt_jax.training import memory
 from ebt_jax.training import program as program_lib
 
 
@@ -77,9 +78,7 @@ def _time(fn, args, repeats: int, threads_state: bool = False, profile_dir=None)
     run()
     times.append(time.perf_counter() - t0)
   times = times[1:]      # the first run warms up
-  stats = compiled.memory_analysis()
-  used = None if stats is None else (stats.argument_size_in_bytes + stats.temp_size_in_bytes
-                                     + stats.output_size_in_bytes - stats.alias_size_in_bytes)
+  used = memory.peak_bytes(compiled)
   profile = None
   if profile_dir is not None:
     profile = kernel_profile.trace(run, PROFILE_STEPS, profile_dir)

@@ -38,7 +38,11 @@ bytes, step time and collectives come from the same program compiled a second ti
 `model.scan_layers=False` (`cost_analysis_program` in the JSON: "layers unrolled"),
 unless the config already unrolls them, `--no-unrolled-cost` skips the second compile, or
 libtpu refuses the unrolled program as over HBM ("as configured", with the reason).
-`--extrapolate-layers` makes that second compile three smaller ones, with 2, 3 and 4
+That compile's peak memory is reported beside the configured one's (`unrolled_peak_bytes`,
+`unrolled_fits`): the layer loops' stacked residuals and state cost memory, so where the
+scanned program is over HBM the unrolled one may fit (S1 xl on v6e-64, full FSDP: 34.4 GiB
+scanned, refused; 24.2 GiB unrolled), and a configured program libtpu refuses is compiled
+unrolled for that figure alone. `--extrapolate-layers` makes that second compile three smaller ones, with 2, 3 and 4
 layers unrolled, and extends the difference of 2 and 3 (one layer's figures) to the
 config's depth ("layers unrolled, extrapolated from 2 and 3 layers"): exact where the
 layers between the first and the last compile alike, an estimate where XLA's scheduling of
@@ -151,6 +155,18 @@ class TopologyReport:
   # Extrapolated figures only: the bytes per chip extrapolated from 3 and 4 layers instead
   # of 2 and 3, a check on them (`with_unrolled_cost`)
   check_bytes_accessed: float | None = None
+  # Peak bytes per chip of the program with every layer unrolled (`model.scan_layers=False`):
+  # from its compile for the cost figures, or, where the configured program is over HBM,
+  # from one compiled (or refused, with what it needs) to see whether unrolling fits it.
+  # None: not compiled so (extrapolated, or asked for no unrolled compile).
+  unrolled_peak_bytes: int | None = None
+
+  @property
+  def unrolled_fits(self) -> bool | None:
+    limit = self.memory.device_limit_bytes
+    if self.unrolled_peak_bytes is None or not limit:
+      return None
+    return self.unrolled_peak_bytes <= limit
 
   @property
   def counts_every_layer(self) -> bool:
@@ -254,7 +270,8 @@ class TopologyReport:
         "memory_per_chip": {"argument_bytes": m.argument_bytes, "output_bytes": m.output_bytes,
                             "alias_bytes": m.alias_bytes, "temp_bytes": m.temp_bytes,
                             "peak_bytes": m.peak_bytes, "hbm_bytes": m.device_limit_bytes,
-                            "fits": m.fits},
+                            "fits": m.fits, "unrolled_peak_bytes": self.unrolled_peak_bytes,
+                            "unrolled_fits": self.unrolled_fits},
         "xla_flops_per_chip": self.xla_flops, "xla_bytes_accessed_per_chip":
             self.xla_bytes_accessed, "model_flops_per_step": m.model_flops_per_step,
         "compiled_over_model_flops": self.flops_ratio, "tokens_per_step": self.tokens_per_step,
@@ -304,7 +321,8 @@ class TopologyReport:
                # (absent from files written before 2026-12-02)
                scanned_roofline_seconds=d["roofline"].get("scanned_program_step_seconds"),
                check_bytes_accessed=(d.get("extrapolation_check") or {}).get(
-                   "bytes_accessed_from_3_and_4_layers"))
+                   "bytes_accessed_from_3_and_4_layers"),
+               unrolled_peak_bytes=m.get("unrolled_peak_bytes"))   # (absent before 2026-12-04)
 
   def table(self) -> str:
     m = self.memory
@@ -312,8 +330,13 @@ class TopologyReport:
     fmt = lambda v, f: "n/a" if v is None else format(v, f)
     lines = [m.table().replace(f"{m.num_devices} x {m.device_kind}",
                                f"{self.topology} ({m.num_devices} x {m.device_kind})")]
+    if self.unrolled_peak_bytes is not None and self.layers_scanned:
+      lines.append(f"  with the layers unrolled (--config.model.scan_layers=False): peak "
+                   f"{self.unrolled_peak_bytes / gib:.3f} GiB per chip, "
+                   + ("fits" if self.unrolled_fits else "DOES NOT FIT either"
+                      if self.unrolled_fits is False else "no HBM figure to fit"))
     if self.out_of_memory:
-      return "\n".join(lines[:1] + [f"  DOES NOT FIT: {self.out_of_memory}"])
+      return "\n".join(lines[:1] + [f"  DOES NOT FIT: {self.out_of_memory}"] + lines[1:])
     larger = self.cautious
     lines += [
         "  FLOPs, bytes, step time and collectives of the program "
@@ -458,9 +481,18 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
         temp_bytes=_parse_bytes(need.group(1)) if need else 0,
         device_limit_bytes=_parse_bytes(need.group(2)) if need else 0,
         compile_s=time.perf_counter() - t0, **fields)
-    return TopologyReport(topology.describe(), program, mem, None, None, None, None, tokens,
-                          peak, {}, out_of_memory=f"XLA: {message}",
-                          layers_scanned=config.model.scan_layers)
+    report = TopologyReport(topology.describe(), program, mem, None, None, None, None, tokens,
+                            peak, {}, out_of_memory=f"XLA: {message}",
+                            layers_scanned=config.model.scan_layers)
+    if not (unrolled_cost and config.model.scan_layers):
+      return report
+    # The layer loops' stacked residuals and state cost memory (S1 xl on v6e-64: 34.4 GiB
+    # scanned, refused; 24.2 GiB unrolled, docs/benchmarks.md), so say whether unrolling
+    # would fit it.
+    log("over HBM; compiling it with the layers unrolled to see whether that fits "
+        "(--no-unrolled-cost skips this)")
+    return dataclasses.replace(report, unrolled_peak_bytes=_unrolled_peak(config, topology,
+                                                                          program))
   mem = memory.MemoryReport.of(compiled, device_limit_bytes=hbm_bytes or topology.spec.hbm_bytes,
                                compile_s=time.perf_counter() - t0, **fields)
   report = TopologyReport(topology=topology.describe(), program=program, memory=mem,
@@ -478,6 +510,26 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
   return report
 
 
+def _unrolled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with `model.scan_layers=False`."""
+  unrolled = config.copy_and_resolve_references()
+  unrolled.model.scan_layers = False
+  return unrolled
+
+
+def _unrolled_peak(config: ml_collections.ConfigDict, topology: topology_lib.Topology,
+                   program: str) -> int | None:
+  """Peak bytes per chip of `program` with every layer unrolled: compiled, or what libtpu
+  says it needs where it refuses it (None where it says no figure)."""
+  try:
+    return memory.peak_bytes(_build(_unrolled(config), topology, program)[1]())
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    need = _OUT_OF_MEMORY.search(str(e))
+    return _parse_bytes(need.group(1)) if need else None
+
+
 def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict,
                        topology: topology_lib.Topology, *,
                        extrapolate: bool = False) -> TopologyReport:
@@ -486,7 +538,8 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
   scanned or the configured program did not compile.
 
   XLA's cost analysis counts a while loop's body once, and the layer scan is one. The
-  unrolled program's memory is not reported: a run compiles the configured program.
+  unrolled program's peak memory comes along (`unrolled_peak_bytes`, every layer only):
+  the report's memory stays the configured program's, which a run compiles.
   `extrapolate`: instead of unrolling every layer, compile the program with 2, 3 and 4
   layers unrolled and extend the difference of 2 and 3, one layer's figures, to the
   config's layer count (`_extrapolated`): small compiles instead of one that grows with
@@ -499,8 +552,7 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
   settle = report.cost_program == EXTRAPOLATED and not extrapolate
   if (report.counts_every_layer and not settle) or report.out_of_memory:
     return report
-  unrolled = config.copy_and_resolve_references()
-  unrolled.model.scan_layers = False
+  unrolled = _unrolled(config)
   t0 = time.perf_counter()
   n_layers = config.model.n_layers
   depths = (2, 3, 4) if extrapolate and n_layers > 4 else (n_layers,)
@@ -508,7 +560,8 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
   try:
     for depth in depths:
       unrolled.model.n_layers = depth
-      figures.append(_cost_figures(_build(unrolled, topology, report.program)[1]()))
+      compiled = _build(unrolled, topology, report.program)[1]()
+      figures.append(_cost_figures(compiled))
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -525,7 +578,8 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
     return dataclasses.replace(report, **_extrapolated(*figures[:2], n_layers - 3),
                                cost_program=EXTRAPOLATED, check_bytes_accessed=check, **kept)
   return dataclasses.replace(report, **figures[0], cost_program=UNROLLED,
-                             check_bytes_accessed=None, **kept)
+                             check_bytes_accessed=None,
+                             unrolled_peak_bytes=memory.peak_bytes(compiled), **kept)
 
 
 def _extrapolated(two: dict, three: dict, more_layers: int) -> dict:

@@ -92,3 +92,13 @@ def compile_report(config: ml_collections.ConfigDict) -> MemoryReport:
       mesh=dict(program.mesh.shape), device_limit_bytes=(device.memory_stats() or {}).get(
           "bytes_limit"), compile_s=compile_s,
       model_flops_per_step=program.task.flops(config.train.batch_size))
+
+
+def peak_bytes(compiled) -> int | None:
+  """`MemoryReport.peak_bytes` of a compiled program (None where the backend gives no
+  memory analysis)."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return (stats.argument_size_in_bytes + stats.temp_size_in_bytes
+          + stats.output_size_in_bytes - stats.alias_size_in_bytes)
