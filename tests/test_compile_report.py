@@ -194,6 +194,18 @@ def test_plan_shards_what_does_not_fit_replicated(scanned_plan):
                                     optimal_seconds=None)
   slow.report = dataclasses.replace(slow.report, optimal_seconds=1e-12)
   assert sorted([slow, fast], key=plan.Candidate.rank_key) == [fast, slow]
+  # A best layout that fits only with remat: unrolled layers may fit without it, and the
+  # note gives the overrides that check it (none where remat is not needed, or the
+  # layers are unrolled already).
+  assert plan.unrolled_note(tiny_config(), result.candidates) is None
+  dots = plan.Candidate(dataclasses.replace(best.layout, remat="dots"), best.report)
+  note = plan.unrolled_note(tiny_config(), [dots])
+  assert note.startswith(f"{dots.layout} needs remat with its layers scanned;")
+  assert note.endswith(f"`ebt compile-report` with {' '.join(best.layout.overrides())} "
+                       "--config.model.scan_layers=False tells (a 2.5-17x longer compile)")
+  unrolled = tiny_config(OVERRIDES + ["--config.model.scan_layers=False"])
+  assert plan.unrolled_note(unrolled, [dots]) is None
+  assert plan.unrolled_note(tiny_config(), [plan.Candidate(dots.layout, error="over")]) is None
 
 
 @pytest.fixture(scope="module")

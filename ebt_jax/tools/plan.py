@@ -48,7 +48,8 @@ memory grows with N), for hosts with more cores than one compile keeps busy: lib
 compiler is itself multithreaded, and on a 2-core host `--jobs 2` gained nothing
 (docs/benchmarks.md). The last line gives the overrides selecting the best; a note above
 it says where a searched `tensor` does not divide the vocabulary, which those layouts then
-keep whole on every chip (`vocabulary_note`).
+keep whole on every chip (`vocabulary_note`), and another where the best layout needs
+remat with its layers scanned, since unrolled they may fit without (`unrolled_note`).
 
 A search at the paper's sizes takes hours on a small host, so `--json FILE` is rewritten
 (atomically) after every compile with the plan so far (`"complete": false`), and
@@ -340,6 +341,21 @@ def baseline_note(base: Candidate | None, by_first_cut: list[Candidate],
              "the time budget left its unrolled compile out, or it failed"))
 
 
+def unrolled_note(config: ml_collections.ConfigDict, ranked: list[Candidate]) -> str | None:
+  """Where the best layout needs remat with its layers scanned: unrolled, the layers need
+  less memory (no loop keeps stacked residuals and state), so it may fit without remat.
+  The search does not try that itself, since an unrolled compile takes 2.5-17x as long
+  (docs/benchmarks.md); the note gives the command's overrides."""
+  best = ranked[0] if ranked and ranked[0].fits else None
+  if best is None or best.layout.remat == "none" or not config.model.scan_layers:
+    return None
+  plain = dataclasses.replace(best.layout, remat="none")
+  return (f"{best.layout} needs remat with its layers scanned; unrolled they need less memory "
+          f"(S1 xl at 1x64x1 on v6e-64: 24.2 GiB unrolled without remat, 34.4 GiB scanned), "
+          f"so it may fit without: `ebt compile-report` with {' '.join(plain.overrides())} "
+          f"--config.model.scan_layers=False tells (a 2.5-17x longer compile)")
+
+
 def vocabulary_note(config: ml_collections.ConfigDict, tensors) -> str | None:
   """What to tell a user whose vocabulary (as padded) some `tensor` of the search does not
   divide: those layouts keep every vocabulary-sized array whole on each chip and repeat
@@ -520,7 +536,8 @@ def plan(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   not_compiled = [layout for _, layout in results if layout is not None]
   notes = [*uncertain_rank_notes(done), *settle_notes,
            baseline_note(base, by_first_cut, done, unrolled_top),
-           vocabulary_note(config, [tensor for *_, tensor in meshes])]
+           vocabulary_note(config, [tensor for *_, tensor in meshes]),
+           unrolled_note(config, done)]
   return Plan(topology.describe(), batch, hbm, done, pruned, not_compiled,
               time.perf_counter() - t0, [l for l in left_out if l is not None], key,
               notes=[n for n in notes if n])
