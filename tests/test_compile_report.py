@@ -581,7 +581,7 @@ def test_xla_out_of_memory_message_is_read():
 
 def test_a_refused_scanned_program_is_compiled_unrolled(monkeypatch):
   """Where libtpu refuses the configured (scanned) program as over HBM, the report says
-  whether the layers unrolled fit (they may: S1 xl on v6e-64, 34.4 GiB scanned against
+  whether the layers unrolled fit (they may: S1 xl on v6e-64, 47.8 GiB scanned against
   24.2 GiB unrolled), by compiling that program; with --no-unrolled-cost it does not."""
   build = compile_report._build
 

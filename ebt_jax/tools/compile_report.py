@@ -40,8 +40,8 @@ unless the config already unrolls them, `--no-unrolled-cost` skips the second co
 libtpu refuses the unrolled program as over HBM ("as configured", with the reason).
 That compile's peak memory is reported beside the configured one's (`unrolled_peak_bytes`,
 `unrolled_fits`): the layer loops' stacked residuals and state cost memory, so where the
-scanned program is over HBM the unrolled one may fit (S1 xl on v6e-64, full FSDP: 34.4 GiB
-scanned, refused; 24.2 GiB unrolled), and a configured program libtpu refuses is compiled
+scanned program is over HBM the unrolled one may fit (S1 xl on v6e-64, full FSDP: 47.8 GiB
+scanned; 24.2 GiB unrolled), and a configured program libtpu refuses is compiled
 unrolled for that figure alone. `--extrapolate-layers` makes that second compile three smaller ones, with 2, 3 and 4
 layers unrolled, and extends the difference of 2 and 3 (one layer's figures) to the
 config's depth ("layers unrolled, extrapolated from 2 and 3 layers"): exact where the
@@ -486,8 +486,8 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
                             layers_scanned=config.model.scan_layers)
     if not (unrolled_cost and config.model.scan_layers):
       return report
-    # The layer loops' stacked residuals and state cost memory (S1 xl on v6e-64: 34.4 GiB
-    # scanned, refused; 24.2 GiB unrolled, docs/benchmarks.md), so say whether unrolling
+    # The layer loops' stacked residuals and state cost memory (S1 xl on v6e-64: 47.8 GiB
+    # scanned, 24.2 GiB unrolled, docs/benchmarks.md), so say whether unrolling
     # would fit it.
     log("over HBM; compiling it with the layers unrolled to see whether that fits "
         "(--no-unrolled-cost skips this)")
