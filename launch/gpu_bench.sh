@@ -11,8 +11,8 @@
 # and a checkout of github.com/alexiglad/EBT. Every run writes its JSON into OUT_DIR
 # (default gpu_bench/). Both use the official per-GPU batch, 32 rows of 256 tokens.
 # Our side runs its layers unrolled (model.scan_layers=False): on an H200 the small step
-# took 147 ms and 29 GiB that way against 194 ms and 54 GiB scanned, for 2x the compile
-# time (docs/benchmarks.md).
+# took 147 ms and 29 GiB that way against 194 ms and 54 GiB scanned, for 2.5x the
+# compile time (docs/benchmarks.md).
 set -euo pipefail
 OFFICIAL=${1:?the official EBT checkout}
 OUT=${2:-gpu_bench}
