@@ -46,8 +46,8 @@ for that figure alone. `--extrapolate-layers` makes that second compile three sm
 ones, with 2, 3 and 4 layers unrolled, and extends the difference of 2 and 3 (one layer's
 figures) to the config's depth ("layers unrolled, extrapolated from 2 and 3 layers"):
 exact where the layers between the first and the last compile alike, an estimate where
-XLA's scheduling of the deep program differs (more all-gathers of the embedding, say). The bytes extended from
-3 and 4 layers check it: more than 10% apart, the report calls the extrapolation
+XLA's scheduling of the deep program differs (more all-gathers of the embedding, say).
+The bytes extended from 3 and 4 layers check it: more than 10% apart, the report calls the extrapolation
 unreliable (the Transformer++ medium at 1x128x2 on v5e-256: 2.81, 2.81 and 3.14 GiB at 2, 3
 and 4 layers, so 2 and 3 extend to 2.8 GiB and 3 and 4 to 9.7, against 10.6 GiB with every
 layer unrolled). Against unrolling every layer: S1 xxs on
