@@ -47,11 +47,11 @@ ones, with 2, 3 and 4 layers unrolled, and extends the difference of 2 and 3 (on
 figures) to the config's depth ("layers unrolled, extrapolated from 2 and 3 layers"):
 exact where the layers between the first and the last compile alike, an estimate where
 XLA's scheduling of the deep program differs (more all-gathers of the embedding, say).
-The bytes extended from 3 and 4 layers check it: more than 10% apart, the report calls the extrapolation
-unreliable (the Transformer++ medium at 1x128x2 on v5e-256: 2.81, 2.81 and 3.14 GiB at 2, 3
-and 4 layers, so 2 and 3 extend to 2.8 GiB and 3 and 4 to 9.7, against 10.6 GiB with every
-layer unrolled). Against unrolling every layer: S1 xxs on
-v5e:2x2 (batch 32, 4-way FSDP) FLOPs +0.003%, bytes +2.4%, all-gather bytes -54% (the deep
+The bytes extended from 3 and 4 layers check it: more than 10% apart, the report calls the
+extrapolation unreliable (the Transformer++ medium at 1x128x2 on v5e-256: 2.81, 2.81 and
+3.14 GiB at 2, 3 and 4 layers, so 2 and 3 extend to 2.8 GiB and 3 and 4 to 9.7, against
+10.6 GiB with every layer unrolled). Against unrolling every layer: S1 xxs on v5e:2x2
+(batch 32, 4-way FSDP) FLOPs +0.003%, bytes +2.4%, all-gather bytes -54% (the deep
 program gathers the embedding 35 times, the shallow ones 14-15); S1 large on v5p-128 FLOPs
 -0.2%, bytes -1.7%; S2 xxs on v5p-128 bytes -0.2%; but on v6e-64 the Transformer++ small's
 bytes -9.2%, where XLA's bytes per layer vary with the depth (2 to 3 layers 0.67 GiB, 3 to 4
@@ -403,6 +403,14 @@ def _lowerable(program: program_lib.Program, which: str):
 _OUT_OF_MEMORY = re.compile(r"\(([\d.]+[KMGTP]?)\) exceeds available HBM \(([\d.]+[KMGTP]?)\)")
 
 
+def _over_hbm(error: jax.errors.JaxRuntimeError) -> str:
+  """The first line of libtpu's refusal of a program that needs more than the chip's usable
+  HBM; any other compile error raises again."""
+  if "RESOURCE_EXHAUSTED" not in str(error):
+    raise error
+  return str(error).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+
+
 def _parse_bytes(text: str) -> int:
   """XLA's human-readable bytes (binary prefixes): 34.41G -> 36947637616."""
   scale = 1024 ** (" KMGTP".index(text[-1]) if text[-1] in "KMGTP" else 0)
@@ -471,10 +479,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: topology_lib.Top
   try:
     compiled = compile_()
   except jax.errors.JaxRuntimeError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
-    # libtpu refuses a program that needs more than the chip's usable HBM.
-    message = str(e).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+    message = _over_hbm(e)
     need = _OUT_OF_MEMORY.search(message)
     mem = memory.MemoryReport(
         argument_bytes=0, output_bytes=0, alias_bytes=0,
@@ -524,9 +529,7 @@ def _unrolled_peak(config: ml_collections.ConfigDict, topology: topology_lib.Top
   try:
     return memory.peak_bytes(_build(_unrolled(config), topology, program)[1]())
   except jax.errors.JaxRuntimeError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
-    need = _OUT_OF_MEMORY.search(str(e))
+    need = _OUT_OF_MEMORY.search(_over_hbm(e))
     return _parse_bytes(need.group(1)) if need else None
 
 
@@ -563,8 +566,7 @@ def with_unrolled_cost(report: TopologyReport, config: ml_collections.ConfigDict
       compiled = _build(unrolled, topology, report.program)[1]()
       figures.append(_cost_figures(compiled))
   except jax.errors.JaxRuntimeError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
+    _over_hbm(e)
     # libtpu refuses an unrolled program over HBM; the scanned one's figures remain.
     return dataclasses.replace(
         report, cost_program=f"{AS_CONFIGURED} (the unrolled program is over HBM)",
