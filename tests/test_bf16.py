@@ -7,6 +7,8 @@ initialisation, in bfloat16). Checked: (a) the float32 model evaluated in bfloat
 validation perplexity within 2% of float32 after every thinking step; (b) the S1 loss's
 parameter gradients (second order through thinking) in bfloat16 have cosine similarity
 >= 0.99 with float32's for every parameter; (c) bfloat16 training's losses track float32's.
+Each check also holds with `model.wide_candidate_embedding=False` ("narrow": the candidate
+embedding's matmul, and so the candidate gradient, in bfloat16 too).
 """
 
 import jax
@@ -22,19 +24,24 @@ STEPS = 30
 EVAL_BATCHES = 4
 
 
-def _config(dtype: str):
+# The runs compared with float32: (activation dtype, wide candidate embedding).
+VARIANTS = {"bfloat16": ("bfloat16", True), "narrow": ("bfloat16", False)}
+
+
+def _config(dtype: str, wide: bool = True):
   c = run_config(num_steps=STEPS)
   # configs/tiny_cpu.py's thinking and optimizer (the default alpha learning rate
   # multiplier collapses a model this small to uniform predictions within 10 steps).
   c.thinking.step_size_lr_multiplier = 100.0
   c.optimizer.update(peak_lr=3e-3, warmup_steps=5)
   c.model.dtype = dtype
+  c.model.wide_candidate_embedding = wide
   return config_lib.validate(c)
 
 
-def _train(dtype: str):
+def _train(dtype: str, wide: bool = True):
   """(trained params, per-step training losses, program) of a run in `dtype`."""
-  program = program_lib.build(_config(dtype))
+  program = program_lib.build(_config(dtype, wide))
   state = program.init_state()
   batches = program.task.make_datasets().train_iter(program.config.train.batch_size)
   losses = []
@@ -47,7 +54,8 @@ def _train(dtype: str):
 
 @pytest.fixture(scope="module")
 def runs():
-  return {dtype: _train(dtype) for dtype in ("float32", "bfloat16")}
+  return {"float32": _train("float32"),
+          **{name: _train(*variant) for name, variant in VARIANTS.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -56,32 +64,34 @@ def eval_batches():
   return task.make_datasets().eval_batches("validation", 4, EVAL_BATCHES)
 
 
-def _perplexity_steps(dtype: str, params, batches) -> np.ndarray:
-  task = program_lib.build(_config(dtype)).task
+def _perplexity_steps(params, batches, dtype: str, wide: bool = True) -> np.ndarray:
+  task = program_lib.build(_config(dtype, wide)).task
   evaluate = jax.jit(task.eval_batch)
   ce = np.mean([evaluate(params, b, jax.random.key(7))["ce_steps"] for b in batches], axis=0)
   return np.exp(ce)
 
 
 @pytest.mark.slow
-def test_bf16_evaluation_matches_float32_perplexity(runs, eval_batches):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_evaluation_matches_float32_perplexity(runs, eval_batches, variant):
   params = runs["float32"][0]
-  want = _perplexity_steps("float32", params, eval_batches)
-  got = _perplexity_steps("bfloat16", params, eval_batches)
+  want = _perplexity_steps(params, eval_batches, "float32")
+  got = _perplexity_steps(params, eval_batches, *VARIANTS[variant])
   assert want[-1] < want[0]   # thinking helps the trained model, so the steps differ
   np.testing.assert_array_less(np.abs(got / want - 1), 0.02)
 
 
 @pytest.mark.slow
-def test_bf16_second_order_gradients_align_with_float32(runs, eval_batches):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_second_order_gradients_align_with_float32(runs, eval_batches, variant):
   params, batch = runs["float32"][0], eval_batches[0]
 
-  def grads(dtype):
-    task = program_lib.build(_config(dtype)).task
+  def grads(dtype, wide=True):
+    task = program_lib.build(_config(dtype, wide)).task
     loss = lambda p: task.loss(p, batch, jax.random.key(7), train=True)[0]
     return jax.jit(jax.grad(loss))(params)
 
-  want, got = grads("float32"), grads("bfloat16")
+  want, got = grads("float32"), grads(*VARIANTS[variant])
   for (path, g), ref in zip(jax.tree_util.tree_leaves_with_path(got),
                             jax.tree_util.tree_leaves(want)):
     assert g.dtype == jnp.float32, jax.tree_util.keystr(path)
@@ -94,14 +104,15 @@ def test_bf16_second_order_gradients_align_with_float32(runs, eval_batches):
 
 
 @pytest.mark.slow
-def test_bf16_training_tracks_float32(runs):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_training_tracks_float32(runs, variant):
   """Same initialisation and batches: bfloat16's losses are within 2% of float32's over
   the first 5 steps and their mean over the last 10 steps within 5% (the two runs'
   rounding differences compound into different trajectories, ~10% apart at single steps
   late in the run; measured: 1.1% and 3.5%), and both runs learn."""
-  want, got = runs["float32"][1], runs["bfloat16"][1]
+  want, got = runs["float32"][1], runs[variant][1]
   assert want[-10:].mean() < 0.2 * want[:5].mean()
   np.testing.assert_array_less(np.abs(got[:5] / want[:5] - 1), 0.02)
   assert abs(got[-10:].mean() / want[-10:].mean() - 1) < 0.05
-  state_dtypes = {a.dtype for a in jax.tree_util.tree_leaves(runs["bfloat16"][0])}
+  state_dtypes = {a.dtype for a in jax.tree_util.tree_leaves(runs[variant][0])}
   assert state_dtypes == {jnp.dtype(jnp.float32)}   # parameters stay float32

@@ -42,6 +42,7 @@ class TextEBTDims:
   weight_init: str = "xavier"
   weight_init_gain: float = 1.0
   vocab_multiple: int = 1        # the tables and candidates padded to a multiple of this
+  wide_candidate_embedding: bool = True  # False: probs @ W_v2e in the activation dtype
 
   def __post_init__(self):
     if self.ebt_type not in EBT_TYPES:
@@ -136,16 +137,23 @@ def extend_context(params: dict, cache: ContextCache, tokens_BxT: jax.Array, sta
 
 
 def candidate_embedding(params: dict, probs_BxSxV: jax.Array, m: TextEBTDims) -> jax.Array:
-  """probs @ W_v2e in float32 (or wider) under any activation dtype: thinking steps on the
-  gradient with respect to the probabilities, which this map's transpose computes; in
-  bfloat16 it would come back rounded to 8 bits. The one matmul kept wide (on TPUs a
-  float32 matmul at default precision is one bfloat16 pass, on GPUs TF32)."""
+  """probs @ W_v2e, by default in float32 (or wider) under any activation dtype: thinking
+  steps on the gradient with respect to the probabilities, which this map's transpose
+  computes; in bfloat16 it comes back rounded to 8 bits. On TPUs a float32 matmul at
+  default precision is one bfloat16 pass anyway; on GPUs it is TF32, at half the bf16
+  rate. `wide_candidate_embedding=False` runs it in the activation dtype (the candidate
+  itself and its update stay float32): the small S1 step takes 9% less time on an H200, within the
+  bf16 tests' tolerances (docs/benchmarks.md, "Levers")."""
   dtype = m.stack.dtype
   w_VxD = params["embed"] if m.tied_v2e else params["v2e"]
   # Padded entries embed nothing, whatever the candidate holds there (and get no gradient).
   probs_BxSxV = layers.mask_vocab(layers.constrain(probs_BxSxV, layers.CANDIDATE),
                                   m.vocab_size, 0)
-  return layers.constrain(layers.wide_linear(probs_BxSxV, w_VxD).astype(dtype), layers.HIDDEN)
+  if m.wide_candidate_embedding:
+    x_BxSxD = layers.wide_linear(probs_BxSxV, w_VxD).astype(dtype)
+  else:
+    x_BxSxD = probs_BxSxV.astype(dtype) @ w_VxD.astype(dtype)
+  return layers.constrain(x_BxSxD, layers.HIDDEN)
 
 
 def prediction_energy(params: dict, cache: ContextCache, probs_BxSxV: jax.Array, landscape,

@@ -106,7 +106,7 @@ def text_ebt_dims(c: ml_collections.ConfigDict) -> ar_ebt.TextEBTDims:
       stack=stack_dims(c, adaln=m.ebt_type in ("adaln", "adaln_zero")),
       vocab_size=m.vocab_size, ebt_type=m.ebt_type, num_landscapes=c.thinking.num_steps,
       tied_v2e=m.tied_v2e, weight_init=m.weight_init, weight_init_gain=m.weight_init_gain,
-      vocab_multiple=m.vocab_multiple)
+      vocab_multiple=m.vocab_multiple, wide_candidate_embedding=m.wide_candidate_embedding)
 
 
 def validate_rope_stack(config: ml_collections.ConfigDict) -> None:
