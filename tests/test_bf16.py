@@ -8,7 +8,8 @@ validation perplexity within 2% of float32 after every thinking step; (b) the S1
 parameter gradients (second order through thinking) in bfloat16 have cosine similarity
 >= 0.99 with float32's for every parameter; (c) bfloat16 training's losses track float32's.
 Each check also holds with `model.wide_candidate_embedding=False` ("narrow": the candidate
-embedding's matmul, and so the candidate gradient, in bfloat16 too).
+embedding's matmul, and so the candidate gradient, in bfloat16 too); (d) that setting, and
+only it, gives that matmul bfloat16 operands.
 """
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from ebt_jax import config as config_lib
+from ebt_jax.models import ar_ebt
 from ebt_jax.training import program as program_lib
 from conftest import run_config
 
@@ -116,3 +118,17 @@ def test_bf16_training_tracks_float32(runs, variant):
   assert abs(got[-10:].mean() / want[-10:].mean() - 1) < 0.05
   state_dtypes = {a.dtype for a in jax.tree_util.tree_leaves(runs[variant][0])}
   assert state_dtypes == {jnp.dtype(jnp.float32)}   # parameters stay float32
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_candidate_embedding_matmul_dtype(wide):
+  """The candidate embedding's matmul takes float32 operands by default and the activation
+  dtype's with `model.wide_candidate_embedding=False` (the candidate itself stays float32)."""
+  task = program_lib.build(_config("bfloat16", wide)).task
+  params = task.init_params(jax.random.key(0))
+  probs = jnp.full((2, 3, task.vocab_width), 1.0 / task.vocab_width, jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda p, x: ar_ebt.candidate_embedding(p, x, task.dims))(params, probs)
+  dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert len(dots) == 1
+  want = jnp.float32 if wide else jnp.bfloat16
+  assert [v.aval.dtype for v in dots[0].invars] == [want, want]
