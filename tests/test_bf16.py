@@ -12,6 +12,8 @@ embedding's matmul, and so the candidate gradient, in bfloat16 too); (d) that se
 only it, gives that matmul bfloat16 operands.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,10 +56,12 @@ def _train(dtype: str, wide: bool = True):
   return state.params, np.array(losses), program
 
 
-@pytest.fixture(scope="module")
-def runs():
-  return {"float32": _train("float32"),
-          **{name: _train(*variant) for name, variant in VARIANTS.items()}}
+@functools.cache
+def _run(name: str):
+  """A training run, once per test process: "float32" or one of `VARIANTS`. Trained when
+  a test first asks for it, so a worker that runs only the float32 checks trains only
+  float32 (pytest-xdist spreads this module's tests over processes)."""
+  return _train("float32") if name == "float32" else _train(*VARIANTS[name])
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +79,8 @@ def _perplexity_steps(params, batches, dtype: str, wide: bool = True) -> np.ndar
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bf16_evaluation_matches_float32_perplexity(runs, eval_batches, variant):
-  params = runs["float32"][0]
+def test_bf16_evaluation_matches_float32_perplexity(eval_batches, variant):
+  params = _run("float32")[0]
   want = _perplexity_steps(params, eval_batches, "float32")
   got = _perplexity_steps(params, eval_batches, *VARIANTS[variant])
   assert want[-1] < want[0]   # thinking helps the trained model, so the steps differ
@@ -85,8 +89,8 @@ def test_bf16_evaluation_matches_float32_perplexity(runs, eval_batches, variant)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bf16_second_order_gradients_align_with_float32(runs, eval_batches, variant):
-  params, batch = runs["float32"][0], eval_batches[0]
+def test_bf16_second_order_gradients_align_with_float32(eval_batches, variant):
+  params, batch = _run("float32")[0], eval_batches[0]
 
   def grads(dtype, wide=True):
     task = program_lib.build(_config(dtype, wide)).task
@@ -107,16 +111,16 @@ def test_bf16_second_order_gradients_align_with_float32(runs, eval_batches, vari
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bf16_training_tracks_float32(runs, variant):
+def test_bf16_training_tracks_float32(variant):
   """Same initialisation and batches: bfloat16's losses are within 2% of float32's over
   the first 5 steps and their mean over the last 10 steps within 5% (the two runs'
   rounding differences compound into different trajectories, ~10% apart at single steps
   late in the run; measured: 1.1% and 3.5%), and both runs learn."""
-  want, got = runs["float32"][1], runs[variant][1]
+  want, got = _run("float32")[1], _run(variant)[1]
   assert want[-10:].mean() < 0.2 * want[:5].mean()
   np.testing.assert_array_less(np.abs(got[:5] / want[:5] - 1), 0.02)
   assert abs(got[-10:].mean() / want[-10:].mean() - 1) < 0.05
-  state_dtypes = {a.dtype for a in jax.tree_util.tree_leaves(runs[variant][0])}
+  state_dtypes = {a.dtype for a in jax.tree_util.tree_leaves(_run(variant)[0])}
   assert state_dtypes == {jnp.dtype(jnp.float32)}   # parameters stay float32
 
 
