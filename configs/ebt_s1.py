@@ -28,9 +28,10 @@ Expected run time: measured on one H200 at the official per-GPU batch of 32 rows
 (`launch/gpu_bench.sh`, docs/benchmarks.md), 54 ms per step at xxs (MFU 10.8%) and 147 ms
 at small with `--config.model.scan_layers=False`, which GPUs want (1.3x faster than the
 scanned layers, half the memory); with today's attention 139 ms at small, and 127 ms
-(MFU 18%) adding `--config.model.wide_candidate_embedding=False`. The official 1M xxs steps at batch 256 on 8 such GPUs
-would then take about 15 hours, if the gradient all-reduce hides behind compute (an
-extrapolation, not a multi-GPU measurement). On a 2-core CPU one step at batch 8 and
+(MFU 18%) adding `--config.model.wide_candidate_embedding=False`. The official 1M xxs
+steps at batch 256 on 8 such GPUs would then take about 15 hours, if the gradient
+all-reduce hides behind compute (an extrapolation from the 54 ms, not a multi-GPU
+measurement). On a 2-core CPU one step at batch 8 and
 context 128 takes ~3.2 s in float32 (docs/benchmarks.md): use accelerators.
 """
 

@@ -142,8 +142,8 @@ def candidate_embedding(params: dict, probs_BxSxV: jax.Array, m: TextEBTDims) ->
   computes; in bfloat16 it comes back rounded to 8 bits. On TPUs a float32 matmul at
   default precision is one bfloat16 pass anyway; on GPUs it is TF32, at half the bf16
   rate. `wide_candidate_embedding=False` runs it in the activation dtype (the candidate
-  itself and its update stay float32): the small S1 step takes 9% less time on an H200, within the
-  bf16 tests' tolerances (docs/benchmarks.md, "Levers")."""
+  itself and its update stay float32): the small S1 step takes 9% less time on an H200,
+  within the bf16 tests' tolerances (docs/benchmarks.md, "Levers")."""
   dtype = m.stack.dtype
   w_VxD = params["embed"] if m.tied_v2e else params["v2e"]
   # Padded entries embed nothing, whatever the candidate holds there (and get no gradient).

@@ -133,8 +133,8 @@ def prediction_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, ctx_k_BxCxNxH, ctx_v_B
   predictions. The scores are [B, N, S, C] for the context plus one self-score each, so
   no mask larger than the scores is ever built. The softmax over both is written out
   rather than `jax.nn.softmax` of the two concatenated: the [B, N, S, C + 1] array and
-  its slices were copies of the largest tensor of the step (on an H200, 6% of the small
-  S1 step's kernel time was such concatenations).
+  its slices copied the step's largest tensors (on an H200, the small S1 step takes 5%
+  less time without them: docs/benchmarks.md, "Levers").
   """
   wide = wide_dtype(q_BxSxNxH.dtype)
   scale = q_BxSxNxH.shape[-1] ** -0.5
