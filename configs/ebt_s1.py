@@ -31,8 +31,8 @@ scanned layers, half the memory); with today's attention 139 ms at small, and 12
 (MFU 18%) adding `--config.model.wide_candidate_embedding=False`. The official 1M xxs
 steps at batch 256 on 8 such GPUs would then take about 15 hours, if the gradient
 all-reduce hides behind compute (an extrapolation from the 54 ms, not a multi-GPU
-measurement). On a 2-core CPU one step at batch 8 and
-context 128 takes ~3.2 s in float32 (docs/benchmarks.md): use accelerators.
+measurement). On a 2-core CPU one step at batch 8 and context 128 takes ~3.2 s in
+float32 (docs/benchmarks.md): use accelerators.
 """
 
 from ebt_jax.config import base_config

@@ -30,6 +30,7 @@ EVAL_BATCHES = 4
 
 # The runs compared with float32: (activation dtype, wide candidate embedding).
 VARIANTS = {"bfloat16": ("bfloat16", True), "narrow": ("bfloat16", False)}
+RUNS = {"float32": ("float32", True), **VARIANTS}
 
 
 def _config(dtype: str, wide: bool = True):
@@ -43,7 +44,7 @@ def _config(dtype: str, wide: bool = True):
   return config_lib.validate(c)
 
 
-def _train(dtype: str, wide: bool = True):
+def _train(dtype: str, wide: bool):
   """(trained params, per-step training losses, program) of a run in `dtype`."""
   program = program_lib.build(_config(dtype, wide))
   state = program.init_state()
@@ -58,10 +59,10 @@ def _train(dtype: str, wide: bool = True):
 
 @functools.cache
 def _run(name: str):
-  """A training run, once per test process: "float32" or one of `VARIANTS`. Trained when
-  a test first asks for it, so a worker that runs only the float32 checks trains only
-  float32 (pytest-xdist spreads this module's tests over processes)."""
-  return _train("float32") if name == "float32" else _train(*VARIANTS[name])
+  """A training run of `RUNS`, once per test process. Trained when a test first asks for
+  it, so a worker that runs only the float32 checks trains only float32 (pytest-xdist
+  spreads this module's tests over processes)."""
+  return _train(*RUNS[name])
 
 
 @pytest.fixture(scope="module")
